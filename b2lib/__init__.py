@@ -1,0 +1,29 @@
+"""b2lib: B²-DiffuRL (backward progressive training + branch-based sampling) on diffusers pipelines."""
+
+from .advantages import HistoryNormalizer, PerPromptStatTracker, select_in_groups, weighted_advantages
+from .ddim import ddim_step_with_logprob
+from .losses import ppo_clip_loss
+from .rewards import ClipScore
+from .sampling import Trajectories, sample_branches, sample_trajectories
+from .schedule import ProgressiveSchedule
+from .trainer import B2Trainer, DDPOTrainer, RLTrainer, TrainerConfig
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "B2Trainer",
+    "ClipScore",
+    "DDPOTrainer",
+    "HistoryNormalizer",
+    "PerPromptStatTracker",
+    "ProgressiveSchedule",
+    "RLTrainer",
+    "TrainerConfig",
+    "Trajectories",
+    "ddim_step_with_logprob",
+    "ppo_clip_loss",
+    "sample_branches",
+    "sample_trajectories",
+    "select_in_groups",
+    "weighted_advantages",
+]

@@ -1,0 +1,214 @@
+"""Building and loading the models: a CLIP BPE tokenizer, tiny pipelines from config, hub/local loading, LoRA.
+
+Everything here goes through stock diffusers/transformers/peft objects, so what b2lib trains is a normal
+:class:`~diffusers.StableDiffusionPipeline` that the rest of the ecosystem can load and save.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+__all__ = [
+    "clip_bpe_tokenizer",
+    "build_tiny_pipeline",
+    "load_pipeline",
+    "ensure_ddim",
+    "add_lora",
+    "LORA_TARGET_MODULES",
+]
+
+#: The UNet attention projections that DDPO and the paper adapt with LoRA.
+LORA_TARGET_MODULES = ("to_q", "to_k", "to_v", "to_out.0")
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2/CLIP's reversible byte -> printable-unicode map (the base alphabet of the BPE vocabulary)."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
+    printable += list(range(ord("®"), ord("ÿ") + 1))
+    codes = printable[:]
+    extra = 0
+    for b in range(256):
+        if b not in printable:
+            printable.append(b)
+            codes.append(256 + extra)
+            extra += 1
+    return dict(zip(printable, (chr(c) for c in codes)))
+
+
+def clip_bpe_tokenizer(model_max_length: int = 77, cache_dir: str | os.PathLike | None = None) -> CLIPTokenizer:
+    """A :class:`~transformers.CLIPTokenizer` built from the real CLIP BPE merges that ship inside open_clip.
+
+    Why: the hub tokenizer (``openai/clip-vit-large-patch14``) cannot be downloaded here, but its vocabulary is exactly
+    CLIP's 49,408-token BPE, whose merge list open_clip carries as ``bpe_simple_vocab_16e6.txt.gz``. Rebuilding
+    ``vocab.json``/``merges.txt`` from it gives token ids identical to Stable Diffusion's tokenizer.
+    """
+    import open_clip
+
+    bpe_path = Path(open_clip.__file__).parent / "bpe_simple_vocab_16e6.txt.gz"
+    merges = gzip.open(bpe_path).read().decode("utf-8").split("\n")[1 : 49152 - 256 - 2 + 1]
+    alphabet = list(_bytes_to_unicode().values())
+    vocab = alphabet + [a + "</w>" for a in alphabet] + ["".join(m.split()) for m in merges]
+    vocab += ["<|startoftext|>", "<|endoftext|>"]
+    out = Path(cache_dir) if cache_dir is not None else Path(tempfile.mkdtemp(prefix="clip_bpe_"))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "vocab.json").write_text(json.dumps({tok: i for i, tok in enumerate(vocab)}), encoding="utf-8")
+    (out / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
+    return CLIPTokenizer(
+        str(out / "vocab.json"),
+        str(out / "merges.txt"),
+        model_max_length=model_max_length,
+        pad_token="<|endoftext|>",
+    )
+
+
+def _sd_scheduler(**overrides) -> DDIMScheduler:
+    """Stable Diffusion v1's DDIM configuration (``set_alpha_to_one=False`` keeps the last step stochastic)."""
+    config = dict(
+        num_train_timesteps=1000,
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+        prediction_type="epsilon",
+    )
+    config.update(overrides)
+    return DDIMScheduler(**config)
+
+
+def build_tiny_pipeline(
+    seed: int = 0,
+    image_size: int = 16,
+    text_dim: int = 32,
+    unet_channels: tuple[int, ...] = (32, 64),
+    max_length: int = 16,
+    tokenizer_dir: str | os.PathLike | None = None,
+) -> StableDiffusionPipeline:
+    """A Stable-Diffusion-architecture pipeline with random weights, built from config (no download).
+
+    For tests: every component is the real diffusers/transformers class, just small. The VAE halves the resolution
+    per extra block (``image_size`` 16 -> 8x8x4 latents with two blocks).
+    """
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        sample_size=image_size // 2,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=unet_channels,
+        layers_per_block=1,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=text_dim,
+        attention_head_dim=8,
+        norm_num_groups=8,
+    )
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        block_out_channels=(8, 16),
+        latent_channels=4,
+        norm_num_groups=8,
+        sample_size=image_size,
+    )
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=49408,
+            hidden_size=text_dim,
+            intermediate_size=2 * text_dim,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=max_length,
+            bos_token_id=49406,
+            eos_token_id=49407,
+            pad_token_id=49407,
+        )
+    )
+    return StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=clip_bpe_tokenizer(model_max_length=max_length, cache_dir=tokenizer_dir),
+        unet=unet,
+        scheduler=_sd_scheduler(),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+
+
+def ensure_ddim(pipe: StableDiffusionPipeline) -> StableDiffusionPipeline:
+    """Give the pipeline a DDIM scheduler with its own config (the policy view needs DDIM's Gaussian step)."""
+    if not isinstance(pipe.scheduler, DDIMScheduler):
+        pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    return pipe
+
+
+def load_pipeline(
+    name_or_path: str | os.PathLike,
+    torch_dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+) -> StableDiffusionPipeline:
+    """Load a StableDiffusionPipeline from a local folder or a hub name, with DDIM and no safety checker.
+
+    Errors say what to do: a local path that does not exist, or a hub name while the hub is unreachable/offline.
+    """
+    path = Path(name_or_path).expanduser()
+    is_hub_name = not path.exists() and str(name_or_path).count("/") == 1 and not str(name_or_path).startswith((".", "/", "~"))
+    if not path.exists() and not is_hub_name:
+        raise FileNotFoundError(
+            f"No pipeline folder at {path}. Pass a folder written by `pipe.save_pretrained(...)` or a hub name such as "
+            "'CompVis/stable-diffusion-v1-4'."
+        )
+    try:
+        pipe = StableDiffusionPipeline.from_pretrained(
+            str(path) if path.exists() else str(name_or_path), torch_dtype=torch_dtype, safety_checker=None, requires_safety_checker=False
+        )
+    except (OSError, ValueError) as err:
+        if path.exists():
+            raise
+        offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+        raise OSError(
+            f"Could not load '{name_or_path}' from the Hugging Face hub"
+            + (" (HF_HUB_OFFLINE is set)" if offline else " (is the hub reachable from this machine?)")
+            + ". Download it where the hub is reachable (e.g. `huggingface-cli download "
+            f"{name_or_path}`) or pass a local folder. Original error: {err}"
+        ) from err
+    ensure_ddim(pipe)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device)
+
+
+def add_lora(
+    unet: UNet2DConditionModel,
+    rank: int = 4,
+    alpha: float | None = None,
+    target_modules: tuple[str, ...] = LORA_TARGET_MODULES,
+) -> list[torch.nn.Parameter]:
+    """Freeze the UNet and attach a peft LoRA adapter to its attention; return the trainable parameters.
+
+    ``init_lora_weights='gaussian'`` zeroes the B matrices, so the adapted model starts exactly at the base model.
+    """
+    from peft import LoraConfig
+
+    unet.requires_grad_(False)
+    config = LoraConfig(
+        r=rank,
+        lora_alpha=alpha if alpha is not None else rank,
+        init_lora_weights="gaussian",
+        target_modules=list(target_modules),
+    )
+    unet.add_adapter(config)
+    params = [p for p in unet.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError(f"LoRA matched no module of the UNet; target_modules={target_modules}.")
+    return params

@@ -1,0 +1,332 @@
+"""The RL fine-tuning loop: sample -> score -> advantages/selection -> PPO-clip update, one *stage* at a time.
+
+B²-DiffuRL and the DDPO baseline are the same :class:`RLTrainer`; they differ only in the switches the paper changes:
+
+============================  ==========================  ===========================
+switch                        B²-DiffuRL                  DDPO baseline
+============================  ==========================  ===========================
+``progressive``               interval grows 14 -> 20     whole chain every stage
+``num_branches``              5 (branch-based sampling)   1 (independent samples)
+``selection``                 best/worst per branch       every sample
+``normalization``             per-prompt, 8-stage window  DDPO per-prompt tracker
+============================  ==========================  ===========================
+
+so the ablations of the paper (each strategy alone) are configs, not code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import dataclass
+from typing import Literal, Sequence
+
+import torch
+from accelerate import Accelerator
+from diffusers import StableDiffusionPipeline
+from tqdm.auto import tqdm
+
+from .advantages import HistoryNormalizer, PerPromptStatTracker, select_in_groups, weighted_advantages
+from .losses import ppo_clip_loss
+from .models import add_lora, ensure_ddim
+from .rewards import RewardFn, check_reward_output
+from .sampling import Trajectories, sample_branches, sample_trajectories, transition_log_prob
+from .schedule import ProgressiveSchedule
+
+__all__ = ["TrainerConfig", "RLTrainer", "B2Trainer", "DDPOTrainer"]
+
+
+@dataclass
+class TrainerConfig:
+    """Hyper-parameters; defaults are the paper's reference values (see ``shared/paper/method.md``)."""
+
+    # the chain
+    num_steps: int = 20
+    eta: float = 1.0
+    guidance_scale: float = 5.0
+    # a stage: prompts_per_stage prefixes (x num_branches images), sampled sample_batch_size prompts at a time
+    num_stages: int = 100
+    prompts_per_stage: int = 256
+    sample_batch_size: int = 8
+    # B² strategies
+    progressive: bool = True
+    split_start: int = 14
+    split_end: int | None = None  # None: the whole chain (num_steps)
+    num_branches: int = 5
+    selection: bool = True
+    pos_threshold: float = 0.5
+    neg_threshold: float = -0.5
+    normalization: Literal["history", "per_prompt"] = "history"
+    history: int = 8
+    stat_buffer: int = 16  # DDPO tracker
+    stat_min_count: int = 16
+    # the update
+    adv_clip: float = 5.0
+    pos_weight: float = 1.0
+    neg_weight: float = 1.0
+    clip_range: float = 0.1
+    epochs_per_stage: int = 2
+    train_batch_size: int = 2
+    grad_accum: int = 64  # micro-batches (x all interval steps) per optimizer step
+    max_grad_norm: float = 1.0
+    lr: float = 1e-4
+    weight_decay: float = 1e-4
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    adam_eps: float = 1e-8
+    use_lora: bool = True
+    lora_rank: int = 4
+    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    seed: int = 0
+    progress: bool = True
+
+    @classmethod
+    def b2(cls, **overrides) -> "TrainerConfig":
+        """B²-DiffuRL: both strategies on (the defaults)."""
+        return cls(**overrides)
+
+    @classmethod
+    def ddpo(cls, **overrides) -> "TrainerConfig":
+        """The DDPO baseline: no branching, the whole chain every stage, DDPO's per-prompt stat tracking."""
+        base = dict(progressive=False, num_branches=1, selection=False, normalization="per_prompt")
+        base.update(overrides)
+        return cls(**base)
+
+    def __post_init__(self) -> None:
+        if self.num_branches < 1:
+            raise ValueError(f"num_branches must be >= 1, got {self.num_branches}.")
+        if self.selection and self.num_branches < 2:
+            raise ValueError("selection compares samples within a branch group: it needs num_branches >= 2.")
+        if self.normalization not in ("history", "per_prompt"):
+            raise ValueError(f"normalization must be 'history' or 'per_prompt', got {self.normalization!r}.")
+        if self.prompts_per_stage < 1 or self.sample_batch_size < 1 or self.train_batch_size < 1:
+            raise ValueError("prompts_per_stage, sample_batch_size and train_batch_size must be >= 1.")
+        self.schedule  # validates the interval against the chain
+
+    @property
+    def schedule(self) -> ProgressiveSchedule:
+        end = self.split_end if self.split_end is not None else self.num_steps
+        if not self.progressive:
+            return ProgressiveSchedule(self.num_stages, end, end, self.num_steps)
+        return ProgressiveSchedule(self.num_stages, self.split_start, end, self.num_steps)
+
+    @property
+    def images_per_stage(self) -> int:
+        return self.prompts_per_stage * self.num_branches
+
+
+class RLTrainer:
+    """Fine-tunes ``pipe.unet`` (LoRA by default) against ``reward_fn`` on ``prompts`` (sampled uniformly with
+    replacement). One call of :meth:`train_stage` = sample, score, select, ``epochs_per_stage`` epochs of PPO-clip.
+
+    Determinism: stage ``k``'s prompts, noise and shuffles come from generators seeded by ``(seed, k)``, so a run
+    is reproducible on CPU and a resumed run continues with the same randomness.
+    """
+
+    def __init__(
+        self,
+        pipe: StableDiffusionPipeline,
+        reward_fn: RewardFn,
+        prompts: Sequence[str],
+        config: TrainerConfig | None = None,
+        accelerator: Accelerator | None = None,
+    ) -> None:
+        if isinstance(prompts, str) or not prompts:
+            raise ValueError("prompts must be a non-empty list of training prompts.")
+        self.config = config if config is not None else self._default_config()
+        self.pipe = ensure_ddim(pipe)
+        self.reward_fn = reward_fn
+        self.prompts = list(prompts)
+        self.accelerator = accelerator or Accelerator(mixed_precision=self.config.mixed_precision)
+        self.schedule = self.config.schedule
+        cfg = self.config
+
+        pipe.set_progress_bar_config(disable=True)
+        pipe.vae.requires_grad_(False)
+        pipe.text_encoder.requires_grad_(False)
+        if cfg.use_lora:
+            params = add_lora(pipe.unet, rank=cfg.lora_rank)
+        else:
+            pipe.unet.requires_grad_(True)
+            params = list(pipe.unet.parameters())
+        self.trainable = params
+        optimizer = torch.optim.AdamW(
+            params, lr=cfg.lr, betas=cfg.adam_betas, eps=cfg.adam_eps, weight_decay=cfg.weight_decay
+        )
+        # The prepared model (DDP-wrapped under several processes) is used for training forwards; sampling uses the
+        # plain module through the pipeline.
+        self.model, self.optimizer = self.accelerator.prepare(pipe.unet, optimizer)
+        pipe.to(self.accelerator.device)
+        pipe.scheduler.set_timesteps(cfg.num_steps, device=self.accelerator.device)
+        if cfg.normalization == "history":
+            self.normalizer = HistoryNormalizer(cfg.history)
+        else:
+            self.normalizer = PerPromptStatTracker(cfg.stat_buffer, cfg.stat_min_count)
+        self.stage = 0
+        self.images_seen = 0
+        self.log: list[dict] = []
+
+    @classmethod
+    def _default_config(cls) -> TrainerConfig:
+        return TrainerConfig.b2()
+
+    # --------------------------------------------------------------------------------------------------- randomness
+    def _generator(self, stage: int, stream: int) -> torch.Generator:
+        seed = (self.config.seed * 1_000_003 + stage * 97 + stream) * max(1, self.accelerator.num_processes)
+        return torch.Generator().manual_seed(seed + self.accelerator.process_index)
+
+    # ------------------------------------------------------------------------------------------------------ sample
+    def sample_stage(self, stage: int) -> tuple[Trajectories, torch.Tensor]:
+        """Sample this stage's trajectories (branched or plain) and their rewards."""
+        cfg = self.config
+        split = self.schedule(stage)
+        prompt_gen, noise_gen = self._generator(stage, 0), self._generator(stage, 1)
+        n_prompts = math.ceil(cfg.prompts_per_stage / self.accelerator.num_processes)
+        picks = torch.randint(len(self.prompts), (n_prompts,), generator=prompt_gen).tolist()
+        batches, rewards = [], []
+        bar = tqdm(range(0, n_prompts, cfg.sample_batch_size), desc=f"stage {stage} sample", leave=False,
+                   disable=not cfg.progress or not self.accelerator.is_local_main_process)
+        for start in bar:
+            prompts = [self.prompts[i] for i in picks[start : start + cfg.sample_batch_size]]
+            kwargs = dict(num_steps=cfg.num_steps, guidance_scale=cfg.guidance_scale, eta=cfg.eta, generator=noise_gen)
+            if cfg.num_branches >= 2:
+                traj = sample_branches(self.pipe, prompts, cfg.num_branches, split, **kwargs)
+            else:
+                traj = sample_trajectories(self.pipe, prompts, trained_steps=split, **kwargs)
+            scores = check_reward_output(self.reward_fn(traj.images, traj.prompts), len(traj), "reward_fn")
+            if not torch.isfinite(scores).all():
+                raise FloatingPointError(
+                    f"reward_fn returned NaN/inf at stage {stage}; the last good state is the previous stage's checkpoint."
+                )
+            batches.append(traj)
+            rewards.append(scores)
+        return Trajectories.cat(batches), torch.cat(rewards)
+
+    # -------------------------------------------------------------------------------------------------- advantages
+    def advantages(self, traj: Trajectories, rewards: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Normalised, clipped, weighted advantages and the mask of samples to train on."""
+        cfg = self.config
+        z = self.normalizer(traj.prompts, rewards)
+        if cfg.selection:
+            keep = select_in_groups(z, traj.group_ids, cfg.pos_threshold, cfg.neg_threshold)
+        else:
+            keep = torch.ones_like(z, dtype=torch.bool)
+        return weighted_advantages(z, cfg.adv_clip, cfg.pos_weight, cfg.neg_weight), keep
+
+    # ------------------------------------------------------------------------------------------------------ update
+    def log_prob(self, traj: Trajectories, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+        """``log p_theta`` of the stored transitions ``(rows[i], cols[i])`` under the current (prepared) model."""
+        return transition_log_prob(
+            self.model, self.pipe.scheduler, traj, rows, cols, self.config.guidance_scale, self.config.eta,
+            device=self.accelerator.device,
+        )
+
+    def update(self, traj: Trajectories, adv: torch.Tensor, stage: int) -> dict[str, float]:
+        """``epochs_per_stage`` epochs of PPO-clip over every (sample, interval step) of ``traj``."""
+        cfg = self.config
+        n, k = len(traj), traj.num_steps
+        sums = {"loss": 0.0, "approx_kl": 0.0, "clipfrac": 0.0, "grad_norm": 0.0}
+        counts = {"terms": 0, "steps": 0}
+        if n == 0 or k == 0:
+            return {key: float("nan") for key in sums} | {"optimizer_steps": 0}
+        gen = self._generator(stage, 2)
+        self.model.train()
+        for epoch in range(cfg.epochs_per_stage):
+            order = torch.randperm(n, generator=gen)
+            # Each sample visits its interval steps in its own random order (DDPO's time shuffle).
+            time_order = torch.argsort(torch.rand(n, k, generator=gen), dim=1)
+            micro = [order[i : i + cfg.train_batch_size] for i in range(0, n, cfg.train_batch_size)]
+            groups = [micro[i : i + cfg.grad_accum] for i in range(0, len(micro), cfg.grad_accum)]
+            bar = tqdm(total=len(micro) * k, desc=f"stage {stage} train {epoch + 1}/{cfg.epochs_per_stage}",
+                       leave=False, disable=not cfg.progress or not self.accelerator.is_local_main_process)
+            for group in groups:
+                scale = 1.0 / (len(group) * k)
+                for m, rows in enumerate(group):
+                    for j in range(k):
+                        last = m == len(group) - 1 and j == k - 1
+                        cols = time_order[rows, j]
+                        sync = contextlib.nullcontext() if last else self.accelerator.no_sync(self.model)
+                        with sync, self.accelerator.autocast():
+                            log_prob = self.log_prob(traj, rows, cols)
+                            old = traj.log_probs[rows, cols].to(log_prob.device)
+                            loss, stats = ppo_clip_loss(log_prob, old, adv[rows].to(log_prob.device), cfg.clip_range)
+                            if not torch.isfinite(loss):
+                                raise FloatingPointError(
+                                    f"Non-finite loss at stage {stage}; the last good state is the previous stage's "
+                                    "checkpoint. Lower the learning rate or check the reward."
+                                )
+                            self.accelerator.backward(loss * scale)
+                        sums["loss"] += loss.item()
+                        sums["approx_kl"] += stats["approx_kl"].item()
+                        sums["clipfrac"] += stats["clipfrac"].item()
+                        counts["terms"] += 1
+                        bar.update(1)
+                grad_norm = self.accelerator.clip_grad_norm_(self.trainable, cfg.max_grad_norm)
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+                sums["grad_norm"] += float(grad_norm)
+                counts["steps"] += 1
+            bar.close()
+        self.model.eval()
+        out = {key: sums[key] / counts["terms"] for key in ("loss", "approx_kl", "clipfrac")}
+        out["grad_norm"] = sums["grad_norm"] / max(counts["steps"], 1)
+        out["optimizer_steps"] = counts["steps"]
+        return out
+
+    # ------------------------------------------------------------------------------------------------------- stage
+    def train_stage(self) -> dict:
+        """One stage: sample, score, advantages/selection, update. Returns (and logs) its metrics."""
+        stage = self.stage
+        if stage >= self.config.num_stages:
+            raise ValueError(f"All {self.config.num_stages} stages are done; raise num_stages to train further.")
+        t0 = time.perf_counter()
+        traj, rewards = self.sample_stage(stage)
+        t1 = time.perf_counter()
+        adv, keep = self.advantages(traj, rewards)
+        kept = traj.select(keep)
+        stats = self.update(kept, adv[keep], stage)
+        t2 = time.perf_counter()
+        self.images_seen += len(traj)
+        metrics = {
+            "stage": stage,
+            "split_step": self.schedule(stage),
+            "images": len(traj),
+            "images_seen": self.images_seen,
+            "reward_mean": rewards.mean().item(),
+            "reward_std": rewards.std(unbiased=False).item(),
+            "kept": int(keep.sum()),
+            "kept_pos": int((keep & (adv > 0)).sum()),
+            "kept_neg": int((keep & (adv <= 0)).sum()),
+            **stats,
+            "sample_s": t1 - t0,
+            "train_s": t2 - t1,
+        }
+        self.log.append(metrics)
+        self.stage += 1
+        return metrics
+
+    def train(self, num_stages: int | None = None) -> list[dict]:
+        """Run stages until ``num_stages`` more are done (default: to the end of the schedule)."""
+        end = self.config.num_stages if num_stages is None else min(self.stage + num_stages, self.config.num_stages)
+        bar = tqdm(range(self.stage, end), desc="stages",
+                   disable=not self.config.progress or not self.accelerator.is_local_main_process)
+        for _ in bar:
+            m = self.train_stage()
+            bar.set_postfix(reward=f"{m['reward_mean']:.4f}", split=m["split_step"], kept=m["kept"])
+        return self.log
+
+
+class B2Trainer(RLTrainer):
+    """B²-DiffuRL: backward progressive training + branch-based sampling around the PPO-clip update."""
+
+    @classmethod
+    def _default_config(cls) -> TrainerConfig:
+        return TrainerConfig.b2()
+
+
+class DDPOTrainer(RLTrainer):
+    """The DDPO baseline: the same trainer with no branching, the full interval and per-prompt stat tracking."""
+
+    @classmethod
+    def _default_config(cls) -> TrainerConfig:
+        return TrainerConfig.ddpo()
