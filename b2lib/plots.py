@@ -1,0 +1,60 @@
+"""Figures shared by the notebooks (seaborn styling, same look everywhere)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+import seaborn as sns
+import torch
+
+__all__ = ["image_grid", "save_figure", "set_style"]
+
+
+def set_style() -> None:
+    sns.set_theme(style="whitegrid", context="notebook")
+
+
+def _to_hwc(image) -> np.ndarray:
+    if torch.is_tensor(image):
+        image = image.detach().cpu().float().numpy()
+    image = np.asarray(image)
+    if image.ndim == 3 and image.shape[0] in (1, 3) and image.shape[-1] not in (1, 3):
+        image = image.transpose(1, 2, 0)
+    if image.dtype != np.uint8:
+        image = (np.clip(image, 0, 1) * 255).round().astype(np.uint8)
+    return image
+
+
+def image_grid(
+    images: Sequence, titles: Sequence[str] | None = None, ncols: int = 8, scale: float = 1.3,
+    row_labels: Sequence[str] | None = None,
+):
+    """A grid of images (tensors ``(3, H, W)`` in [0, 1] or uint8 ``(H, W, 3)``) with optional titles."""
+    n = len(images)
+    nrows = max(1, -(-n // ncols))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(ncols * scale, nrows * scale * (1.25 if titles else 1.0)),
+                             squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        ax.set_xticks([])
+        ax.set_yticks([])
+        for side in ax.spines.values():
+            side.set_visible(False)
+        if i < n:
+            ax.imshow(_to_hwc(images[i]), interpolation="nearest")
+            if titles is not None:
+                ax.set_title(titles[i], fontsize=6)
+    if row_labels is not None:
+        for r, label in enumerate(row_labels[:nrows]):
+            axes[r, 0].set_ylabel(label, fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def save_figure(fig, path: str | Path, dpi: int = 120) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi, bbox_inches="tight")
+    return path

@@ -1,0 +1,263 @@
+"""Pretraining the embedded world from scratch: the VAE, the text-to-image model (UNet + text encoder), and the CLIP.
+
+Everything trains on rendered scenes with their captions, on CPU, in minutes. One entry point,
+:func:`pretrain_world`, writes the shipped weights folder and a report of wall times, parameter counts and sizes.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import DDPMScheduler, StableDiffusionPipeline
+from diffusers.optimization import get_cosine_schedule_with_warmup
+from tqdm.auto import tqdm
+
+from ..rewards import OPENAI_MEAN, OPENAI_STD
+from .models import build_world_clip, build_world_pipeline, save_world_clip
+from .prompts import perturb_prompt
+from .scenes import caption, random_caption_scene, render_batch
+
+__all__ = ["PretrainConfig", "make_dataset", "train_vae", "train_text_to_image", "train_clip", "pretrain_world"]
+
+
+@dataclass
+class PretrainConfig:
+    """Sizes of the pretraining run. ``full()`` is what made the shipped weights; ``smoke()`` checks the code path."""
+
+    seed: int = 0
+    n_images: int = 16_000
+    vae_images: int = 8_000
+    vae_steps: int = 400
+    vae_batch: int = 32
+    vae_lr: float = 1e-3
+    vae_kl_weight: float = 1e-6
+    t2i_steps: int = 2_500
+    t2i_batch: int = 64
+    t2i_lr: float = 5e-4
+    caption_dropout: float = 0.1
+    ema_decay: float = 0.999
+    clip_steps: int = 800
+    clip_batch: int = 128
+    clip_lr: float = 5e-4
+
+    @classmethod
+    def full(cls, **kw) -> "PretrainConfig":
+        return cls(**kw)
+
+    @classmethod
+    def smoke(cls, **kw) -> "PretrainConfig":
+        base = dict(n_images=256, vae_images=128, vae_steps=3, t2i_steps=3, clip_steps=3, vae_batch=8, t2i_batch=8,
+                    clip_batch=16)
+        base.update(kw)
+        return cls(**base)
+
+
+def make_dataset(n: int, seed: int) -> tuple[np.ndarray, list[str]]:
+    """``n`` random scenes of all three templates: uint8 images ``(n, 64, 64, 3)`` and their captions."""
+    rng = np.random.default_rng(seed)
+    scenes = [random_caption_scene(rng) for _ in range(n)]
+    return render_batch(scenes), [caption(s) for s in scenes]
+
+
+def _to_tensor(images: np.ndarray) -> torch.Tensor:
+    """uint8 (N, H, W, 3) -> float (N, 3, H, W) in [-1, 1], the VAE's range."""
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+
+
+def _params(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def train_vae(pipe: StableDiffusionPipeline, images: np.ndarray, cfg: PretrainConfig, progress: bool = True) -> dict:
+    """Autoencoder: L1 + MSE reconstruction and a tiny KL (SD's recipe, minus the GAN). Then sets
+    ``scaling_factor`` = 1 / std of the latents, so the diffusion model sees unit-variance latents as SD's does."""
+    vae = pipe.vae.train().requires_grad_(True)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    data = _to_tensor(images[: cfg.vae_images])
+    opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
+    sched = get_cosine_schedule_with_warmup(opt, 20, cfg.vae_steps)
+    losses = []
+    for _ in tqdm(range(cfg.vae_steps), desc="VAE", disable=not progress):
+        x = data[torch.randint(len(data), (cfg.vae_batch,), generator=gen)]
+        post = vae.encode(x).latent_dist
+        rec = vae.decode(post.sample(generator=gen)).sample
+        loss = F.l1_loss(rec, x) + F.mse_loss(rec, x) + cfg.vae_kl_weight * post.kl().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        losses.append(loss.item())
+    vae.eval().requires_grad_(False)
+    with torch.no_grad():
+        lat = torch.cat([vae.encode(data[i : i + 256]).latent_dist.mean for i in range(0, min(len(data), 2048), 256)])
+        rec = vae.decode(lat[:256]).sample
+    vae.register_to_config(scaling_factor=float(1.0 / lat.std()))
+    return {"final_loss": float(np.mean(losses[-20:])), "recon_mae_01": float((rec - data[:256]).abs().mean() / 2),
+            "scaling_factor": vae.config.scaling_factor}
+
+
+def _tokenize(tokenizer, texts: Sequence[str]) -> torch.Tensor:
+    return tokenizer(list(texts), padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                     return_tensors="pt").input_ids
+
+
+@torch.no_grad()
+def _ema_update(ema: list[torch.Tensor], params: list[torch.nn.Parameter], decay: float) -> None:
+    torch._foreach_lerp_(ema, [p.detach() for p in params], 1.0 - decay)
+
+
+def train_text_to_image(pipe: StableDiffusionPipeline, images: np.ndarray, captions: Sequence[str], cfg: PretrainConfig,
+                        progress: bool = True) -> dict:
+    """Train the UNet and the text encoder jointly on (latent, caption) pairs with epsilon prediction, as SD is trained;
+    ``caption_dropout`` of the captions become "" so classifier-free guidance has an unconditional model. The
+    weights kept are an exponential moving average (``ema_decay``)."""
+    gen = torch.Generator().manual_seed(cfg.seed + 1)
+    vae, unet, text_encoder = pipe.vae, pipe.unet, pipe.text_encoder
+    sf = vae.config.scaling_factor
+    with torch.no_grad():  # encode once; sample the posterior per step (cheap) instead of re-running the encoder
+        data = _to_tensor(images)
+        dists = [vae.encode(data[i : i + 512]).latent_dist for i in range(0, len(data), 512)]
+        mean = torch.cat([d.mean for d in dists])
+        std = torch.cat([d.std for d in dists])
+    del data
+    unique = sorted(set(captions))
+    ids_table = _tokenize(pipe.tokenizer, unique + [""])
+    cap_index = torch.tensor([unique.index(c) for c in captions]) if len(unique) < 5000 else None
+    empty = len(unique)
+    noise_sched = DDPMScheduler.from_config(pipe.scheduler.config)
+    params = list(unet.parameters()) + list(text_encoder.parameters())
+    unet.train().requires_grad_(True)
+    text_encoder.train().requires_grad_(True)
+    ema = [p.detach().clone() for p in params]
+    opt = torch.optim.AdamW(params, lr=cfg.t2i_lr, weight_decay=1e-2)
+    sched = get_cosine_schedule_with_warmup(opt, 100, cfg.t2i_steps)
+    losses = []
+    for _ in tqdm(range(cfg.t2i_steps), desc="UNet + text encoder", disable=not progress):
+        idx = torch.randint(len(mean), (cfg.t2i_batch,), generator=gen)
+        lat = (mean[idx] + std[idx] * torch.randn(mean[idx].shape, generator=gen)) * sf
+        cap = cap_index[idx].clone()
+        cap[torch.rand(cfg.t2i_batch, generator=gen) < cfg.caption_dropout] = empty
+        noise = torch.randn(lat.shape, generator=gen)
+        t = torch.randint(0, noise_sched.config.num_train_timesteps, (cfg.t2i_batch,), generator=gen)
+        noisy = noise_sched.add_noise(lat, noise, t)
+        emb = text_encoder(ids_table[cap])[0]
+        loss = F.mse_loss(unet(noisy, t, encoder_hidden_states=emb).sample, noise)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        _ema_update(ema, params, cfg.ema_decay)
+        losses.append(loss.item())
+    with torch.no_grad():
+        for p, e in zip(params, ema):
+            p.copy_(e)
+    unet.eval().requires_grad_(False)
+    text_encoder.eval().requires_grad_(False)
+    return {"final_loss": float(np.mean(losses[-50:])), "first_loss": float(np.mean(losses[:10]))}
+
+
+def _clip_batch_images(images: np.ndarray, idx: np.ndarray, gen: torch.Generator) -> torch.Tensor:
+    """Normalised CLIP input with light corruption (noise, blur) so the reward also reads blurry generated images."""
+    x = torch.from_numpy(images[idx]).permute(0, 3, 1, 2).float() / 255.0
+    n = x.shape[0]
+    blur = torch.rand(n, generator=gen) < 0.3
+    if blur.any():
+        x[blur] = F.avg_pool2d(F.pad(x[blur], (1, 1, 1, 1), mode="replicate"), 3, stride=1)
+    x = (x + 0.03 * torch.rand(n, 1, 1, 1, generator=gen) * torch.randn(x.shape, generator=gen)).clamp(0, 1)
+    mean = torch.tensor(OPENAI_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(OPENAI_STD).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+def train_clip(model: torch.nn.Module, tokenizer, images: np.ndarray, captions: Sequence[str], cfg: PretrainConfig,
+               progress: bool = True) -> dict:
+    """Contrastive training with *hard negatives*: each image is also contrasted with a wrong caption of its own
+    template (one count, colour, shape or relation changed, or colours swapped), so CLIPScore becomes sensitive to
+    exactly the attributes the RL is meant to fix. Duplicate captions in a batch are all positives (soft targets)."""
+    gen = torch.Generator().manual_seed(cfg.seed + 2)
+    rng = np.random.default_rng(cfg.seed + 2)
+    captions = list(captions)
+    token_cache: dict[str, torch.Tensor] = {}
+
+    def tokens(texts: list[str]) -> torch.Tensor:
+        missing = [t for t in dict.fromkeys(texts) if t not in token_cache]
+        if missing:
+            for t, ids in zip(missing, tokenizer(missing)):
+                token_cache[t] = ids
+        return torch.stack([token_cache[t] for t in texts])
+
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.clip_lr, weight_decay=0.1)
+    sched = get_cosine_schedule_with_warmup(opt, 50, cfg.clip_steps)
+    model.train()
+    losses, accs = [], []
+    for _ in tqdm(range(cfg.clip_steps), desc="CLIP", disable=not progress):
+        idx = rng.integers(len(captions), size=cfg.clip_batch)
+        caps = [captions[i] for i in idx]
+        texts = list(dict.fromkeys(caps + [perturb_prompt(c, rng) for c in caps]))
+        row = {t: i for i, t in enumerate(texts)}
+        pos = torch.tensor([row[c] for c in caps])
+        img = F.normalize(model.encode_image(_clip_batch_images(images, idx, gen)), dim=-1)
+        txt = F.normalize(model.encode_text(tokens(texts)), dim=-1)
+        logits = model.logit_scale.exp() * img @ txt.T  # (B, T)
+        target_i2t = F.one_hot(pos, len(texts)).float()
+        # text -> image over the captions present in the batch: every image with that caption is a positive
+        present = torch.unique(pos)
+        target_t2i = (pos[None, :] == present[:, None]).float()
+        target_t2i = target_t2i / target_t2i.sum(1, keepdim=True)
+        loss = 0.5 * (F.cross_entropy(logits, target_i2t) + F.cross_entropy(logits[:, present].T, target_t2i))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        with torch.no_grad():
+            model.logit_scale.clamp_(0, np.log(100))
+        losses.append(loss.item())
+        accs.append((logits.argmax(1) == pos).float().mean().item())
+    model.eval().requires_grad_(False)
+    return {"final_loss": float(np.mean(losses[-20:])), "train_top1_with_hard_negatives": float(np.mean(accs[-20:]))}
+
+
+def _folder_mb(path: Path) -> float:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 2**20
+
+
+def pretrain_world(out_dir: str | Path, cfg: PretrainConfig | None = None, progress: bool = True) -> dict:
+    """Train all of the world from scratch and write ``out_dir/pipeline`` (diffusers), ``out_dir/clip`` (open_clip)
+    and ``out_dir/report.json`` (wall time per component, parameter counts, file sizes, final losses)."""
+    cfg = cfg or PretrainConfig.full()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    report: dict = {"config": asdict(cfg), "threads": torch.get_num_threads()}
+    t = time.perf_counter()
+    images, captions = make_dataset(cfg.n_images, cfg.seed)
+    report["data_s"] = time.perf_counter() - t
+
+    pipe = build_world_pipeline(cfg.seed)
+    t = time.perf_counter()
+    report["vae"] = train_vae(pipe, images, cfg, progress) | {"wall_s": None}
+    report["vae"]["wall_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    report["text_to_image"] = train_text_to_image(pipe, images, captions, cfg, progress)
+    report["text_to_image"]["wall_s"] = time.perf_counter() - t
+    pipe.save_pretrained(out / "pipeline", safe_serialization=True)
+
+    clip, tokenizer = build_world_clip(cfg.seed)
+    t = time.perf_counter()
+    report["clip"] = train_clip(clip, tokenizer, images, captions, cfg, progress)
+    report["clip"]["wall_s"] = time.perf_counter() - t
+    save_world_clip(clip, out / "clip")
+
+    report["params"] = {"unet": _params(pipe.unet), "vae": _params(pipe.vae), "text_encoder": _params(pipe.text_encoder),
+                        "clip": _params(clip)}
+    report["size_mb"] = {"pipeline": _folder_mb(out / "pipeline"), "clip": _folder_mb(out / "clip")}
+    report["total_s"] = report["data_s"] + sum(report[k]["wall_s"] for k in ("vae", "text_to_image", "clip"))
+    (out / "report.json").write_text(json.dumps(report, indent=2))
+    return report
