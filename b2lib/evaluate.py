@@ -10,7 +10,7 @@ from tqdm.auto import tqdm
 
 from .sampling import sample_trajectories
 
-__all__ = ["generate", "evaluate_images", "sampling_throughput"]
+__all__ = ["generate", "evaluate_images", "evaluate_prompts", "subset", "sampling_throughput"]
 
 
 @torch.no_grad()
@@ -103,3 +103,36 @@ def sampling_throughput(
     return {"images_per_s_min": float(np.min(rates)), "images_per_s_median": float(np.median(rates)),
             "images_per_s_max": float(np.max(rates)), "batch": n_images, "steps": num_steps,
             "threads": torch.get_num_threads()}
+
+
+def subset(prompts: Sequence[str], k: int) -> list[str]:
+    """A fixed, evenly spaced subset of ``k`` prompts (all of them when ``k`` is 0 or large enough)."""
+    import numpy as np
+
+    prompts = list(prompts)
+    if not k or len(prompts) <= k:
+        return prompts
+    return [prompts[i] for i in np.linspace(0, len(prompts) - 1, k).round().astype(int)]
+
+
+def evaluate_prompts(
+    pipe: StableDiffusionPipeline,
+    prompts: Sequence[str],
+    reward=None,
+    judge_fn=None,
+    n_per_prompt: int = 4,
+    seed: int = 0,
+    num_steps: int = 20,
+    guidance_scale: float = 5.0,
+    eta: float = 1.0,
+    batch_size: int = 64,
+):
+    """Generate ``n_per_prompt`` images per prompt (prompt-major, same seeds for every model) and score them with
+    :func:`evaluate_images`; ``reward`` is a :class:`~b2lib.rewards.ClipScore` (also used for semantic diversity).
+    Returns ``(table, summary, images)``."""
+    batch = [p for p in prompts for _ in range(n_per_prompt)]
+    images = generate(pipe, batch, num_steps=num_steps, guidance_scale=guidance_scale, eta=eta, seed=seed,
+                      batch_size=batch_size)
+    embed = getattr(reward, "embed_images", None)
+    table, summary = evaluate_images(images, batch, reward, judge_fn, embed)
+    return table, summary, images

@@ -10,7 +10,7 @@ import numpy as np
 import seaborn as sns
 import torch
 
-__all__ = ["image_grid", "save_figure", "set_style"]
+__all__ = ["image_grid", "save_figure", "set_style", "training_curves", "comparison_grid"]
 
 
 def set_style() -> None:
@@ -58,3 +58,40 @@ def save_figure(fig, path: str | Path, dpi: int = 120) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=dpi, bbox_inches="tight")
     return path
+
+
+def training_curves(metrics, columns: Sequence[str] = ("reward_mean",), x: str = "images_seen", hue: str = "method"):
+    """Per-stage curves against the number of images generated (the budget both methods share); mean and band
+    over seeds when there are several."""
+    import pandas as pd
+
+    metrics = pd.DataFrame(metrics)
+    columns = [c for c in columns if c in metrics]
+    fig, axes = plt.subplots(1, len(columns), figsize=(4.2 * len(columns), 3.2), squeeze=False)
+    for ax, col in zip(axes.flat, columns):
+        sns.lineplot(data=metrics, x=x, y=col, hue=hue, marker="o", errorbar="sd", ax=ax)
+        ax.set_xlabel("images generated")
+        ax.set_ylabel(col.replace("_", " "))
+    fig.tight_layout()
+    return fig
+
+
+def comparison_grid(images: dict, prompts: Sequence[str], columns: int = 8, scale: float = 1.4):
+    """Rows = models (e.g. base / DDPO / B²), columns = the same prompts and seeds: differences are the models'."""
+    labels = list(images)
+    n = min(columns, len(prompts))
+    step = max(1, len(prompts) // n)
+    idx = list(range(0, len(prompts), step))[:n]
+    fig, axes = plt.subplots(len(labels), n, figsize=(n * scale, len(labels) * scale * 1.15), squeeze=False)
+    for r, label in enumerate(labels):
+        for c, i in enumerate(idx):
+            ax = axes[r, c]
+            ax.imshow(_to_hwc(images[label][i]), interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(prompts[i], fontsize=6)
+            if c == 0:
+                ax.set_ylabel(label, fontsize=8)
+    fig.tight_layout()
+    return fig

@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import contextlib
 import math
+import shutil
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal, Sequence
 
 import torch
@@ -114,6 +116,9 @@ class TrainerConfig:
     def images_per_stage(self) -> int:
         return self.prompts_per_stage * self.num_branches
 
+    def to_dict(self) -> dict:
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(self).items()}
+
 
 class RLTrainer:
     """Fine-tunes ``pipe.unet`` (LoRA by default) against ``reward_fn`` on ``prompts`` (sampled uniformly with
@@ -130,12 +135,16 @@ class RLTrainer:
         prompts: Sequence[str],
         config: TrainerConfig | None = None,
         accelerator: Accelerator | None = None,
+        metric_fn=None,
     ) -> None:
+        """``metric_fn(images, prompts) -> dict[str, float]``, optional: an independent metric computed on each
+        stage's own samples (e.g. the world's judge) and logged next to the reward, to catch reward hacking."""
         if isinstance(prompts, str) or not prompts:
             raise ValueError("prompts must be a non-empty list of training prompts.")
         self.config = config if config is not None else self._default_config()
         self.pipe = ensure_ddim(pipe)
         self.reward_fn = reward_fn
+        self.metric_fn = metric_fn
         self.prompts = list(prompts)
         self.accelerator = accelerator or Accelerator(mixed_precision=self.config.mixed_precision)
         self.schedule = self.config.schedule
@@ -169,6 +178,10 @@ class RLTrainer:
     @classmethod
     def _default_config(cls) -> TrainerConfig:
         return TrainerConfig.b2()
+
+    def named_trainable(self) -> dict[str, torch.nn.Parameter]:
+        """The trained parameters by name (LoRA matrices, or the whole UNet): what a checkpoint stores."""
+        return {n: p for n, p in self.pipe.unet.named_parameters() if p.requires_grad}
 
     # --------------------------------------------------------------------------------------------------- randomness
     def _generator(self, stage: int, stream: int) -> torch.Generator:
@@ -301,18 +314,41 @@ class RLTrainer:
             "sample_s": t1 - t0,
             "train_s": t2 - t1,
         }
+        if self.metric_fn is not None:
+            metrics.update(self.metric_fn(traj.images, traj.prompts))
         self.log.append(metrics)
         self.stage += 1
         return metrics
 
-    def train(self, num_stages: int | None = None) -> list[dict]:
-        """Run stages until ``num_stages`` more are done (default: to the end of the schedule)."""
+    def train(
+        self,
+        num_stages: int | None = None,
+        checkpoint_dir: str | None = None,
+        resume_from: str | None = None,
+    ) -> list[dict]:
+        """Run stages until ``num_stages`` more are done (default: to the end of the schedule).
+
+        ``checkpoint_dir``: after every stage, the state is written to ``checkpoint_dir/stage_XXXX`` (safetensors +
+        JSON; older ones are removed once the new one is complete). ``resume_from``: a checkpoint folder, or a run's
+        ``checkpoint_dir`` (its latest stage), to continue a killed run exactly where it stopped.
+        """
+        from .checkpoint import load_checkpoint, save_checkpoint
+
+        if resume_from is not None:
+            path = Path(resume_from)
+            stages = sorted(path.glob("stage_[0-9][0-9][0-9][0-9]")) if path.is_dir() else []
+            load_checkpoint(self, stages[-1] if stages else path)
         end = self.config.num_stages if num_stages is None else min(self.stage + num_stages, self.config.num_stages)
         bar = tqdm(range(self.stage, end), desc="stages",
                    disable=not self.config.progress or not self.accelerator.is_local_main_process)
         for _ in bar:
             m = self.train_stage()
             bar.set_postfix(reward=f"{m['reward_mean']:.4f}", split=m["split_step"], kept=m["kept"])
+            if checkpoint_dir is not None and self.accelerator.is_main_process:
+                new = save_checkpoint(self, Path(checkpoint_dir) / f"stage_{self.stage:04d}")
+                for old in Path(checkpoint_dir).glob("stage_[0-9][0-9][0-9][0-9]"):
+                    if old != new:
+                        shutil.rmtree(old, ignore_errors=True)
         return self.log
 
 

@@ -25,7 +25,6 @@ def test_corrupt_weights_say_how_to_regenerate(tmp_path):
         wm.load_clip_score(clip)
 
 
-@pytest.mark.skipif(not (wm.WEIGHTS_DIR / "pipeline").exists(), reason="shipped weights not generated yet")
 def test_shipped_weights_load_and_sample():
     from b2lib.evaluate import generate
 

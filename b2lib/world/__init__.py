@@ -75,3 +75,15 @@ __all__ = [
     "split_prompts",
     "template_of",
 ]
+
+_LAZY = {"load_pipeline": "models", "load_clip_score": "models", "WEIGHTS_DIR": "models"}
+__all__ += list(_LAZY)
+
+
+def __getattr__(name: str):
+    """The model loaders import torch/diffusers, so they load on first use: the world itself stays torch-free."""
+    if name in _LAZY:
+        from importlib import import_module
+
+        return getattr(import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..evaluate import evaluate_images, generate
+from ..evaluate import evaluate_prompts, subset
 from .judge import judge_batch
 from .prompts import TEMPLATES, perturb_prompt, split_prompts
 from .scenes import caption, render_batch, sample_scene
 
-__all__ = ["reward_accuracy", "evaluate_templates"]
+__all__ = ["reward_accuracy", "evaluate_templates", "judge_metrics"]
 
 
 @torch.no_grad()
@@ -59,13 +59,20 @@ def evaluate_templates(
     rows, tables, images = [], {}, {}
     for template in templates:
         train, test = split_prompts(template)
-        prompts = {"train": train, "test": test}[split]
-        if max_prompts and len(prompts) > max_prompts:
-            prompts = [prompts[i] for i in np.linspace(0, len(prompts) - 1, max_prompts).round().astype(int)]
-        batch = [p for p in prompts for _ in range(n_per_prompt)]
-        imgs = generate(pipe, batch, num_steps=num_steps, guidance_scale=guidance_scale, eta=eta, seed=seed,
-                        batch_size=batch_size)
-        table, summary = evaluate_images(imgs, batch, reward, judge_batch, reward.embed_images)
+        prompts = subset({"train": train, "test": test}[split], max_prompts)
+        table, summary, imgs = evaluate_prompts(pipe, prompts, reward, judge_batch, n_per_prompt, seed, num_steps,
+                                                guidance_scale, eta, batch_size)
         rows.append({"template": template, **summary})
         tables[template], images[template] = table, imgs
     return pd.DataFrame(rows).set_index("template"), tables, images
+
+
+def judge_metrics(images, prompts) -> dict[str, float]:
+    """The judge's alignment rate (and per-attribute rates) on a batch: a ``metric_fn`` for the trainer."""
+    results = judge_batch(images, list(prompts))
+    out = {"judge_all_ok": float(np.mean([r.all_ok for r in results]))}
+    for attr in ("count_ok", "colour_ok", "shape_ok", "binding_ok", "relation_ok"):
+        vals = [getattr(r, attr) for r in results if getattr(r, attr) is not None]
+        if vals:
+            out[f"judge_{attr}"] = float(np.mean(vals))
+    return out

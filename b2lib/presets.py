@@ -1,0 +1,149 @@
+"""The two scales of every experiment, one code path: only the models, the prompts and the sizes differ.
+
+* ``"paper"``: Stable Diffusion v1.4 and OpenCLIP ViT-H-14 (laion2B-s32B-b79K) from the hub, the paper's prompt
+  templates, the reference hyper-parameters (``TrainerConfig`` defaults), fp16 on GPU.
+* ``"embedded"``: the shape world whose weights ship in ``b2lib/world/weights``, on CPU, in minutes.
+
+Templates are named by what they test; the paper's names are accepted too: ``template1``/``counting`` (the paper's
+"a {animal} {activity}", mirrored in the world by counting), ``template2``/``binding`` ("{colour} {fruit}"),
+``template3``/``relation`` ("{object} {relation} {object}").
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .trainer import TrainerConfig
+
+__all__ = ["PRESETS", "TEMPLATE_ALIASES", "EMBEDDED", "Preset", "get_preset", "canonical_template", "load_prompts",
+           "load_models", "trainer_config"]
+
+PRESETS = ("embedded", "paper")
+TEMPLATE_ALIASES = {
+    "counting": "counting", "template1": "counting",
+    "binding": "binding", "template2": "binding",
+    "relation": "relation", "template3": "relation",
+}
+_PAPER_FILES = {"counting": "template1", "binding": "template2", "relation": "template3"}
+_PROMPT_DIR = Path(__file__).parent / "data" / "prompts"
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    pipeline: str  # hub name or folder ("" = the shipped world weights)
+    clip_model: str
+    clip_pretrained: str
+    device: str
+    torch_dtype: torch.dtype
+
+
+def get_preset(name: str) -> Preset:
+    if name == "paper":
+        cuda = torch.cuda.is_available()
+        return Preset("paper", "CompVis/stable-diffusion-v1-4", "ViT-H-14", "laion2b_s32b_b79k",
+                      "cuda" if cuda else "cpu", torch.float16 if cuda else torch.float32)
+    if name == "embedded":
+        return Preset("embedded", "", "b2-world-clip", "", "cpu", torch.float32)
+    raise ValueError(f"Unknown preset {name!r}: use one of {PRESETS}.")
+
+
+def canonical_template(template: str) -> str:
+    if template not in TEMPLATE_ALIASES:
+        raise ValueError(f"Unknown template {template!r}: use one of {sorted(TEMPLATE_ALIASES)}.")
+    return TEMPLATE_ALIASES[template]
+
+
+def load_prompts(preset: str, template: str, split: str = "train") -> list[str]:
+    """The train or test prompts of a template at the given scale."""
+    template = canonical_template(template)
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}.")
+    if get_preset(preset).name == "paper":
+        return json.loads((_PROMPT_DIR / f"{_PAPER_FILES[template]}_{split}.json").read_text())
+    from .world.prompts import split_prompts
+
+    train, test = split_prompts(template)
+    return train if split == "train" else test
+
+
+def load_models(preset: str, model_dir: str = "", clip_dir: str = "", device: str | None = None):
+    """``(pipeline, ClipScore)`` for a preset; ``model_dir``/``clip_dir`` override the defaults (a local folder, or
+    for the paper preset a hub name / CLIP checkpoint file). Without hub access the paper preset fails here, with
+    an error that says so."""
+    p = get_preset(preset)
+    device = device or p.device
+    if p.name == "embedded":
+        from .world.models import load_clip_score, load_pipeline
+
+        return load_pipeline(model_dir or None, device=device), load_clip_score(clip_dir or None, device=device)
+    from .models import load_pipeline
+    from .rewards import ClipScore
+
+    pipe = load_pipeline(model_dir or p.pipeline, torch_dtype=p.torch_dtype, device=device)
+    reward = ClipScore.from_pretrained(p.clip_model, clip_dir or p.clip_pretrained, device=device,
+                                       precision="fp16" if p.torch_dtype == torch.float16 else "fp32")
+    return pipe, reward
+
+
+def trainer_config(
+    preset: str,
+    method: str,
+    stages: int | None = None,
+    images_per_stage: int | None = None,
+    branches: int | None = None,
+    seed: int = 0,
+    **overrides,
+) -> TrainerConfig:
+    """The ``TrainerConfig`` of ``method`` ("b2" or "ddpo") at a scale. Both methods get the same number of generated
+    images per stage: B² samples ``images_per_stage // branches`` prefixes with ``branches`` branches each, DDPO
+    ``images_per_stage`` independent trajectories. Everything else is shared, so they differ only where the paper
+    says they do."""
+    if method not in ("b2", "ddpo"):
+        raise ValueError(f"Unknown method {method!r}: use 'b2' or 'ddpo'.")
+    p = get_preset(preset)
+    if p.name == "paper":
+        base = dict(mixed_precision="fp16" if p.torch_dtype == torch.float16 else "no")  # the rest: reference defaults
+    else:
+        base = dict(EMBEDDED)
+    base.update(seed=seed)
+    stages = stages if stages is not None else base.pop("num_stages", None)
+    images_per_stage = images_per_stage if images_per_stage is not None else base.pop("images_per_stage", None)
+    base.pop("images_per_stage", None)
+    if stages is not None:
+        base["num_stages"] = stages
+    else:
+        base.pop("num_stages", None)
+    base.update(overrides)
+    b = branches if branches is not None else base.pop("num_branches", TrainerConfig.num_branches)
+    base.pop("num_branches", None)
+    ips = images_per_stage if images_per_stage is not None else TrainerConfig.prompts_per_stage * b
+    if method == "b2":
+        if ips % b:
+            raise ValueError(f"images_per_stage={ips} must be a multiple of branches={b} for an equal budget.")
+        return TrainerConfig.b2(num_branches=b, prompts_per_stage=ips // b, **base)
+    base.pop("split_start", None)
+    return TrainerConfig.ddpo(prompts_per_stage=ips, **base)
+
+
+#: Embedded-scale hyper-parameters (CPU, minutes). Chosen by the one-prompt pilot recorded in results/pilot/.
+EMBEDDED: dict = dict(
+    num_stages=12,
+    images_per_stage=32,
+    num_branches=4,
+    num_steps=20,
+    eta=1.0,
+    guidance_scale=5.0,
+    split_start=10,
+    sample_batch_size=16,
+    epochs_per_stage=2,
+    train_batch_size=8,
+    grad_accum=4,
+    lr=3e-4,
+    lora_rank=8,
+    history=8,
+)
