@@ -35,7 +35,7 @@ class RunConfig:
     methods: tuple[str, ...] = METHODS
     template: str = "counting"
     preset: str = "embedded"
-    stages: int = 0  # 0: the preset's default (embedded 12, paper 100)
+    stages: int = 0  # 0: the preset's default (embedded 20, paper 100)
     images_per_stage: int = 0  # both methods generate this many per stage (equal budget); 0: embedded 32, paper 1280
     branches: int = 0  # B² branches per prefix (prefixes per stage = images_per_stage // branches); 0: 4 / 5
     seeds: tuple[int, ...] = (0,)
@@ -89,11 +89,18 @@ def _stage_metric_fn(preset: str):
     return None
 
 
-def run_experiment(cfg: RunConfig, progress: bool = True) -> RunResult:
+def run_experiment(cfg: RunConfig, progress: bool = True, accelerator=None) -> RunResult:
+    """Train and evaluate as ``cfg`` says. Under ``accelerate launch`` every process trains (sampling split over
+    processes, gradients synchronised); evaluation and files are the main process's job."""
+    from accelerate import Accelerator
+
     t0 = time.perf_counter()
+    acc = accelerator or Accelerator(cpu=get_preset(cfg.preset).device == "cpu")
+    main = acc.is_main_process
     out = Path(cfg.output_dir) if cfg.output_dir else results_dir(cfg.run_name)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2, default=str))
+    if main:
+        (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2, default=str))
     template = canonical_template(cfg.template)
     train_prompts = list(cfg.train_prompts) or load_prompts(cfg.preset, template, "train")
     eval_prompts = list(cfg.eval_prompts) or subset(load_prompts(cfg.preset, template, "test"), cfg.eval_max_prompts)
@@ -101,37 +108,42 @@ def run_experiment(cfg: RunConfig, progress: bool = True) -> RunResult:
     metric_fn = _stage_metric_fn(cfg.preset)
     eval_kwargs = dict(judge_fn=judge, n_per_prompt=cfg.eval_n_per_prompt, seed=cfg.eval_seed)
 
-    pipe, reward = load_models(cfg.preset, cfg.model_dir, cfg.clip_dir)
-    tables, rows, images = [], [], {}
-    table, summary, images["base"] = evaluate_prompts(pipe, eval_prompts, reward, **eval_kwargs)
-    rows.append({"model": "base", "method": "base", "seed": None, **summary})
-    eval_batch = list(table["prompt"])
+    device = str(acc.device)
+    pipe, reward = load_models(cfg.preset, cfg.model_dir, cfg.clip_dir, device=device)
+    rows, images = [], {}
+    eval_batch = [p for p in eval_prompts for _ in range(cfg.eval_n_per_prompt)]
+    if main:
+        _, summary, images["base"] = evaluate_prompts(pipe, eval_prompts, reward, **eval_kwargs)
+        rows.append({"model": "base", "method": "base", "seed": None, **summary})
 
     metrics = []
     for seed in cfg.seeds:
         for method in cfg.methods:
             label = f"{method}_seed{seed}"
-            pipe, _ = load_models(cfg.preset, cfg.model_dir, cfg.clip_dir)  # fresh base weights for each run
+            pipe, _ = load_models(cfg.preset, cfg.model_dir, cfg.clip_dir, device=device)  # fresh base weights
             tcfg = trainer_config(cfg.preset, method, stages=cfg.stages or None,
                                   images_per_stage=cfg.images_per_stage or None, branches=cfg.branches or None,
                                   seed=seed, progress=progress, **cfg.overrides)
-            trainer = RLTrainer(pipe, reward, train_prompts, tcfg, metric_fn=metric_fn)
+            trainer = RLTrainer(pipe, reward, train_prompts, tcfg, accelerator=acc, metric_fn=metric_fn)
             ckpt_dir = out / label / "checkpoints"
             resume = latest_checkpoint(out / label) if cfg.resume else None
             trainer.train(checkpoint_dir=ckpt_dir, resume_from=resume)
-            save_lora(pipe, out / label / "lora")
+            acc.wait_for_everyone()
             for m in trainer.log:
                 metrics.append({"method": method, "seed": seed, **m})
-            _, summary, images[label] = evaluate_prompts(pipe, eval_prompts, reward, **eval_kwargs)
-            rows.append({"model": label, "method": method, "seed": seed, **summary})
-            pd.DataFrame(metrics).to_csv(out / "metrics.csv", index=False)  # progress survives a crash
+            if main:
+                save_lora(pipe, out / label / "lora")
+                _, summary, images[label] = evaluate_prompts(pipe, eval_prompts, reward, **eval_kwargs)
+                rows.append({"model": label, "method": method, "seed": seed, **summary})
+                pd.DataFrame(metrics).to_csv(out / "metrics.csv", index=False)  # progress survives a crash
 
     metrics_df, evals = pd.DataFrame(metrics), pd.DataFrame(rows)
-    metrics_df.to_csv(out / "metrics.csv", index=False)
-    evals.to_csv(out / "eval.csv", index=False)
     wall = time.perf_counter() - t0
-    (out / "summary.json").write_text(json.dumps({
-        "wall_s": wall, "template": template, "preset": cfg.preset, "eval_prompts": eval_prompts,
-        "eval": evals.to_dict(orient="records"),
-    }, indent=2, default=str))
+    if main:
+        metrics_df.to_csv(out / "metrics.csv", index=False)
+        evals.to_csv(out / "eval.csv", index=False)
+        (out / "summary.json").write_text(json.dumps({
+            "wall_s": wall, "template": template, "preset": cfg.preset, "processes": acc.num_processes,
+            "eval_prompts": eval_prompts, "eval": evals.to_dict(orient="records"),
+        }, indent=2, default=str))
     return RunResult(out, metrics_df, evals, images, eval_batch, wall)

@@ -217,14 +217,49 @@ class RLTrainer:
 
     # -------------------------------------------------------------------------------------------------- advantages
     def advantages(self, traj: Trajectories, rewards: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Normalised, clipped, weighted advantages and the mask of samples to train on."""
+        """Normalised, clipped, weighted advantages and the mask of samples to train on.
+
+        Under several processes the per-prompt statistics are computed on every process's rewards (gathered), so
+        all processes normalise alike and keep identical normaliser states; selection stays local, since a branch
+        group never spans processes.
+        """
         cfg = self.config
-        z = self.normalizer(traj.prompts, rewards)
+        prompts, all_rewards, start = self._gather_scores(traj.prompts, rewards)
+        z = self.normalizer(prompts, all_rewards)[start : start + len(traj)]
         if cfg.selection:
             keep = select_in_groups(z, traj.group_ids, cfg.pos_threshold, cfg.neg_threshold)
         else:
             keep = torch.ones_like(z, dtype=torch.bool)
         return weighted_advantages(z, cfg.adv_clip, cfg.pos_weight, cfg.neg_weight), keep
+
+    def _gather_scores(self, prompts: list[str], rewards: torch.Tensor) -> tuple[list[str], torch.Tensor, int]:
+        """Every process's prompts and rewards, in process order, and where this process's rows start."""
+        acc = self.accelerator
+        if acc.num_processes == 1:
+            return list(prompts), rewards, 0
+        from accelerate.utils import gather_object
+
+        all_prompts = gather_object(list(prompts))
+        all_rewards = acc.gather(rewards.to(acc.device)).cpu()
+        return all_prompts, all_rewards, acc.process_index * len(prompts)
+
+    def _pad_to_global_max(self, kept: Trajectories, adv: torch.Tensor, traj: Trajectories):
+        """Pad this process's kept samples to the largest count over processes with zero-advantage rows.
+
+        Why: DDP needs every process to run the same number of backward passes; selection keeps different numbers
+        of samples per process. A zero-advantage row has zero loss and zero gradient, so padding changes nothing
+        but the step count.
+        """
+        acc = self.accelerator
+        if acc.num_processes == 1:
+            return kept, adv
+        n_max = int(acc.gather(torch.tensor([len(kept)], device=acc.device)).max())
+        missing = n_max - len(kept)
+        if missing == 0:
+            return kept, adv
+        source = kept if len(kept) else traj
+        filler = source.select(torch.arange(missing) % len(source))
+        return Trajectories.cat([kept, filler]), torch.cat([adv, torch.zeros(missing)])
 
     # ------------------------------------------------------------------------------------------------------ update
     def log_prob(self, traj: Trajectories, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
@@ -296,10 +331,10 @@ class RLTrainer:
         traj, rewards = self.sample_stage(stage)
         t1 = time.perf_counter()
         adv, keep = self.advantages(traj, rewards)
-        kept = traj.select(keep)
-        stats = self.update(kept, adv[keep], stage)
+        kept, kept_adv = self._pad_to_global_max(traj.select(keep), adv[keep], traj)
+        stats = self.update(kept, kept_adv, stage)
         t2 = time.perf_counter()
-        self.images_seen += len(traj)
+        self.images_seen += len(traj) * self.accelerator.num_processes
         metrics = {
             "stage": stage,
             "split_step": self.schedule(stage),

@@ -1,0 +1,55 @@
+"""The two scales: the paper preset constructs with the reference values and fails only where the hub is needed."""
+
+import time
+
+import pytest
+
+from b2lib.experiment import RunConfig, run_experiment
+from b2lib.presets import load_models, load_prompts, trainer_config
+
+
+def test_paper_preset_is_the_reference():
+    b2, ddpo = trainer_config("paper", "b2"), trainer_config("paper", "ddpo")
+    assert (b2.num_steps, b2.eta, b2.guidance_scale) == (20, 1.0, 5.0)
+    assert (b2.num_branches, b2.num_stages, b2.split_start, b2.schedule.end) == (5, 100, 14, 20)
+    assert b2.schedule.splits == [14 + i * 7 // 100 for i in range(100)]
+    assert (b2.pos_threshold, b2.neg_threshold, b2.history) == (0.5, -0.5, 8)
+    assert (b2.lr, b2.train_batch_size, b2.grad_accum, b2.clip_range, b2.adv_clip) == (1e-4, 2, 64, 0.1, 5.0)
+    assert b2.use_lora and b2.images_per_stage == ddpo.images_per_stage == 1280
+    assert not ddpo.progressive and ddpo.num_branches == 1 and not ddpo.selection
+
+
+def test_paper_prompts_are_the_papers_lists():
+    assert len(load_prompts("paper", "template1", "train")) == 45
+    assert len(load_prompts("paper", "counting", "test")) == 90
+    assert load_prompts("paper", "template2", "train")[0] == "red apple"
+    with pytest.raises(ValueError, match="Unknown template"):
+        load_prompts("paper", "template9")
+
+
+def test_embedded_budgets_are_equal():
+    b2, ddpo = trainer_config("embedded", "b2"), trainer_config("embedded", "ddpo")
+    assert b2.images_per_stage == ddpo.images_per_stage
+    with pytest.raises(ValueError, match="multiple of branches"):
+        trainer_config("embedded", "b2", images_per_stage=30, branches=4)
+
+
+def test_paper_preset_fails_only_at_the_hub_with_a_clear_message(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # the network is off
+    monkeypatch.setenv("HF_HOME", str(tmp_path))
+    RunConfig(preset="paper", template="template3")  # constructing is fine
+    t = time.perf_counter()
+    with pytest.raises(OSError, match="hub"):
+        load_models("paper")
+    with pytest.raises(OSError, match="hub"):
+        run_experiment(RunConfig(preset="paper", output_dir=str(tmp_path / "run")), progress=False)
+    assert time.perf_counter() - t < 30
+
+
+def test_bad_run_config():
+    with pytest.raises(ValueError, match="Unknown method"):
+        RunConfig(methods=("ppo",))
+    with pytest.raises(ValueError, match="Unknown template"):
+        RunConfig(template="animals")
+    with pytest.raises(ValueError, match="Unknown preset"):
+        RunConfig(preset="huge")
