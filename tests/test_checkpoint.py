@@ -67,3 +67,20 @@ def test_lora_export_loads_in_stock_diffusers(make_pipe, tmp_path):
                                    pipe.unet(x, 500, encoder_hidden_states=emb).sample)
         base = make_pipe().unet(x, 500, encoder_hidden_states=emb).sample
     assert not torch.allclose(base, pipe.unet(x, 500, encoder_hidden_states=emb).sample)
+
+
+def test_nan_stops_and_keeps_the_last_good_checkpoint(make_pipe, tmp_path):
+    calls = {"n": 0}
+
+    def flaky(images, prompts):  # a reward that breaks during the second stage
+        calls["n"] += 1
+        r = redness(images, prompts)
+        return r if calls["n"] == 1 else torch.full_like(r, float("nan"))
+
+    trainer = B2Trainer(make_pipe(), flaky, PROMPTS, _cfg())
+    with pytest.raises(FloatingPointError, match="last good state"):
+        trainer.train(checkpoint_dir=tmp_path / "checkpoints")
+    assert latest_checkpoint(tmp_path).name == "stage_0001"
+    resumed = B2Trainer(make_pipe(), redness, PROMPTS, _cfg())
+    resumed.train(num_stages=1, resume_from=tmp_path / "checkpoints")
+    assert resumed.stage == 2
