@@ -114,18 +114,24 @@ def ddim_step_with_logprob(
             "log-probability. Configure the scheduler with `set_alpha_to_one=False` (Stable Diffusion's setting)."
         )
 
+    # Every coefficient is formed in float64 and only then cast: in fp16/bf16, 1 - alpha_prev - sigma^2 can round
+    # below zero (NaN after sqrt) and late-step sigmas lose their digits.
     dtype = sample.dtype
-    alpha_t, alpha_prev, beta_t, std = (_per_sample(v, sample.ndim).to(dtype) for v in (alpha_t, alpha_prev, beta_t, std))
+    direction_coef = (1 - alpha_prev - std**2).clamp(min=0).sqrt()
+    sa_t, sb_t, sa_prev, dir_c, std_c = (
+        _per_sample(v, sample.ndim).to(dtype)
+        for v in (alpha_t.sqrt(), beta_t.sqrt(), alpha_prev.sqrt(), direction_coef, std)
+    )
 
     if cfg.prediction_type == "epsilon":
-        pred_x0 = (sample - beta_t.sqrt() * noise_pred) / alpha_t.sqrt()
+        pred_x0 = (sample - sb_t * noise_pred) / sa_t
         pred_eps = noise_pred
     elif cfg.prediction_type == "sample":
         pred_x0 = noise_pred
-        pred_eps = (sample - alpha_t.sqrt() * pred_x0) / beta_t.sqrt()
+        pred_eps = (sample - sa_t * pred_x0) / sb_t
     elif cfg.prediction_type == "v_prediction":
-        pred_x0 = alpha_t.sqrt() * sample - beta_t.sqrt() * noise_pred
-        pred_eps = alpha_t.sqrt() * noise_pred + beta_t.sqrt() * sample
+        pred_x0 = sa_t * sample - sb_t * noise_pred
+        pred_eps = sa_t * noise_pred + sb_t * sample
     else:  # pragma: no cover - diffusers validates this on construction
         raise ValueError(f"Unsupported prediction_type {cfg.prediction_type!r}.")
 
@@ -134,14 +140,15 @@ def ddim_step_with_logprob(
     elif cfg.clip_sample:
         pred_x0 = pred_x0.clamp(-cfg.clip_sample_range, cfg.clip_sample_range)
 
-    direction = (1 - alpha_prev - std**2).sqrt() * pred_eps
-    mean = alpha_prev.sqrt() * pred_x0 + direction
+    mean = sa_prev * pred_x0 + dir_c * pred_eps
 
     if prev_sample is None:
         from diffusers.utils.torch_utils import randn_tensor
 
         noise = randn_tensor(noise_pred.shape, generator=generator, device=device, dtype=noise_pred.dtype)
-        prev_sample = (mean + std * noise).detach()
+        prev_sample = (mean + std_c * noise).detach()
 
-    log_prob = gaussian_log_prob(prev_sample.detach(), mean, std)
+    # The density in float32 at least: half-precision squares of small differences over tiny variances are noise.
+    ld = torch.promote_types(mean.dtype, torch.float32)
+    log_prob = gaussian_log_prob(prev_sample.detach().to(ld), mean.to(ld), _per_sample(std, sample.ndim).to(ld))
     return prev_sample.type(dtype), log_prob

@@ -121,19 +121,29 @@ def build_tiny_pipeline(
         norm_num_groups=8,
         sample_size=image_size,
     )
-    text_encoder = CLIPTextModel(
+    text_encoder = clip_text_encoder(text_dim, 2 * text_dim, num_layers=2, max_length=max_length)
+    return assemble_pipeline(vae, unet, text_encoder, max_length, tokenizer_dir)
+
+
+def clip_text_encoder(hidden: int, intermediate: int, num_layers: int, max_length: int, heads: int = 4) -> CLIPTextModel:
+    """A randomly initialised CLIP text transformer over CLIP's 49,408-token BPE vocabulary (SD's text encoder kind)."""
+    return CLIPTextModel(
         CLIPTextConfig(
             vocab_size=49408,
-            hidden_size=text_dim,
-            intermediate_size=2 * text_dim,
-            num_hidden_layers=2,
-            num_attention_heads=4,
+            hidden_size=hidden,
+            intermediate_size=intermediate,
+            num_hidden_layers=num_layers,
+            num_attention_heads=heads,
             max_position_embeddings=max_length,
             bos_token_id=49406,
             eos_token_id=49407,
             pad_token_id=49407,
         )
     )
+
+
+def assemble_pipeline(vae, unet, text_encoder, max_length: int, tokenizer_dir=None) -> StableDiffusionPipeline:
+    """A StableDiffusionPipeline from components, with the CLIP BPE tokenizer, SD's DDIM and no safety checker."""
     return StableDiffusionPipeline(
         vae=vae,
         text_encoder=text_encoder,

@@ -155,6 +155,8 @@ class RLTrainer:
         pipe.text_encoder.requires_grad_(False)
         if cfg.use_lora:
             params = add_lora(pipe.unet, rank=cfg.lora_rank)
+            for p in params:  # fp32 master weights for the adapter when the base model runs in fp16/bf16 (as DDPO)
+                p.data = p.data.float()
         else:
             pipe.unet.requires_grad_(True)
             params = list(pipe.unet.parameters())

@@ -35,3 +35,11 @@ def test_main_job_cli_under_two_processes(tmp_path):
     assert summary["processes"] == 2
     assert {r["model"] for r in summary["eval"]} == {"base", "ddpo_seed0", "b2_seed0"}
     assert (tmp_path / "b2_seed0" / "lora" / "pytorch_lora_weights.safetensors").exists()
+
+
+def test_half_precision_base_trains_fp32_lora(tmp_path):
+    """Paper-scale setting on CPU: bf16 base weights + bf16 autocast; the LoRA keeps fp32 master weights."""
+    script = Path(__file__).parent / "scripts" / "bf16_train.py"
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "RESULT dtypes=['torch.float32'] changed=True finite=True" in proc.stdout

@@ -13,9 +13,8 @@ from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
-from transformers import CLIPTextConfig, CLIPTextModel
 
-from ..models import _sd_scheduler, clip_bpe_tokenizer, load_pipeline as _load_sd
+from ..models import assemble_pipeline, clip_text_encoder, load_pipeline as _load_sd
 from ..rewards import ClipScore
 
 __all__ = [
@@ -78,29 +77,8 @@ def build_world_pipeline(seed: int = 0) -> StableDiffusionPipeline:
         attention_head_dim=8,
         norm_num_groups=16,
     )
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=49408,
-            hidden_size=64,
-            intermediate_size=256,
-            num_hidden_layers=3,
-            num_attention_heads=4,
-            max_position_embeddings=MAX_TOKENS,
-            bos_token_id=49406,
-            eos_token_id=49407,
-            pad_token_id=49407,
-        )
-    )
-    return StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=clip_bpe_tokenizer(model_max_length=MAX_TOKENS),
-        unet=unet,
-        scheduler=_sd_scheduler(),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
+    text_encoder = clip_text_encoder(64, 256, num_layers=3, max_length=MAX_TOKENS)
+    return assemble_pipeline(vae, unet, text_encoder, MAX_TOKENS)
 
 
 def build_world_clip(seed: int = 0):
