@@ -50,8 +50,8 @@ def evaluate_images(
     (reward mean/std, judge alignment and per-attribute rates, semantic and pixel diversity).
 
     ``reward_fn(images, prompts) -> (N,)``; ``judge_fn(images, prompts) -> list`` of objects/dicts with boolean fields
-    (e.g. ``b2lib.world.judge_batch``); ``embed_fn(images) -> (N, D)`` for semantic diversity (e.g.
-    ``ClipScore.embed_images``). Each is optional.
+    (e.g. ``b2lib.world.judge_batch``); ``embed_fn(images) -> (N, D)`` for semantic diversity; without it, a reward with ``score_and_embed`` (a
+    :class:`~b2lib.rewards.ClipScore`) supplies both from one image pass. Each is optional.
     """
     import dataclasses
 
@@ -61,8 +61,13 @@ def evaluate_images(
 
     table = pd.DataFrame({"prompt": list(prompts)})
     summary: dict = {"n_images": len(prompts), "n_prompts": table["prompt"].nunique()}
+    features = None
     if reward_fn is not None:
-        table["reward"] = reward_fn(images, list(prompts)).cpu().numpy()
+        if embed_fn is None and hasattr(reward_fn, "score_and_embed"):  # a ClipScore: one image pass for both
+            scores, features = reward_fn.score_and_embed(images, list(prompts))
+        else:
+            scores = reward_fn(images, list(prompts))
+        table["reward"] = scores.cpu().numpy()
         summary["reward_mean"] = float(table["reward"].mean())
         summary["reward_std"] = float(table["reward"].std(ddof=0))
     if judge_fn is not None:
@@ -78,8 +83,10 @@ def evaluate_images(
                 summary[f"judge_{col}"] = float(vals.astype(float).mean())
     if table["prompt"].duplicated().any():
         summary["pixel_diversity"] = pixel_diversity(images, prompts)
-        if embed_fn is not None:
-            summary["clip_diversity"] = pairwise_diversity(embed_fn(images), prompts)
+        if features is None and embed_fn is not None:
+            features = embed_fn(images)
+        if features is not None:
+            summary["clip_diversity"] = pairwise_diversity(features, prompts)
     return table, summary
 
 
@@ -133,6 +140,5 @@ def evaluate_prompts(
     batch = [p for p in prompts for _ in range(n_per_prompt)]
     images = generate(pipe, batch, num_steps=num_steps, guidance_scale=guidance_scale, eta=eta, seed=seed,
                       batch_size=batch_size)
-    embed = getattr(reward, "embed_images", None)
-    table, summary = evaluate_images(images, batch, reward, judge_fn, embed)
+    table, summary = evaluate_images(images, batch, reward, judge_fn)
     return table, summary, images

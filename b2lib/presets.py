@@ -131,7 +131,7 @@ def trainer_config(
 
 
 #: Embedded-scale hyper-parameters (CPU, minutes). lr chosen by the one-prompt pilot (notebooks/02): at 3e-4 neither
-#: method moved the reward in 8 stages (results/pilot_lr3e-4); at 1e-3 B² raised reward and judge alignment while
+#: method raised the reward in 8 stages (results/pilot_lr3e-4); at 1e-3 B² raised reward and judge alignment while
 #: DDPO's reward collapsed (results/pilot_lr1e-3). Both methods use the same values.
 EMBEDDED: dict = dict(
     num_stages=20,

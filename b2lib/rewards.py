@@ -123,14 +123,17 @@ class ClipScore:
         return F.normalize(self.model.encode_text(tokens).float(), dim=-1)
 
     @torch.no_grad()
-    def __call__(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
+    def score_and_embed(self, images: torch.Tensor, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """CLIPScores ``(N,)`` and the normalised image embeddings ``(N, D)`` from one pass of the image tower
+        (evaluation needs both: the reward and semantic diversity)."""
         _check_images(images, prompts)
-        out = []
         unique = list(dict.fromkeys(prompts))
         text = self.embed_texts(unique)  # each distinct prompt encoded once
         row = {p: i for i, p in enumerate(unique)}
         index = torch.tensor([row[p] for p in prompts], device=self.device)
-        for i in range(0, images.shape[0], self.batch_size):
-            img = self.embed_images(images[i : i + self.batch_size])
-            out.append((img * text[index[i : i + self.batch_size]]).sum(-1))
-        return torch.cat(out).cpu()
+        feats = torch.cat([self.embed_images(images[i : i + self.batch_size])
+                           for i in range(0, images.shape[0], self.batch_size)])
+        return (feats * text[index]).sum(-1).cpu(), feats.cpu()
+
+    def __call__(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
+        return self.score_and_embed(images, prompts)[0]

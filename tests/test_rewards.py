@@ -66,3 +66,11 @@ def test_unknown_tag_and_missing_checkpoint():
         ClipScore.from_pretrained("ViT-H-14", "no_such_tag")
     with pytest.raises(FileNotFoundError):
         ClipScore.from_pretrained("ViT-B-32", "/nonexistent/clip.safetensors")
+
+
+def test_score_and_embed_equals_separate_passes(tiny_clip):
+    score = ClipScore(*tiny_clip, batch_size=2)
+    images, prompts = torch.rand(5, 3, 16, 16), ["a", "b", "a", "c", "b"]
+    s, f = score.score_and_embed(images, prompts)
+    torch.testing.assert_close(s, score(images, prompts))
+    torch.testing.assert_close(f, score.embed_images(images))

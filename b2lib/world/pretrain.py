@@ -128,8 +128,9 @@ def train_text_to_image(pipe: StableDiffusionPipeline, images: np.ndarray, capti
         std = torch.cat([d.std for d in dists])
     del data
     unique = sorted(set(captions))
-    ids_table = _tokenize(pipe.tokenizer, unique + [""])
-    cap_index = torch.tensor([unique.index(c) for c in captions]) if len(unique) < 5000 else None
+    ids_table = _tokenize(pipe.tokenizer, unique + [""])  # each distinct caption tokenized once
+    row = {c: i for i, c in enumerate(unique)}
+    cap_index = torch.tensor([row[c] for c in captions])
     empty = len(unique)
     noise_sched = DDPMScheduler.from_config(pipe.scheduler.config)
     params = list(unet.parameters()) + list(text_encoder.parameters())
@@ -242,7 +243,7 @@ def pretrain_world(out_dir: str | Path, cfg: PretrainConfig | None = None, progr
 
     pipe = build_world_pipeline(cfg.seed)
     t = time.perf_counter()
-    report["vae"] = train_vae(pipe, images, cfg, progress) | {"wall_s": None}
+    report["vae"] = train_vae(pipe, images, cfg, progress)
     report["vae"]["wall_s"] = time.perf_counter() - t
     t = time.perf_counter()
     report["text_to_image"] = train_text_to_image(pipe, images, captions, cfg, progress)
