@@ -145,6 +145,7 @@ EMBEDDED: dict = dict(
     epochs_per_stage=2,
     train_batch_size=8,
     grad_accum=4,
+    timestep_chunk=0,  # all interval steps of a micro-batch in one forward: same gradient, ~3x faster on CPU
     lr=1e-3,
     lora_rank=8,
     history=8,

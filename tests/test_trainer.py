@@ -90,3 +90,18 @@ def test_bad_config():
         TrainerConfig.b2(split_end=25)
     with pytest.raises(ValueError, match="prompts"):
         B2Trainer(None, redness, [], TrainerConfig.b2())
+
+
+def test_timestep_packing_changes_speed_not_the_update(make_pipe):
+    """One step per forward (the reference) and all interval steps in one forward give the same weights."""
+    weights = []
+    for chunk in (1, 0, 2):
+        tr = B2Trainer(make_pipe(), redness, PROMPTS, TrainerConfig.b2(**_small(num_stages=1, timestep_chunk=chunk)))
+        log = tr.train()
+        assert log[0]["optimizer_steps"] > 0
+        weights.append(_trainable(tr.pipe))
+    for other in weights[1:]:
+        for n in weights[0]:
+            torch.testing.assert_close(other[n], weights[0][n], rtol=1e-4, atol=1e-6)
+    with pytest.raises(ValueError, match="timestep_chunk"):
+        TrainerConfig.b2(timestep_chunk=-1)
