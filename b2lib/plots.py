@@ -10,7 +10,7 @@ import numpy as np
 import seaborn as sns
 import torch
 
-__all__ = ["image_grid", "save_figure", "set_style", "training_curves", "comparison_grid"]
+__all__ = ["image_grid", "save_figure", "set_style", "training_curves", "comparison_grid", "ratio_bars"]
 
 
 def set_style() -> None:
@@ -93,5 +93,31 @@ def comparison_grid(images: dict, prompts: Sequence[str], columns: int = 8, scal
                 ax.set_title(prompts[i], fontsize=6)
             if c == 0:
                 ax.set_ylabel(label, fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def ratio_bars(table, value: str = "median", label: str = "measurement", goal: str = "goal"):
+    """Horizontal bars of measured ratios/shares with min-max whiskers and each row's goal as a tick mark
+    (a table like :func:`b2lib.bench.summary_table`'s)."""
+    import pandas as pd
+
+    table = pd.DataFrame(table).reset_index(drop=True)
+    fig, ax = plt.subplots(figsize=(8.5, 0.55 * len(table) + 1.0))
+    y = np.arange(len(table))
+    colours = ["#4c72b0" if g is None or pd.isna(g) or v >= g else "#c44e52" for v, g in zip(table[value], table[goal])]
+    ax.barh(y, table[value], color=colours, alpha=0.85)
+    if {"min", "max"} <= set(table):
+        ax.errorbar(table[value], y, xerr=[table[value] - table["min"], table["max"] - table[value]], fmt="none",
+                    ecolor="black", capsize=3, lw=1)
+    for yi, g in zip(y, table[goal]):
+        if g is not None and not pd.isna(g):
+            ax.plot([g, g], [yi - 0.4, yi + 0.4], color="black", lw=2, ls="--")
+    for yi, v in zip(y, table[value]):
+        ax.text(v, yi, f" {v:.2f}", va="center", fontsize=8)
+    ax.set_yticks(y)
+    ax.set_yticklabels(table[label], fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("ratio or share (median of repeats; whiskers: min-max; dashed: goal)")
     fig.tight_layout()
     return fig

@@ -1,0 +1,562 @@
+"""Speed measurements of the sampler and the trainer, side by side in one process (issue: "at the speed limit").
+
+Each measurement times a callable ``repeats`` times after a warm-up and keeps min/median/max; ratios are formed from
+the medians. Everything runs on whatever pipeline it is given: the embedded world on CPU, or the Stable Diffusion 1.4
+architecture built from config (random weights, no download) on a GPU (:func:`paper_arch_pipeline`).
+
+``benchmarks/speed.py`` is the command line; ``notebooks/05_performance.ipynb`` plots what it writes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import platform
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+from tqdm.auto import tqdm
+
+from .sampling import decode_latents, encode_prompts, sample_branches, sample_trajectories
+
+__all__ = [
+    "Timing",
+    "time_it",
+    "UnetTimer",
+    "machine_info",
+    "bench_sampler_vs_pipeline",
+    "bench_branching",
+    "bench_branch_loop",
+    "bench_unet_share_sampling",
+    "bench_training_share",
+    "bench_stage_reload",
+    "paper_arch_pipeline",
+    "bench_paper_arch",
+    "PEAK_TFLOPS",
+]
+
+
+@dataclass
+class Timing:
+    """Seconds of ``repeats`` timed runs (after ``warmup`` untimed ones)."""
+
+    seconds: list[float]
+    work: float = 1.0  # units of work per run (images, trajectories, ...): rates are work / seconds
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.seconds)
+
+    def rate(self) -> dict[str, float]:
+        """min/median/max of work per second (min rate = slowest run)."""
+        rates = sorted(self.work / s for s in self.seconds)
+        return {"min": rates[0], "median": statistics.median(rates), "max": rates[-1]}
+
+    def summary(self) -> dict:
+        return {"seconds": self.seconds, "work": self.work, "rate": self.rate()}
+
+
+def _sync(device: torch.device | str | None = None) -> None:
+    if torch.cuda.is_available() and (device is None or torch.device(device).type == "cuda"):
+        torch.cuda.synchronize()
+
+
+def time_it(fn: Callable[[int], object], repeats: int = 5, warmup: int = 1, work: float = 1.0,
+            desc: str | None = None) -> Timing:
+    """Time ``fn(r)`` (``r`` = repeat index, e.g. a seed) ``repeats`` times after ``warmup`` calls."""
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}.")
+    for w in range(warmup):
+        fn(-1 - w)
+    seconds = []
+    for r in tqdm(range(repeats), desc=desc, leave=False, disable=desc is None):
+        _sync()
+        t = time.perf_counter()
+        fn(r)
+        _sync()
+        seconds.append(time.perf_counter() - t)
+    return Timing(seconds, work)
+
+
+def _ratio(a: Timing, b: Timing) -> dict[str, float]:
+    """Rate of ``a`` over rate of ``b``: median of medians, and the extreme pairings as the spread."""
+    ra, rb = a.rate(), b.rate()
+    return {"median": ra["median"] / rb["median"], "min": ra["min"] / rb["max"], "max": ra["max"] / rb["min"]}
+
+
+class UnetTimer:
+    """Wall time spent inside ``unet.forward`` (hooks; CUDA-synchronised on GPU), to say what share of a loop is
+    the network and what is Python and glue around it."""
+
+    def __init__(self, unet: torch.nn.Module) -> None:
+        self.unet = unet
+        self.seconds = 0.0
+        self.calls = 0
+        self._t0 = 0.0
+        self._handles: list = []
+
+    def _pre(self, module, args, kwargs=None):
+        _sync()
+        self._t0 = time.perf_counter()
+
+    def _post(self, module, args, output):
+        _sync()
+        self.seconds += time.perf_counter() - self._t0
+        self.calls += 1
+
+    def __enter__(self) -> "UnetTimer":
+        self._handles = [self.unet.register_forward_pre_hook(self._pre), self.unet.register_forward_hook(self._post)]
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for h in self._handles:
+            h.remove()
+
+
+def machine_info() -> dict:
+    info = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.is_available(),
+    }
+    try:
+        import os
+
+        info["cpu_count"] = os.cpu_count()
+        with open("/proc/cpuinfo") as f:
+            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+        if names:
+            info["cpu_model"] = names[0]
+    except OSError:
+        pass
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name()
+    return info
+
+
+# --------------------------------------------------------------------------------------------------- sampling
+def bench_sampler_vs_pipeline(pipe, prompts: list[str], num_steps: int = 20, guidance_scale: float = 5.0,
+                              repeats: int = 5) -> dict:
+    """Our log-prob sampler (every transition stored) vs ``StableDiffusionPipeline.__call__`` at equal steps, batch
+    and CFG, both decoding to image tensors. Goal: images/s ratio >= 0.95."""
+    n = len(prompts)
+
+    def ours(r):
+        sample_trajectories(pipe, prompts, num_steps=num_steps, guidance_scale=guidance_scale, eta=1.0,
+                            generator=torch.Generator().manual_seed(r))
+
+    def stock(r):
+        with torch.inference_mode():
+            pipe(prompts, num_inference_steps=num_steps, guidance_scale=guidance_scale, eta=1.0, output_type="pt",
+                 generator=torch.Generator().manual_seed(r))
+
+    pipe.set_progress_bar_config(disable=True)
+    a = time_it(ours, repeats, work=n, desc="sampler")
+    b = time_it(stock, repeats, work=n, desc="pipeline")
+    return {"ours": a.summary(), "diffusers": b.summary(), "ratio": _ratio(a, b), "batch": n, "steps": num_steps}
+
+
+def bench_branching(pipe, prompts: list[str], num_branches: int = 5, num_steps: int = 20, repeats: int = 5,
+                    guidance_scale: float = 5.0) -> dict:
+    """Branch sampling (``len(prompts)`` prefixes, ``num_branches`` branches from half the chain) vs the same number
+    of independent trajectories. Goal: trajectories/s ratio >= 1.6 (the prefix is computed once per prompt; the
+    ideal with half the chain shared is 2B / (B + 1), 1.67 for B = 5)."""
+    split = num_steps // 2
+    total = len(prompts) * num_branches
+    flat = [p for p in prompts for _ in range(num_branches)]
+
+    def branched(r):
+        sample_branches(pipe, prompts, num_branches, split, num_steps=num_steps, guidance_scale=guidance_scale,
+                        generator=torch.Generator().manual_seed(r))
+
+    def independent(r):
+        sample_trajectories(pipe, flat, num_steps=num_steps, trained_steps=split, guidance_scale=guidance_scale,
+                            generator=torch.Generator().manual_seed(r))
+
+    a = time_it(branched, repeats, work=total, desc="branches")
+    b = time_it(independent, repeats, work=total, desc="independent")
+    ideal = 2 * num_branches / (num_branches + 1) if num_steps % 2 == 0 else None
+    return {"branched": a.summary(), "independent": b.summary(), "ratio": _ratio(a, b), "ideal": ideal,
+            "prefixes": len(prompts), "branches": num_branches, "split_step": split, "steps": num_steps}
+
+
+def bench_branch_loop(pipe, prompts: list[str], num_branches: int = 5, num_steps: int = 20, repeats: int = 5,
+                      guidance_scale: float = 5.0) -> dict:
+    """Batched branches (one UNet call per step for all) vs the reference's loop over branches."""
+    split = num_steps // 2
+    total = len(prompts) * num_branches
+
+    def run(loop):
+        def f(r):
+            sample_branches(pipe, prompts, num_branches, split, num_steps=num_steps, guidance_scale=guidance_scale,
+                            generator=torch.Generator().manual_seed(r), branch_loop=loop)
+        return f
+
+    a = time_it(run(False), repeats, work=total, desc="batched")
+    b = time_it(run(True), repeats, work=total, desc="loop")
+    return {"batched": a.summary(), "loop": b.summary(), "ratio": _ratio(a, b), "prefixes": len(prompts),
+            "branches": num_branches}
+
+
+def bench_unet_share_sampling(pipe, prompts: list[str], num_branches: int = 5, num_steps: int = 20,
+                              repeats: int = 5) -> dict:
+    """Share of branch-sampling wall time spent inside UNet forward: of the whole call (prompt encoding, prefix,
+    branches, VAE decode) and of the denoising loop alone (the whole minus text encoder and VAE decode). Goal >= 90 %.
+    """
+    decode = pipe.vae.decode
+    spent = {"decode": 0.0}
+
+    def timed_decode(*a, **kw):
+        _sync()
+        t = time.perf_counter()
+        out = decode(*a, **kw)
+        _sync()
+        spent["decode"] += time.perf_counter() - t
+        return out
+
+    shares, loop_shares, rows = [], [], []
+    pipe.vae.decode = timed_decode
+    try:
+        for r in range(-1, repeats):
+            spent["decode"] = 0.0
+            with UnetTimer(pipe.unet) as timer, UnetTimer(pipe.text_encoder) as text:
+                _sync()
+                t = time.perf_counter()
+                sample_branches(pipe, prompts, num_branches, num_steps // 2, num_steps=num_steps,
+                                generator=torch.Generator().manual_seed(r))
+                _sync()
+                total = time.perf_counter() - t
+            if r >= 0:  # the first run is a warm-up
+                loop = total - spent["decode"] - text.seconds
+                shares.append(timer.seconds / total)
+                loop_shares.append(timer.seconds / loop)
+                rows.append({"total_s": total, "unet_s": timer.seconds, "decode_s": spent["decode"],
+                             "text_encoder_s": text.seconds})
+    finally:
+        del pipe.vae.decode  # back to the class method
+
+    def mmm(v):
+        return {"min": min(v), "median": statistics.median(v), "max": max(v)}
+
+    return {"share": mmm(shares), "denoise_share": mmm(loop_shares), "runs": rows, "unet_calls_per_run": timer.calls}
+
+
+# --------------------------------------------------------------------------------------------------- training
+def bench_training_share(trainer, stages: int = 5) -> dict:
+    """Share of a stage's *update* time (PPO epochs) spent in UNet forward + backward, and of its whole time.
+
+    UNet forward time comes from hooks; backward time is the time inside ``accelerator.backward`` (the graph is the
+    UNet plus a few element-wise ops of the DDIM step, so this is UNet backward to within those ops).
+    """
+    acc = trainer.accelerator
+    backward = acc.backward
+    spent = {"backward": 0.0}
+
+    def timed_backward(loss, **kw):
+        _sync()
+        t = time.perf_counter()
+        backward(loss, **kw)
+        _sync()
+        spent["backward"] += time.perf_counter() - t
+
+    sample_stage = trainer.sample_stage
+    timer = UnetTimer(trainer.pipe.unet)
+
+    def timed_sample_stage(stage):
+        before = timer.seconds
+        out = sample_stage(stage)
+        spent["sample_unet"] += timer.seconds - before
+        return out
+
+    rows = []
+    acc.backward = timed_backward
+    trainer.sample_stage = timed_sample_stage
+    try:
+        for _ in range(stages):
+            spent.update(backward=0.0, sample_unet=0.0)
+            timer.seconds = 0.0
+            with timer:
+                t = time.perf_counter()
+                m = trainer.train_stage()
+                total = time.perf_counter() - t
+            rows.append({"stage": m["stage"], "total_s": total, "sample_s": m["sample_s"], "train_s": m["train_s"],
+                         "unet_forward_s": timer.seconds, "sample_unet_s": spent["sample_unet"],
+                         "backward_s": spent["backward"]})
+    finally:
+        acc.backward = backward
+        del trainer.sample_stage
+    return {"stages": rows}
+
+
+def bench_stage_reload(make_trainer: Callable[[], object], stages: int = 5, workdir: str | Path | None = None) -> dict:
+    """A whole B² stage (sample, reward, select, train) in one process vs the same stage paying what a three-script
+    pipeline pays each stage: building the models from disk, attaching LoRA, restoring the checkpoint before, and
+    writing it after. ``make_trainer()`` loads the models and returns a fresh trainer."""
+    import tempfile
+
+    from .checkpoint import load_checkpoint, save_checkpoint
+
+    workdir = Path(workdir or tempfile.mkdtemp(prefix="b2_bench_"))
+    trainer = make_trainer()
+    trainer.train_stage()  # warm-up
+    inproc = []
+    for _ in range(stages):
+        t = time.perf_counter()
+        trainer.train_stage()
+        inproc.append(time.perf_counter() - t)
+    ckpt = save_checkpoint(trainer, workdir / "stage")
+    stage = trainer.stage
+    reload = []
+    for _ in range(stages):
+        t = time.perf_counter()
+        fresh = make_trainer()
+        load_checkpoint(fresh, ckpt)
+        fresh.stage = stage  # the same stage as before, so both columns time the same work
+        fresh.train_stage()
+        save_checkpoint(fresh, workdir / "stage_next")
+        reload.append(time.perf_counter() - t)
+        del fresh
+    a, b = Timing(inproc), Timing(reload)
+    return {"in_process_s": inproc, "reloaded_s": reload, "ratio": _ratio(a, b)}
+
+
+# --------------------------------------------------------------------------------------------------- paper size
+#: Dense bf16/fp16 tensor-core peak (TFLOP/s) by GPU name fragment, from the vendors' data sheets (no sparsity).
+PEAK_TFLOPS = {"H200": 989.0, "H100 SXM": 989.0, "H100 80GB HBM3": 989.0, "H100 PCIe": 756.0, "H100": 989.0,
+               "A100": 312.0, "L40S": 362.0, "A10G": 125.0, "RTX 4090": 165.0}
+
+
+def _peak_for(name: str) -> float | None:
+    for key, value in PEAK_TFLOPS.items():
+        if key in name:
+            return value
+    return None
+
+
+def paper_arch_pipeline(reduced: bool = False, device: str = "cpu", dtype: torch.dtype = torch.float32, seed: int = 0):
+    """Stable Diffusion 1.4's UNet / VAE / CLIP text-encoder *architecture* from config, random weights (no download).
+
+    ``reduced=True`` keeps the structure (4 resolution levels, cross-attention, CFG) at a width and resolution a CPU
+    can run in seconds; it is for checking the script, not for numbers about SD.
+    """
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    from .models import assemble_pipeline, clip_text_encoder
+
+    torch.manual_seed(seed)
+    if reduced:
+        ch, text_dim, layers, heads, size, vae_ch = (32, 64, 128, 128), 64, 2, 2, 8, (16, 32, 32, 32)
+    else:  # CompVis/stable-diffusion-v1-4 configs
+        ch, text_dim, layers, heads, size, vae_ch = (320, 640, 1280, 1280), 768, 12, 12, 64, (128, 256, 512, 512)
+    unet = UNet2DConditionModel(
+        sample_size=size, in_channels=4, out_channels=4, block_out_channels=ch, layers_per_block=2,
+        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+        cross_attention_dim=text_dim, attention_head_dim=8 if not reduced else 4,
+    )
+    vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=vae_ch,
+                        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+                        layers_per_block=2, sample_size=size * 8, norm_num_groups=min(32, vae_ch[0]))
+    text = clip_text_encoder(text_dim, 4 * text_dim, num_layers=layers, max_length=77, heads=heads)
+    pipe = assemble_pipeline(vae, unet, text, max_length=77)
+    return pipe.to(device=device, dtype=dtype)
+
+
+def optimize_for_device(pipe, channels_last: bool = True, compile: bool = False):
+    """GPU habits: SDPA attention (diffusers' default processor on torch 2), channels-last memory format for the
+    convolutions, and optionally ``torch.compile`` of the UNet (a one-time compile cost, then faster steps)."""
+    from diffusers.models.attention_processor import AttnProcessor2_0
+
+    pipe.unet.set_attn_processor(AttnProcessor2_0())
+    pipe.vae.set_attn_processor(AttnProcessor2_0())
+    if channels_last:
+        pipe.unet.to(memory_format=torch.channels_last)
+        pipe.vae.to(memory_format=torch.channels_last)
+    if compile:
+        pipe.unet = torch.compile(pipe.unet, mode="max-autotune-no-cudagraphs")
+    return pipe
+
+
+def unet_flops(pipe, batch: int, guidance: bool = True) -> float:
+    """FLOPs of one UNet call on ``batch`` latents (x2 with CFG), counted by ``torch.utils.flop_counter``."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    p = next(pipe.unet.parameters())
+    size = pipe.unet.config.sample_size
+    n = batch * (2 if guidance else 1)
+    x = torch.randn(n, 4, size, size, device=p.device, dtype=p.dtype)
+    emb = torch.randn(n, 77, pipe.unet.config.cross_attention_dim, device=p.device, dtype=p.dtype)
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        pipe.unet(x, torch.tensor(500, device=p.device), encoder_hidden_states=emb)
+    return float(counter.get_total_flops())
+
+
+def bench_paper_arch(reduced: bool, batch: int = 8, num_steps: int = 20, repeats: int = 5,
+                     dtype: str = "bf16", compile: bool = False) -> dict:
+    """Images/s of our sampler on the SD-1.4 architecture (random weights) and the UNet's achieved TFLOP/s (FLOPs
+    of the sampling loop's UNet calls over the time spent inside them), against the GPU's dense peak."""
+    cuda = torch.cuda.is_available()
+    device = "cuda" if cuda else "cpu"
+    torch_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype] if cuda else torch.float32
+    pipe = paper_arch_pipeline(reduced=reduced, device=device, dtype=torch_dtype)
+    if cuda:
+        optimize_for_device(pipe, compile=compile)
+    pipe.set_progress_bar_config(disable=True)
+    prompts = ["a cat riding a bike"] * batch
+    flops_per_call = unet_flops(pipe, batch)
+    unet_s, timings = [], []
+    for r in range(-1, repeats):
+        with UnetTimer(pipe.unet) as timer:
+            _sync()
+            t = time.perf_counter()
+            sample_trajectories(pipe, prompts, num_steps=num_steps, generator=torch.Generator().manual_seed(r))
+            _sync()
+            total = time.perf_counter() - t
+        if r >= 0:
+            unet_s.append(timer.seconds)
+            timings.append(total)
+    tflops = sorted(flops_per_call * num_steps / s / 1e12 for s in unet_s)
+    name = torch.cuda.get_device_name() if cuda else "cpu"
+    peak = _peak_for(name) if cuda else None
+    return {
+        "device": name, "reduced": reduced, "dtype": str(torch_dtype).replace("torch.", ""), "compile": compile,
+        "resolution": pipe.unet.config.sample_size * 8, "batch": batch, "steps": num_steps,
+        "unet_params": sum(p.numel() for p in pipe.unet.parameters()),
+        "images_per_s": Timing(timings, batch).rate(), "unet_gflop_per_call": flops_per_call / 1e9,
+        "unet_tflops": {"min": tflops[0], "median": statistics.median(tflops), "max": tflops[-1]},
+        "peak_tflops": peak, "fraction_of_peak": (statistics.median(tflops) / peak) if peak else None,
+    }
+
+
+def save_json(obj: dict, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj, indent=2, default=str))
+    return path
+
+
+def bench_update_packing(trainer, repeats: int = 5) -> dict:
+    """The PPO update of one stage's kept samples with one interval step per UNet forward (the reference) vs all of
+    a micro-batch's steps in one forward (``timestep_chunk=0``): same gradient, different speed."""
+    traj, rewards = trainer.sample_stage(trainer.stage)
+    adv, keep = trainer.advantages(traj, rewards)
+    kept, kept_adv = traj.select(keep), adv[keep]
+    saved = trainer.config.timestep_chunk
+    out = {}
+    try:
+        for name, chunk in (("one_step_per_forward", 1), ("packed", 0)):
+            trainer.config.timestep_chunk = chunk
+            out[name] = time_it(lambda r: trainer.update(kept, kept_adv, trainer.stage), repeats, warmup=1,
+                                work=len(kept) * kept.num_steps * trainer.config.epochs_per_stage, desc=name)
+    finally:
+        trainer.config.timestep_chunk = saved
+    return {"one_step_per_forward": out["one_step_per_forward"].summary(), "packed": out["packed"].summary(),
+            "ratio": _ratio(out["packed"], out["one_step_per_forward"]), "kept": len(kept), "steps": kept.num_steps}
+
+
+#: sizes of the suite: (sampling batch, prefixes for branching, steps, repeats, training stages)
+SIZES = {"full": dict(batch=32, prefixes=8, steps=20, repeats=5, stages=5),
+         "smoke": dict(batch=4, prefixes=2, steps=4, repeats=2, stages=1)}
+
+
+def run_suite(size: str = "full", repeats: int | None = None, paper_arch: bool = False, embedded: bool = True,
+              dtype: str = "bf16", compile: bool = False, progress: bool = True) -> dict:
+    """Every measurement of the performance issue on the embedded world (CPU), plus optionally the SD-1.4
+    architecture. Returns one JSON-able dict (machine, settings, each measurement with min/median/max)."""
+    if size not in SIZES:
+        raise ValueError(f"Unknown size {size!r}: use one of {sorted(SIZES)}.")
+    s = dict(SIZES[size])
+    if repeats:
+        s["repeats"] = repeats
+    out: dict = {"machine": machine_info(), "size": size, "settings": s}
+    steps, reps = s["steps"], s["repeats"]
+    if embedded:
+        from .presets import load_models, trainer_config
+        from .trainer import RLTrainer
+        from .world.prompts import split_prompts
+
+        prompts = split_prompts("counting")[0]
+        batch = [prompts[i % len(prompts)] for i in range(s["batch"])]
+        prefixes = batch[: s["prefixes"]]
+        pipe, reward = load_models("embedded")
+        pipe.set_progress_bar_config(disable=True)
+        steps_bar = tqdm(total=7, desc="benchmarks", disable=not progress)
+
+        def step(name, value):
+            out[name] = value
+            steps_bar.update(1)
+
+        step("sampler_vs_pipeline", bench_sampler_vs_pipeline(pipe, batch, steps, repeats=reps))
+        step("branching", bench_branching(pipe, prefixes, 5, steps, repeats=reps))
+        step("branch_loop", bench_branch_loop(pipe, prefixes, 5, steps, repeats=reps))
+        step("unet_share_sampling", bench_unet_share_sampling(pipe, prefixes, 5, steps, repeats=reps))
+
+        overrides = dict(num_steps=steps, split_start=max(1, steps // 2), progress=False)
+        if size == "smoke":
+            overrides.update(sample_batch_size=2, train_batch_size=2)
+            ips = 4
+        else:
+            ips = None
+
+        def make_trainer():
+            p, r = load_models("embedded")
+            cfg = trainer_config("embedded", "b2", images_per_stage=ips, **overrides)
+            return RLTrainer(p, r, prompts, cfg)
+
+        trainer = make_trainer()
+        step("update_packing", bench_update_packing(trainer, repeats=reps))
+        step("training_share", bench_training_share(make_trainer(), stages=s["stages"]))
+        step("stage_reload", bench_stage_reload(make_trainer, stages=reps))
+        steps_bar.close()
+    if paper_arch:
+        out["paper_arch"] = bench_paper_arch(reduced=not torch.cuda.is_available(), batch=8 if size == "full" else 2,
+                                             num_steps=steps, repeats=reps, dtype=dtype, compile=compile)
+    return out
+
+
+#: what the performance issue asks of each ratio (None: reported, no goal)
+GOALS = {"sampler_vs_pipeline": 0.95, "branching": 1.6, "branch_loop": None, "unet_share_sampling": 0.90,
+         "unet_share_denoise": 0.90, "update_packing": None, "train_unet_share": None, "stage_reload": None}
+_LABELS = {
+    "sampler_vs_pipeline": "our log-prob sampler / diffusers pipeline (images/s)",
+    "branching": "branch sampling (B=5, split at half) / independent (trajectories/s)",
+    "branch_loop": "batched branches / loop over branches (trajectories/s)",
+    "unet_share_sampling": "share of branch-sampling wall time in UNet forward (decode included)",
+    "unet_share_denoise": "share of the denoising loop's wall time in UNet forward (decode excluded)",
+    "update_packing": "PPO update: all interval steps per forward / one step per forward",
+    "train_unet_share": "share of a stage's update time in UNet forward + backward",
+    "stage_reload": "a B² stage in one process / with models reloaded each stage",
+}
+
+
+def summary_table(result: dict) -> "pd.DataFrame":
+    """One row per measured ratio or share: min/median/max, the goal and whether the median meets it."""
+    import pandas as pd
+
+    rows = []
+    for key, label in _LABELS.items():
+        if key.startswith("unet_share") or key == "train_unet_share":
+            block = result.get("unet_share_sampling" if key != "train_unet_share" else "training_share")
+            if block is None:
+                continue
+            if key == "train_unet_share":
+                vals = [(r["unet_forward_s"] - r.get("sample_unet_s", 0.0) + r["backward_s"]) / r["train_s"]
+                        for r in block["stages"]]
+                stats = {"min": min(vals), "median": statistics.median(vals), "max": max(vals)}
+            else:
+                stats = block["share" if key == "unet_share_sampling" else "denoise_share"]
+        elif key in result:
+            stats = result[key]["ratio"]
+        else:
+            continue
+        goal = GOALS[key]
+        rows.append({"measurement": label, "key": key, "min": stats["min"], "median": stats["median"],
+                     "max": stats["max"], "goal": goal, "met": None if goal is None else bool(stats["median"] >= goal)})
+    return pd.DataFrame(rows)
