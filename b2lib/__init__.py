@@ -1,6 +1,7 @@
 """b2lib: B²-DiffuRL (backward progressive training + branch-based sampling) on diffusers pipelines."""
 
 from .advantages import HistoryNormalizer, PerPromptStatTracker, select_in_groups, weighted_advantages
+from .bertscore import BertScore
 from .ddim import ddim_step_with_logprob
 from .losses import ppo_clip_loss
 from .rewards import ClipScore
@@ -12,6 +13,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "B2Trainer",
+    "BertScore",
     "ClipScore",
     "DDPOTrainer",
     "HistoryNormalizer",
