@@ -45,13 +45,15 @@ def evaluate_images(
     reward_fn=None,
     judge_fn=None,
     embed_fn=None,
+    text_metric=None,
 ) -> tuple["pd.DataFrame", dict]:
     """Score generated images: a per-image table (prompt, reward, judge attributes) and a summary
     (reward mean/std, judge alignment and per-attribute rates, semantic and pixel diversity).
 
     ``reward_fn(images, prompts) -> (N,)``; ``judge_fn(images, prompts) -> list`` of objects/dicts with boolean fields
     (e.g. ``b2lib.world.judge_batch``); ``embed_fn(images) -> (N, D)`` for semantic diversity; without it, a reward with ``score_and_embed`` (a
-    :class:`~b2lib.rewards.ClipScore`) supplies both from one image pass. Each is optional.
+    :class:`~b2lib.rewards.ClipScore`) supplies both from one image pass; ``text_metric(images, prompts) -> (N,)``
+    a caption-based score such as :class:`~b2lib.bertscore.BertScore` (logged as ``bertscore``). Each is optional.
     """
     import dataclasses
 
@@ -70,6 +72,10 @@ def evaluate_images(
         table["reward"] = scores.cpu().numpy()
         summary["reward_mean"] = float(table["reward"].mean())
         summary["reward_std"] = float(table["reward"].std(ddof=0))
+    if text_metric is not None:
+        table["bertscore"] = text_metric(images, list(prompts)).cpu().numpy()
+        summary["bertscore_mean"] = float(table["bertscore"].mean())
+        summary["bertscore_std"] = float(table["bertscore"].std(ddof=0))
     if judge_fn is not None:
         rows = []
         for r in judge_fn(images, list(prompts)):
@@ -133,12 +139,13 @@ def evaluate_prompts(
     guidance_scale: float = 5.0,
     eta: float = 1.0,
     batch_size: int = 64,
+    text_metric=None,
 ):
     """Generate ``n_per_prompt`` images per prompt (prompt-major, same seeds for every model) and score them with
-    :func:`evaluate_images`; ``reward`` is a :class:`~b2lib.rewards.ClipScore` (also used for semantic diversity).
-    Returns ``(table, summary, images)``."""
+    :func:`evaluate_images`; ``reward`` is a :class:`~b2lib.rewards.ClipScore` (also used for semantic diversity),
+    ``text_metric`` an optional caption-based score (BERTScore). Returns ``(table, summary, images)``."""
     batch = [p for p in prompts for _ in range(n_per_prompt)]
     images = generate(pipe, batch, num_steps=num_steps, guidance_scale=guidance_scale, eta=eta, seed=seed,
                       batch_size=batch_size)
-    table, summary = evaluate_images(images, batch, reward, judge_fn)
+    table, summary = evaluate_images(images, batch, reward, judge_fn, text_metric=text_metric)
     return table, summary, images

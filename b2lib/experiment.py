@@ -9,6 +9,7 @@ Files written (``<m>`` = method, ``<s>`` = seed):
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from dataclasses import asdict, dataclass, field
@@ -20,12 +21,12 @@ import torch
 from .checkpoint import latest_checkpoint, save_lora
 from .evaluate import evaluate_prompts, subset
 from .paths import results_dir
-from .presets import canonical_template, get_preset, load_models, load_prompts, trainer_config
+from .presets import METHOD_NAMES, canonical_template, get_preset, load_models, load_prompts, trainer_config
 from .trainer import RLTrainer
 
-__all__ = ["RunConfig", "RunResult", "run_experiment", "METHODS"]
+__all__ = ["RunConfig", "RunResult", "run_experiment", "run_many", "METHODS"]
 
-METHODS = ("ddpo", "b2")
+METHODS = METHOD_NAMES
 
 
 @dataclass
@@ -50,12 +51,19 @@ class RunConfig:
     overrides: dict = field(default_factory=dict)  # extra TrainerConfig fields, e.g. {"lr": 3e-4}
     train_prompts: tuple[str, ...] = ()  # non-empty: train on these instead of the template's train split
     eval_prompts: tuple[str, ...] = ()  # non-empty: evaluate on these instead of the template's test split
+    eval_splits: tuple[str, ...] = ("test",)  # add "train" to also evaluate on (a subset of) the training prompts
+    bertscore: bool = True  # also score evaluation images with BERTScore (caption vs prompt)
+    save_lora: bool = True  # write each trained model's LoRA (diffusers format)
+    grid_prompts: int = 8  # first image of the first k eval prompts per model -> samples.safetensors (figures)
 
     def __post_init__(self) -> None:
         self.methods = tuple(self.methods)
         self.seeds = tuple(self.seeds)
         self.train_prompts = tuple(self.train_prompts)
         self.eval_prompts = tuple(self.eval_prompts)
+        self.eval_splits = tuple(self.eval_splits)
+        if not self.eval_splits or set(self.eval_splits) - {"test", "train"}:
+            raise ValueError(f"eval_splits={self.eval_splits}: use 'test' and/or 'train'.")
         bad = [m for m in self.methods if m not in METHODS]
         if bad:
             raise ValueError(f"Unknown method(s) {bad}: use any of {METHODS}.")
@@ -89,6 +97,27 @@ def _stage_metric_fn(preset: str):
     return None
 
 
+@functools.lru_cache(maxsize=2)
+def _text_metric(preset: str, device: str):
+    """BERTScore for evaluation: the world's captioner + packaged MiniLM (embedded), BLIP + roberta-large (paper)."""
+    from .bertscore import BertScore
+
+    if preset == "embedded":
+        return BertScore.for_world(device=device)
+    return BertScore.from_pretrained(device=device)
+
+
+def _save_samples(images: dict, n_per_prompt: int, k: int, path: Path) -> None:
+    """The first image of each of the first ``k`` eval prompts, per model, as uint8 (figures are rebuilt from it)."""
+    from safetensors.torch import save_file
+
+    tensors = {}
+    for label, imgs in images.items():
+        idx = torch.arange(0, imgs.shape[0], n_per_prompt)[:k]
+        tensors[label] = (imgs[idx].clamp(0, 1) * 255).round().to(torch.uint8).contiguous()
+    save_file(tensors, str(path))
+
+
 def run_experiment(cfg: RunConfig, progress: bool = True, accelerator=None) -> RunResult:
     """Train and evaluate as ``cfg`` says. Under ``accelerate launch`` every process trains (sampling split over
     processes, gradients synchronised); evaluation and files are the main process's job."""
@@ -103,18 +132,32 @@ def run_experiment(cfg: RunConfig, progress: bool = True, accelerator=None) -> R
         (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2, default=str))
     template = canonical_template(cfg.template)
     train_prompts = list(cfg.train_prompts) or load_prompts(cfg.preset, template, "train")
-    eval_prompts = list(cfg.eval_prompts) or subset(load_prompts(cfg.preset, template, "test"), cfg.eval_max_prompts)
+    split_prompts = {
+        "test": list(cfg.eval_prompts) or subset(load_prompts(cfg.preset, template, "test"), cfg.eval_max_prompts),
+        "train": subset(train_prompts, cfg.eval_max_prompts),
+    }
+    eval_prompts = split_prompts[cfg.eval_splits[0]]
     judge = _judge_fn(cfg.preset)
     metric_fn = _stage_metric_fn(cfg.preset)
-    eval_kwargs = dict(judge_fn=judge, n_per_prompt=cfg.eval_n_per_prompt, seed=cfg.eval_seed)
 
     device = str(acc.device)
     pipe, reward = load_models(cfg.preset, cfg.model_dir, cfg.clip_dir, device=device)
+    text_metric = _text_metric(cfg.preset, device) if (cfg.bertscore and main) else None
+    chain = trainer_config(cfg.preset, "ddpo", **cfg.overrides)  # evaluate with the chain the models are trained on
+    eval_kwargs = dict(judge_fn=judge, n_per_prompt=cfg.eval_n_per_prompt, seed=cfg.eval_seed, text_metric=text_metric,
+                       num_steps=chain.num_steps, guidance_scale=chain.guidance_scale, eta=chain.eta)
     rows, images = [], {}
     eval_batch = [p for p in eval_prompts for _ in range(cfg.eval_n_per_prompt)]
+
+    def evaluate(label: str, method: str, seed) -> None:
+        for split in cfg.eval_splits:
+            _, summary, imgs = evaluate_prompts(pipe, split_prompts[split], reward, **eval_kwargs)
+            rows.append({"model": label, "method": method, "seed": seed, "split": split, **summary})
+            if split == cfg.eval_splits[0]:
+                images[label] = imgs
+
     if main:
-        _, summary, images["base"] = evaluate_prompts(pipe, eval_prompts, reward, **eval_kwargs)
-        rows.append({"model": "base", "method": "base", "seed": None, **summary})
+        evaluate("base", "base", None)
 
     metrics = []
     for seed in cfg.seeds:
@@ -132,11 +175,13 @@ def run_experiment(cfg: RunConfig, progress: bool = True, accelerator=None) -> R
             for m in trainer.log:
                 metrics.append({"method": method, "seed": seed, **m})
             if main:
-                save_lora(pipe, out / label / "lora")
-                _, summary, images[label] = evaluate_prompts(pipe, eval_prompts, reward, **eval_kwargs)
-                rows.append({"model": label, "method": method, "seed": seed, **summary})
+                if cfg.save_lora:
+                    save_lora(pipe, out / label / "lora")
+                evaluate(label, method, seed)
                 pd.DataFrame(metrics).to_csv(out / "metrics.csv", index=False)  # progress survives a crash
 
+    if main and cfg.grid_prompts:
+        _save_samples(images, cfg.eval_n_per_prompt, cfg.grid_prompts, out / "samples.safetensors")
     metrics_df, evals = pd.DataFrame(metrics), pd.DataFrame(rows)
     wall = time.perf_counter() - t0
     if main:
@@ -144,6 +189,53 @@ def run_experiment(cfg: RunConfig, progress: bool = True, accelerator=None) -> R
         evals.to_csv(out / "eval.csv", index=False)
         (out / "summary.json").write_text(json.dumps({
             "wall_s": wall, "template": template, "preset": cfg.preset, "processes": acc.num_processes,
-            "eval_prompts": eval_prompts, "eval": evals.to_dict(orient="records"),
+            "torch_threads": torch.get_num_threads(), "eval_prompts": eval_prompts,
+            "grid_prompts": eval_prompts[: cfg.grid_prompts], "eval": evals.to_dict(orient="records"),
         }, indent=2, default=str))
     return RunResult(out, metrics_df, evals, images, eval_batch, wall)
+
+
+def _run_worker(cfg: RunConfig, threads: int) -> tuple[str, float]:
+    torch.set_num_threads(threads)
+    result = run_experiment(cfg, progress=False)
+    return str(result.out), result.wall_s
+
+
+def run_many(configs: list[RunConfig], workers: int = 1, threads: int | None = None, skip_done: bool = True,
+             progress: bool = True) -> list[Path]:
+    """Run independent experiments (e.g. one per template x seed), ``workers`` at a time in separate processes.
+
+    Why processes: the embedded world's models are small, so on a few CPU cores several single-threaded runs use the
+    cores better than one run with several threads. Each run writes its own ``output_dir`` (required); a run whose
+    ``summary.json`` exists is skipped when ``skip_done`` (so re-running a notebook after a crash only does what is
+    missing, and an unfinished run resumes from its checkpoints). ``threads``: torch threads per worker (default:
+    cores // workers). Returns the output folders, in the order of ``configs``.
+    """
+    import os
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from multiprocessing import get_context
+
+    from tqdm.auto import tqdm
+
+    outs = []
+    for cfg in configs:
+        if not cfg.output_dir:
+            raise ValueError("run_many needs an output_dir per RunConfig, so runs do not overwrite each other.")
+        outs.append(Path(cfg.output_dir))
+    if len(set(outs)) != len(outs):
+        raise ValueError("Two RunConfigs share an output_dir; give each run its own folder.")
+    todo = [c for c, o in zip(configs, outs) if not (skip_done and (o / "summary.json").exists())]
+    threads = threads or max(1, (os.cpu_count() or 1) // max(1, workers))
+    bar = tqdm(total=len(todo), desc="runs", disable=not progress)
+    if workers <= 1:
+        for cfg in todo:
+            _run_worker(cfg, threads)
+            bar.update(1)
+    else:
+        with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
+            futures = {pool.submit(_run_worker, cfg, threads): cfg for cfg in todo}
+            for fut in as_completed(futures):
+                fut.result()  # re-raise a failed run's error here
+                bar.update(1)
+    bar.close()
+    return outs

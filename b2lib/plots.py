@@ -10,7 +10,8 @@ import numpy as np
 import seaborn as sns
 import torch
 
-__all__ = ["image_grid", "save_figure", "set_style", "training_curves", "comparison_grid", "ratio_bars"]
+__all__ = ["image_grid", "save_figure", "set_style", "training_curves", "comparison_grid", "ratio_bars", "curves_grid",
+           "tradeoff", "factor_lines"]
 
 
 def set_style() -> None:
@@ -119,5 +120,67 @@ def ratio_bars(table, value: str = "median", label: str = "measurement", goal: s
     ax.set_yticklabels(table[label], fontsize=8)
     ax.invert_yaxis()
     ax.set_xlabel("ratio or share (median of repeats; whiskers: min-max; dashed: goal)")
+    fig.tight_layout()
+    return fig
+
+
+def curves_grid(metrics, columns: Sequence[str] = ("reward_mean", "judge_all_ok"), row: str = "template",
+                x: str = "images_seen", hue: str = "method"):
+    """Training curves, one row of panels per ``row`` value (e.g. template), one column per metric; mean and a
+    band of one std over seeds."""
+    import pandas as pd
+
+    metrics = pd.DataFrame(metrics)
+    rows = list(dict.fromkeys(metrics[row])) if row in metrics else [None]
+    columns = [c for c in columns if c in metrics]
+    fig, axes = plt.subplots(len(rows), len(columns), figsize=(4.2 * len(columns), 3.0 * len(rows)), squeeze=False)
+    for r, value in enumerate(rows):
+        data = metrics if value is None else metrics[metrics[row] == value]
+        for c, col in enumerate(columns):
+            ax = axes[r, c]
+            sns.lineplot(data=data, x=x, y=col, hue=hue, errorbar="sd", ax=ax, legend=(r == 0 and c == 0))
+            ax.set_title(f"{value} · {col.replace('_', ' ')}" if value is not None else col, fontsize=9)
+            ax.set_xlabel("images generated")
+            ax.set_ylabel("")
+    fig.tight_layout()
+    return fig
+
+
+def tradeoff(evals, x: str = "clip_diversity", y: str = "judge_all_ok", hue: str = "method", col: str = "template"):
+    """Alignment against diversity, one point per model (seed), one panel per ``col``: up and right is better."""
+    import pandas as pd
+
+    evals = pd.DataFrame(evals)
+    cols = list(dict.fromkeys(evals[col])) if col in evals else [None]
+    fig, axes = plt.subplots(1, len(cols), figsize=(4.0 * len(cols), 3.4), squeeze=False)
+    for ax, value in zip(axes.flat, cols):
+        data = evals if value is None else evals[evals[col] == value]
+        sns.scatterplot(data=data, x=x, y=y, hue=hue, style=hue, s=70, ax=ax, legend=ax is axes.flat[0])
+        ax.set_title(str(value) if value is not None else "", fontsize=9)
+        ax.set_xlabel(x.replace("_", " "))
+        ax.set_ylabel(y.replace("_", " "))
+    fig.tight_layout()
+    return fig
+
+
+def factor_lines(table, factor_col: str = "factor", value_col: str = "value",
+                 metrics: Sequence[str] = ("judge_all_ok", "reward_mean", "clip_diversity")):
+    """Sensitivity: one panel per (factor, metric), the metric against the factor's values."""
+    import pandas as pd
+
+    table = pd.DataFrame(table)
+    factors = list(dict.fromkeys(table[factor_col]))
+    metrics = [m for m in metrics if m in table]
+    fig, axes = plt.subplots(len(metrics), len(factors), figsize=(3.2 * len(factors), 2.6 * len(metrics)),
+                             squeeze=False)
+    for c, f in enumerate(factors):
+        data = table[table[factor_col] == f].sort_values(value_col)
+        for r, m in enumerate(metrics):
+            ax = axes[r, c]
+            ax.plot(data[value_col].astype(float), data[m], marker="o")
+            if r == 0:
+                ax.set_title(f, fontsize=9)
+            if c == 0:
+                ax.set_ylabel(m.replace("_", " "))
     fig.tight_layout()
     return fig

@@ -19,7 +19,7 @@ import torch
 
 from .trainer import TrainerConfig
 
-__all__ = ["PRESETS", "TEMPLATE_ALIASES", "EMBEDDED", "Preset", "get_preset", "canonical_template", "load_prompts",
+__all__ = ["METHOD_NAMES", "PRESETS", "TEMPLATE_ALIASES", "EMBEDDED", "Preset", "get_preset", "canonical_template", "load_prompts",
            "load_models", "trainer_config"]
 
 PRESETS = ("embedded", "paper")
@@ -28,6 +28,8 @@ TEMPLATE_ALIASES = {
     "binding": "binding", "template2": "binding",
     "relation": "relation", "template3": "relation",
 }
+#: trainable methods: B²-DiffuRL, the DDPO baseline, and each strategy alone (ablations)
+METHOD_NAMES = ("ddpo", "b2", "progressive", "branch")
 _PAPER_FILES = {"counting": "template1", "binding": "template2", "relation": "template3"}
 _PROMPT_DIR = Path(__file__).parent / "data" / "prompts"
 
@@ -99,12 +101,14 @@ def trainer_config(
     seed: int = 0,
     **overrides,
 ) -> TrainerConfig:
-    """The ``TrainerConfig`` of ``method`` ("b2" or "ddpo") at a scale. Both methods get the same number of generated
+    """The ``TrainerConfig`` of ``method`` at a scale: "b2" (both strategies), "ddpo" (neither), or one strategy
+    alone for the ablations: "progressive" (backward progressive training, DDPO's sampling) and "branch"
+    (branch-based sampling and selection over the whole chain). Both methods get the same number of generated
     images per stage: B² samples ``images_per_stage // branches`` prefixes with ``branches`` branches each, DDPO
     ``images_per_stage`` independent trajectories. Everything else is shared, so they differ only where the paper
     says they do."""
-    if method not in ("b2", "ddpo"):
-        raise ValueError(f"Unknown method {method!r}: use 'b2' or 'ddpo'.")
+    if method not in METHOD_NAMES:
+        raise ValueError(f"Unknown method {method!r}: use one of {METHOD_NAMES}.")
     p = get_preset(preset)
     if p.name == "paper":
         base = dict(mixed_precision="fp16" if p.torch_dtype == torch.float16 else "no")  # the rest: reference defaults
@@ -122,12 +126,18 @@ def trainer_config(
     b = branches if branches is not None else base.pop("num_branches", TrainerConfig.num_branches)
     base.pop("num_branches", None)
     ips = images_per_stage if images_per_stage is not None else TrainerConfig.prompts_per_stage * b
-    if method == "b2":
+    if method in ("b2", "branch"):
         if ips % b:
             raise ValueError(f"images_per_stage={ips} must be a multiple of branches={b} for an equal budget.")
-        return TrainerConfig.b2(num_branches=b, prompts_per_stage=ips // b, **base)
-    base.pop("split_start", None)
-    return TrainerConfig.ddpo(prompts_per_stage=ips, **base)
+        kwargs = dict(num_branches=b, prompts_per_stage=ips // b)
+        if method == "branch":  # branch-based sampling alone: the interval is the whole chain, branched at x_T
+            kwargs["progressive"] = False
+        return TrainerConfig.b2(**{**base, **kwargs})
+    if method == "progressive":  # backward progressive training alone: DDPO's sampler and normaliser
+        return TrainerConfig.ddpo(**{**base, "prompts_per_stage": ips, "progressive": True})
+    if "split_start" not in overrides:
+        base.pop("split_start", None)
+    return TrainerConfig.ddpo(**{**base, "prompts_per_stage": ips})
 
 
 #: Embedded-scale hyper-parameters (CPU, minutes). lr chosen by the one-prompt pilot (notebooks/02): at 3e-4 neither

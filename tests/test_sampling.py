@@ -99,3 +99,23 @@ def test_bad_inputs(tiny_pipe):
     tiny_pipe.scheduler = DDPMScheduler.from_config(tiny_pipe.scheduler.config)
     with pytest.raises(ValueError, match="ensure_ddim"):
         sample_trajectories(tiny_pipe, PROMPTS, num_steps=4)
+
+
+@pytest.mark.parametrize("loop", [False, True])
+def test_branch_loop_and_batched_share_the_prefix(tiny_pipe, loop):
+    """Both ways of running the branches: prompt-major rows, one shared x at the branch point per group, different
+    continuations, log-probs that recompute to the stored ones."""
+    b, split = 3, 3
+    traj = sample_branches(tiny_pipe, PROMPTS, b, split, num_steps=6, generator=torch.Generator().manual_seed(4),
+                           branch_loop=loop)
+    assert len(traj) == len(PROMPTS) * b and traj.prompts == [p for p in PROMPTS for _ in range(b)]
+    assert traj.group_ids.tolist() == [i for i in range(len(PROMPTS)) for _ in range(b)]
+    start = traj.latents[:, 0].reshape(len(PROMPTS), b, -1)
+    assert torch.equal(start, start[:, :1].expand_as(start))  # the prefix is shared within a group
+    ends = traj.next_latents[:, -1].reshape(len(PROMPTS), b, -1)
+    assert (ends[:, 0] - ends[:, 1]).abs().max() > 0  # branches diverge
+    n, k = traj.timesteps.shape
+    rows, cols = torch.arange(n).repeat_interleave(k), torch.arange(k).repeat(n)
+    with torch.no_grad():
+        lp = transition_log_prob(tiny_pipe.unet, tiny_pipe.scheduler, traj, rows, cols, 5.0, 1.0)
+    assert (lp - traj.log_probs[rows, cols]).abs().max() < 1e-4

@@ -1,0 +1,217 @@
+"""Reading finished runs back from ``results/`` and summarising them: the tables and figures of the notebooks, and
+the README's "paper result -> notebook -> our number" table, all rebuilt from files alone (no training).
+
+A *run folder* is what :func:`b2lib.experiment.run_experiment` writes: ``summary.json``, ``eval.csv`` (one row per
+model and evaluation split), ``metrics.csv`` (one row per method, seed and stage), ``samples.safetensors``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import pandas as pd
+import torch
+
+__all__ = ["collect", "mean_std", "format_mean_std", "load_samples", "METRIC_LABELS", "sample_grid_from_runs"]
+
+#: evaluation columns shown in tables, with readable names
+METRIC_LABELS = {
+    "reward_mean": "CLIPScore",
+    "bertscore_mean": "BERTScore",
+    "judge_all_ok": "judge: aligned",
+    "clip_diversity": "diversity (CLIP)",
+    "pixel_diversity": "diversity (pixel)",
+}
+
+
+def _run_dirs(roots: Iterable[str | Path]) -> list[Path]:
+    dirs = []
+    for root in roots:
+        root = Path(root)
+        if (root / "summary.json").exists():
+            dirs.append(root)
+        else:
+            dirs.extend(sorted(p.parent for p in root.glob("*/summary.json")))
+    return dirs
+
+
+def collect(*roots: str | Path, tag: str | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Every run folder under ``roots`` (a run folder itself, or a folder of run folders) -> ``(evals, metrics)``,
+    with ``run`` (folder name) and ``template`` columns added. ``tag`` is stored as a ``tag`` column."""
+    evals, metrics = [], []
+    for d in _run_dirs(roots):
+        summary = json.loads((d / "summary.json").read_text())
+        config = json.loads((d / "config.json").read_text()) if (d / "config.json").exists() else {}
+        extra = {"run": d.name, "template": summary.get("template"), "tag": tag,
+                 "overrides": json.dumps(config.get("overrides", {}), sort_keys=True)}
+        e = pd.read_csv(d / "eval.csv")
+        if "split" not in e:
+            e["split"] = "test"
+        evals.append(e.assign(**extra))
+        if (d / "metrics.csv").exists() and (d / "metrics.csv").stat().st_size > 1:
+            metrics.append(pd.read_csv(d / "metrics.csv").assign(**extra))
+    if not evals:
+        raise FileNotFoundError(f"No run folders (with summary.json) under {[str(r) for r in roots]}: run the "
+                                "notebook that produces them first.")
+    ev = pd.concat(evals, ignore_index=True)
+    me = pd.concat(metrics, ignore_index=True) if metrics else pd.DataFrame()
+    return ev, me
+
+
+def mean_std(evals: pd.DataFrame, by: Sequence[str], columns: Sequence[str] = tuple(METRIC_LABELS),
+             dedupe_base: bool = True) -> pd.DataFrame:
+    """Mean and std over seeds (and runs) of each column, grouped by ``by``; ``n`` = number of models averaged.
+
+    The base model is evaluated once per run folder with the same prompts and seeds, so its rows are identical copies:
+    with ``dedupe_base`` they count once (its std is then 0 by construction, not by luck)."""
+    df = evals.copy()
+    if dedupe_base and "method" in df:
+        base = df[df["method"] == "base"].drop_duplicates(subset=[c for c in ("template", "split", "model") if c in df])
+        df = pd.concat([base, df[df["method"] != "base"]], ignore_index=True)
+    cols = [c for c in columns if c in df]
+    g = df.groupby(list(by), sort=False)[cols]
+    out = g.mean().add_suffix("_mean").join(g.std(ddof=1).fillna(0.0).add_suffix("_std"))
+    out["n"] = g.size()
+    return out
+
+
+def format_mean_std(table: pd.DataFrame, columns: Sequence[str] = tuple(METRIC_LABELS), digits: int = 3) -> pd.DataFrame:
+    """``mean ± std`` strings for display, with readable column names."""
+    out = pd.DataFrame(index=table.index)
+    for c in columns:
+        if f"{c}_mean" in table:
+            out[METRIC_LABELS.get(c, c)] = [f"{m:.{digits}f} ± {s:.{digits}f}"
+                                            for m, s in zip(table[f"{c}_mean"], table[f"{c}_std"])]
+    if "n" in table:
+        out["n"] = table["n"]
+    return out
+
+
+def load_samples(run_dir: str | Path) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """The saved same-seed samples of a run: ``{model label: uint8 (k, 3, H, W)}`` and the k prompts."""
+    from safetensors.torch import load_file
+
+    run_dir = Path(run_dir)
+    images = load_file(str(run_dir / "samples.safetensors"))
+    prompts = json.loads((run_dir / "summary.json").read_text())["grid_prompts"]
+    return images, prompts
+
+
+def sample_grid_from_runs(run_dirs: Sequence[str | Path], models: Sequence[str] = ("base",), per_run: int = 8):
+    """Rows = models, columns = prompts, from the runs' saved samples (same prompts and seeds for every model)."""
+    from .plots import comparison_grid
+
+    images: dict[str, list] = {}
+    prompts: list[str] = []
+    for d in run_dirs:
+        imgs, ps = load_samples(d)
+        k = min(per_run, len(ps))
+        prompts += ps[:k]
+        for label in models:
+            key = label if label in imgs else next((x for x in imgs if x.startswith(label)), None)
+            if key is None:
+                raise KeyError(f"No samples for {label!r} in {d}; have {sorted(imgs)}.")
+            images.setdefault(label, []).extend((imgs[key][:k].float() / 255).unbind(0))
+    return comparison_grid(images, prompts, columns=len(prompts))
+
+
+def _ms(table: pd.DataFrame, row, col: str, digits: int = 3) -> str:
+    return f"{table.loc[row, f'{col}_mean']:.{digits}f} ± {table.loc[row, f'{col}_std']:.{digits}f}"
+
+
+def _verdict(b2: float, ddpo: float, b2_std: float = 0.0, ddpo_std: float = 0.0) -> str:
+    """'B² > DDPO', 'B² < DDPO' or 'tie' (means within one std of each other): the honest reading of few seeds."""
+    if abs(b2 - ddpo) <= max(b2_std, ddpo_std):
+        return "within 1 std"
+    return "B² higher" if b2 > ddpo else "DDPO higher"
+
+
+def readme_table(results: str | Path) -> str:
+    """The README's "paper result -> notebook -> our number" table as markdown, read from the CSVs the notebooks
+    wrote under ``results`` (a missing study is reported as not run, never filled in)."""
+    results = Path(results)
+    lines = ["| paper result | notebook | our number at embedded scale (CPU) | B² vs DDPO |", "|---|---|---|---|"]
+
+    def add(what, nb, number, verdict=""):
+        lines.append(f"| {what} | `{nb}` | {number} | {verdict} |")
+
+    main = results / "templates" / "main_table.csv"
+    if main.exists():
+        t = pd.read_csv(main, index_col=[0, 1])
+        for template in dict.fromkeys(t.index.get_level_values(0)):
+            for col, name in (("reward_mean", "CLIPScore"), ("bertscore_mean", "BERTScore"),
+                              ("judge_all_ok", "judge aligned")):
+                if f"{col}_mean" not in t:
+                    continue
+                vals = " / ".join(f"{m} {_ms(t, (template, m), col)}" for m in ("base", "ddpo", "b2")
+                                  if (template, m) in t.index)
+                n = int(t.loc[(template, "b2"), "n"]) if (template, "b2") in t.index else 0
+                verdict = _verdict(t.loc[(template, "b2"), f"{col}_mean"], t.loc[(template, "ddpo"), f"{col}_mean"],
+                                   t.loc[(template, "b2"), f"{col}_std"], t.loc[(template, "ddpo"), f"{col}_std"])
+                add(f"Table 1 · {template}: {name} (test prompts, {n} seeds)", "04_templates", vals, verdict)
+            for col, name in (("clip_diversity", "diversity, CLIP"), ("pixel_diversity", "diversity, pixel")):
+                vals = " / ".join(f"{m} {_ms(t, (template, m), col)}" for m in ("base", "ddpo", "b2")
+                                  if (template, m) in t.index)
+                verdict = _verdict(t.loc[(template, "b2"), f"{col}_mean"], t.loc[(template, "ddpo"), f"{col}_mean"],
+                                   t.loc[(template, "b2"), f"{col}_std"], t.loc[(template, "ddpo"), f"{col}_std"])
+                add(f"Diversity · {template}: {name}", "04_templates", vals, verdict)
+    else:
+        add("Table 1, diversity, curves", "04_templates", "not run yet")
+    gen = results / "templates" / "generalisation.csv"
+    if gen.exists():
+        g = pd.read_csv(gen, header=[0, 1], index_col=[0, 1])
+        col = ("judge_all_ok_mean", "gap")
+        for template in dict.fromkeys(g.index.get_level_values(0)):
+            vals = " / ".join(f"{m} {g.loc[(template, m), col]:+.3f}" for m in ("base", "ddpo", "b2")
+                              if (template, m) in g.index)
+            add(f"Generalisation · {template}: judge aligned, train − test", "04_templates", vals)
+    strat = results / "ablations" / "strategies.csv"
+    if strat.exists():
+        t = pd.read_csv(strat, index_col=0)
+        vals = " / ".join(f"{m} {_ms(t, m, 'judge_all_ok')}" for m in ("ddpo", "progressive", "branch", "b2")
+                          if m in t.index)
+        add(f"Ablation: judge aligned (neither / progressive only / branch only / both; {int(t['n'].max())} seeds)",
+            "06_ablations", vals)
+        vals = " / ".join(f"{m} {_ms(t, m, 'reward_mean')}" for m in ("ddpo", "progressive", "branch", "b2")
+                          if m in t.index)
+        add("Ablation: CLIPScore (same order)", "06_ablations", vals)
+    sens = results / "ablations" / "sensitivity.csv"
+    if sens.exists():
+        s = pd.read_csv(sens)
+        for factor, rows in s.groupby("factor", sort=False):
+            vals = ", ".join(f"{v}: {j:.3f}" for v, j in zip(rows["value"], rows["judge_all_ok"]))
+            add(f"Sensitivity to {factor} (judge aligned, 1 seed)", "06_ablations", vals)
+    compat = results / "compat" / "compat.csv"
+    if compat.exists():
+        c = pd.read_csv(compat, index_col=[0, 1])
+        for algo in dict.fromkeys(c.index.get_level_values(0)):
+            if (algo, "ddpo") in c.index and (algo, "b2") in c.index:
+                vals = (f"without B² {_ms(c, (algo, 'ddpo'), 'judge_all_ok')} / with B² "
+                        f"{_ms(c, (algo, 'b2'), 'judge_all_ok')} (judge); CLIPScore "
+                        f"{c.loc[(algo, 'ddpo'), 'reward_mean_mean']:.3f} / {c.loc[(algo, 'b2'), 'reward_mean_mean']:.3f}")
+                verdict = _verdict(c.loc[(algo, "b2"), "judge_all_ok_mean"], c.loc[(algo, "ddpo"), "judge_all_ok_mean"],
+                                   c.loc[(algo, "b2"), "judge_all_ok_std"], c.loc[(algo, "ddpo"), "judge_all_ok_std"])
+                add(f"Compatibility · {algo}", "07_compatibility", vals, verdict)
+    speed = results / "performance" / "speed.csv"
+    if speed.exists():
+        sp = pd.read_csv(speed)
+        for _, r in sp.iterrows():
+            goal = "" if pd.isna(r["goal"]) else f" (goal ≥ {r['goal']:.2f})"
+            add(f"Speed: {r['measurement']}", "05_performance",
+                f"{r['median']:.2f} [{r['min']:.2f}, {r['max']:.2f}]{goal}")
+    return "\n".join(lines)
+
+
+def update_readme(readme: str | Path, table: str, start: str = "<!-- results-table:start -->",
+                  end: str = "<!-- results-table:end -->") -> bool:
+    """Replace the text between the two markers in the README with ``table``; False if the markers are missing."""
+    readme = Path(readme)
+    text = readme.read_text()
+    if start not in text or end not in text:
+        return False
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    readme.write_text(f"{head}{start}\n{table}\n{end}{tail}")
+    return True

@@ -1,0 +1,94 @@
+"""The run grids of the paper's ablation, sensitivity and compatibility studies, as lists of
+:class:`~b2lib.experiment.RunConfig` (run them with :func:`~b2lib.experiment.run_many`), and the tables read back.
+
+Every variant changes one thing against the B²-DiffuRL default of its preset, and every run of a study generates the
+same number of images, so differences are the variant's doing.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import pandas as pd
+
+from .experiment import RunConfig
+
+__all__ = ["SENSITIVITY", "strategy_runs", "sensitivity_runs", "compat_runs", "sensitivity_table"]
+
+#: factor -> values tried (the preset default is included as a point of every factor). Branch counts divide the
+#: embedded budget of 32 images per stage; "stages" keeps the total budget (stages x images per stage = 640) fixed.
+SENSITIVITY: dict[str, list] = {
+    "branches": [2, 4, 8, 16],
+    "split_start": [5, 10, 15, 20],
+    "stages": [10, 20, 40],
+    "threshold": [0.3, 0.5, 0.7, 1.0],
+}
+_DEFAULTS = {"branches": 4, "split_start": 10, "stages": 20, "threshold": 0.5}
+_BUDGET = 640  # embedded: 20 stages x 32 images
+
+
+def strategy_runs(base: RunConfig, out: str | Path, seeds, methods=("ddpo", "progressive", "branch", "b2")):
+    """Neither strategy (DDPO), each strategy alone, both: one run folder per (method, seed)."""
+    out = Path(out)
+    return [replace(base, methods=(m,), seeds=(s,), output_dir=str(out / f"{m}_seed{s}"), save_lora=False)
+            for m in methods for s in seeds]
+
+
+def _variant(base: RunConfig, factor: str, value) -> RunConfig:
+    overrides = dict(base.overrides)
+    kw: dict = {}
+    if factor == "branches":
+        kw["branches"] = int(value)
+    elif factor == "split_start":
+        overrides["split_start"] = int(value)
+    elif factor == "stages":
+        kw["stages"] = int(value)
+        kw["images_per_stage"] = _BUDGET // int(value)
+    elif factor == "threshold":
+        overrides.update(pos_threshold=float(value), neg_threshold=-float(value))
+    else:
+        raise ValueError(f"Unknown sensitivity factor {factor!r}: use one of {sorted(SENSITIVITY)}.")
+    return replace(base, overrides=overrides, **kw)
+
+
+def sensitivity_runs(base: RunConfig, out: str | Path, seed: int = 0, grid: dict | None = None,
+                     skip_defaults: bool = False) -> list[tuple[str, object, RunConfig]]:
+    """``(factor, value, RunConfig)`` for every point of ``grid`` (default :data:`SENSITIVITY`), B² only. The default
+    point is the same run for every factor, so it is run once (folder ``default``)."""
+    out = Path(out)
+    grid = grid or SENSITIVITY
+    runs, default = [], replace(base, methods=("b2",), seeds=(seed,), output_dir=str(out / "default"),
+                                save_lora=False)
+    for factor, values in grid.items():
+        for value in values:
+            if value == _DEFAULTS.get(factor):
+                if not skip_defaults:
+                    runs.append((factor, value, default))
+                continue
+            cfg = _variant(default, factor, value)
+            runs.append((factor, value, replace(cfg, output_dir=str(out / f"{factor}_{value}"))))
+    return runs
+
+
+def compat_runs(base: RunConfig, out: str | Path, seeds, algorithms=("ppo", "dpok", "grpo"),
+                methods=("ddpo", "b2")) -> list[RunConfig]:
+    """Each RL update with and without B²: one run folder per (algorithm, method, seed)."""
+    out = Path(out)
+    return [replace(base, methods=(m,), seeds=(s,), overrides={**base.overrides, "algorithm": a},
+                    output_dir=str(out / f"{a}_{m}_seed{s}"), save_lora=False)
+            for a in algorithms for m in methods for s in seeds]
+
+
+def sensitivity_table(runs: list[tuple[str, object, RunConfig]]) -> pd.DataFrame:
+    """One row per (factor, value): the fine-tuned model's test metrics (read from its run folder)."""
+    rows = []
+    for factor, value, cfg in runs:
+        ev = pd.read_csv(Path(cfg.output_dir) / "eval.csv")
+        ev = ev[(ev["method"] != "base") & (ev.get("split", "test") == "test")]
+        summary = json.loads((Path(cfg.output_dir) / "summary.json").read_text())
+        for _, r in ev.iterrows():
+            rows.append({"factor": factor, "value": value, "run": Path(cfg.output_dir).name,
+                         "wall_s": summary.get("wall_s"), **{k: r[k] for k in r.index if k not in ("model",)}})
+    return pd.DataFrame(rows)

@@ -1,0 +1,82 @@
+"""Study grids (each variant changes one thing, equal budgets) and the report's tables (closed forms)."""
+
+import json
+
+import pandas as pd
+import pytest
+
+from b2lib.experiment import RunConfig, run_many
+from b2lib.presets import trainer_config
+from b2lib.report import format_mean_std, mean_std, readme_table, update_readme
+from b2lib.studies import SENSITIVITY, compat_runs, sensitivity_runs, strategy_runs
+
+
+def _images(cfg: RunConfig, method="b2") -> int:
+    t = trainer_config(cfg.preset, method, stages=cfg.stages or None, images_per_stage=cfg.images_per_stage or None,
+                       branches=cfg.branches or None, **cfg.overrides)
+    return t.num_stages * t.images_per_stage
+
+
+def test_sensitivity_points_change_one_thing_at_equal_budget(tmp_path):
+    base = RunConfig()
+    runs = sensitivity_runs(base, tmp_path)
+    assert [(f, v) for f, v, _ in runs] == [(f, v) for f, vs in SENSITIVITY.items() for v in vs]
+    budgets = {_images(cfg) for _, _, cfg in runs}
+    assert budgets == {640}
+    dirs = [cfg.output_dir for _, _, cfg in runs]
+    assert dirs.count(str(tmp_path / "default")) == len(SENSITIVITY)  # the default point is one run
+    for factor, value, cfg in runs:
+        t = trainer_config("embedded", "b2", stages=cfg.stages or None, images_per_stage=cfg.images_per_stage or None,
+                           branches=cfg.branches or None, **cfg.overrides)
+        got = {"branches": t.num_branches, "split_start": t.split_start, "stages": t.num_stages,
+               "threshold": t.pos_threshold}[factor]
+        assert got == value and (factor == "threshold" or t.pos_threshold == 0.5)
+
+
+def test_strategy_and_compat_grids(tmp_path):
+    s = strategy_runs(RunConfig(), tmp_path, seeds=[0, 1])
+    assert len(s) == 8 and len({c.output_dir for c in s}) == 8 and all(len(c.methods) == 1 for c in s)
+    configs = {m: trainer_config("embedded", m) for m in ("ddpo", "progressive", "branch", "b2")}
+    assert [configs[m].progressive for m in configs] == [False, True, False, True]
+    assert [configs[m].num_branches > 1 for m in configs] == [False, False, True, True]
+    assert {_images(RunConfig(), m) for m in configs} == {640}
+    c = compat_runs(RunConfig(), tmp_path, seeds=[0], algorithms=("ppo", "grpo"))
+    assert [x.overrides["algorithm"] for x in c] == ["ppo", "ppo", "grpo", "grpo"]
+
+
+def test_run_many_rejects_clashing_folders(tmp_path):
+    with pytest.raises(ValueError, match="output_dir"):
+        run_many([RunConfig()])
+    with pytest.raises(ValueError, match="share an output_dir"):
+        run_many([RunConfig(output_dir=str(tmp_path)), RunConfig(output_dir=str(tmp_path))])
+
+
+def test_mean_std_closed_form_and_base_counted_once():
+    ev = pd.DataFrame({"template": ["t"] * 5, "method": ["base", "base", "b2", "b2", "b2"],
+                       "model": ["base", "base", "b2_seed0", "b2_seed1", "b2_seed2"], "split": ["test"] * 5,
+                       "reward_mean": [0.5, 0.5, 0.6, 0.7, 0.8]})
+    t = mean_std(ev, by=["template", "method"], columns=["reward_mean"])
+    assert t.loc[("t", "b2"), "reward_mean_mean"] == pytest.approx(0.7)
+    assert t.loc[("t", "b2"), "reward_mean_std"] == pytest.approx(0.1)
+    assert t.loc[("t", "base"), "n"] == 1 and t.loc[("t", "b2"), "n"] == 3
+    assert format_mean_std(t, ["reward_mean"]).loc[("t", "b2"), "CLIPScore"] == "0.700 ± 0.100"
+
+
+def test_readme_table_from_files_and_markers(tmp_path):
+    (tmp_path / "templates").mkdir()
+    rows = []
+    for m, v in (("base", 0.2), ("ddpo", 0.3), ("b2", 0.5)):
+        rows.append({"template": "counting", "method": m, "judge_all_ok_mean": v, "judge_all_ok_std": 0.05,
+                     "reward_mean_mean": v, "reward_mean_std": 0.01, "clip_diversity_mean": 0.1,
+                     "clip_diversity_std": 0.0, "pixel_diversity_mean": 0.2, "pixel_diversity_std": 0.0, "n": 3})
+    pd.DataFrame(rows).set_index(["template", "method"]).to_csv(tmp_path / "templates" / "main_table.csv")
+    table = readme_table(tmp_path)
+    line = next(x for x in table.splitlines() if "judge aligned" in x)
+    assert "b2 0.500 ± 0.050" in line and "B² higher" in line and "3 seeds" in line
+    assert "DDPO higher" not in table
+    readme = tmp_path / "README.md"
+    readme.write_text("a\n<!-- results-table:start -->\nold\n<!-- results-table:end -->\nb\n")
+    assert update_readme(readme, "NEW")
+    assert readme.read_text() == "a\n<!-- results-table:start -->\nNEW\n<!-- results-table:end -->\nb\n"
+    readme.write_text("no markers")
+    assert not update_readme(readme, "NEW")
