@@ -1,9 +1,10 @@
 """b2lib: B²-DiffuRL (backward progressive training + branch-based sampling) on diffusers pipelines."""
 
-from .advantages import HistoryNormalizer, PerPromptStatTracker, select_in_groups, weighted_advantages
+from .advantages import (HistoryNormalizer, PerPromptStatTracker, group_relative_advantages, select_in_groups,
+                         weighted_advantages)
 from .bertscore import BertScore
 from .ddim import ddim_step_with_logprob
-from .losses import ppo_clip_loss
+from .losses import gaussian_kl, policy_loss, ppo_clip_loss
 from .rewards import ClipScore
 from .sampling import Trajectories, sample_branches, sample_trajectories
 from .schedule import ProgressiveSchedule
@@ -23,6 +24,9 @@ __all__ = [
     "TrainerConfig",
     "Trajectories",
     "ddim_step_with_logprob",
+    "gaussian_kl",
+    "group_relative_advantages",
+    "policy_loss",
     "ppo_clip_loss",
     "sample_branches",
     "sample_trajectories",

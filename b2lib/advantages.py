@@ -11,7 +11,14 @@ from typing import Sequence
 import numpy as np
 import torch
 
-__all__ = ["HistoryNormalizer", "PerPromptStatTracker", "select_in_groups", "weighted_advantages"]
+__all__ = [
+    "HistoryNormalizer",
+    "PerPromptStatTracker",
+    "group_ids_of",
+    "group_relative_advantages",
+    "select_in_groups",
+    "weighted_advantages",
+]
 
 
 def _as_float_tensor(x) -> torch.Tensor:
@@ -144,3 +151,40 @@ def weighted_advantages(
     """``clip(z, -adv_clip, adv_clip)`` scaled by ``pos_weight`` where z > 0 and ``neg_weight`` elsewhere."""
     z = torch.as_tensor(z).float()
     return z.clamp(-adv_clip, adv_clip) * torch.where(z > 0, pos_weight, neg_weight)
+
+
+def group_relative_advantages(rewards, group_ids, eps: float = 1e-4) -> torch.Tensor:
+    """GRPO's advantages: each reward standardised within its group, ``(r - mean_g) / (std_g + eps)``.
+
+    A group is the set of samples that answer the same question: for B², a branch group (one shared prefix, so the
+    z-score measures only what the trained interval did); for plain sampling, the samples of one prompt. ``std_g`` is
+    the population std (as Flow-GRPO's tracker, and DDPO's), so a group's z has zero mean and unit std; ``eps`` keeps a
+    constant-reward group at exactly 0 (no signal, no NaN) and a singleton group is constant. No history: the
+    group is its own baseline, which is what makes GRPO critic- and tracker-free.
+
+    ``eps`` is in reward units (1e-4 as Flow-GRPO): a group whose rewards spread by much less than ``eps`` (branches
+    that barely differ) gets advantages shrunk towards 0 rather than noise blown up to unit scale.
+    """
+    rewards = _as_float_tensor(rewards)
+    group_ids = torch.as_tensor(group_ids).long().cpu()
+    if rewards.ndim != 1 or group_ids.shape != rewards.shape:
+        raise ValueError(
+            f"rewards {tuple(rewards.shape)} and group_ids {tuple(group_ids.shape)} must be equal 1-D shapes."
+        )
+    if eps <= 0:
+        raise ValueError(f"eps must be > 0 (it keeps constant groups finite), got {eps}.")
+    if rewards.numel() == 0:
+        return rewards.float()
+    _, groups = torch.unique(group_ids, return_inverse=True)
+    n = int(groups.max()) + 1
+    count = torch.zeros(n, dtype=torch.float64).index_add_(0, groups, torch.ones_like(rewards))
+    mean = torch.zeros(n, dtype=torch.float64).index_add_(0, groups, rewards) / count
+    centred = rewards - mean[groups]
+    var = torch.zeros(n, dtype=torch.float64).index_add_(0, groups, centred**2) / count
+    return (centred / (var.sqrt()[groups] + eps)).float()
+
+
+def group_ids_of(prompts: Sequence[str]) -> torch.Tensor:
+    """One id per distinct prompt, in order of first appearance: groups for plain (unbranched) sampling."""
+    index: dict[str, int] = {}
+    return torch.tensor([index.setdefault(p, len(index)) for p in prompts], dtype=torch.long)

@@ -18,7 +18,7 @@ import math
 import torch
 from diffusers import DDIMScheduler
 
-__all__ = ["ddim_step_with_logprob", "gaussian_log_prob"]
+__all__ = ["ddim_log_prob", "ddim_posterior_mean_std", "ddim_step_with_logprob", "gaussian_log_prob"]
 
 _LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
 
@@ -34,32 +34,23 @@ def _per_sample(values: torch.Tensor, ndim: int) -> torch.Tensor:
     return values.reshape(values.shape[0], *([1] * (ndim - 1)))
 
 
-def ddim_step_with_logprob(
+def ddim_posterior_mean_std(
     scheduler: DDIMScheduler,
     noise_pred: torch.Tensor,
     timestep: int | torch.Tensor,
     sample: torch.Tensor,
     eta: float,
-    prev_sample: torch.Tensor | None = None,
-    generator: torch.Generator | list[torch.Generator] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One stochastic DDIM step ``x_t -> x_{t-1}`` and ``log p(x_{t-1} | x_t)`` under the DDIM posterior.
+    """The DDIM policy ``N(mu_theta(x_t, t), sigma_t^2 I)`` itself: its mean and its std.
 
-    Args:
-        scheduler: a :class:`~diffusers.DDIMScheduler` on which ``set_timesteps`` has been called (the step size is
-            ``num_train_timesteps // num_inference_steps``, exactly as in ``DDIMScheduler.step``).
-        noise_pred: model output for ``sample`` (after classifier-free guidance), shape ``(batch, ...)``.
-        timestep: the current timestep ``t``: an int / 0-d tensor (sampling, same ``t`` for the batch) or a
-            ``(batch,)`` tensor (training, one ``t`` per sample).
-        sample: ``x_t``, shape ``(batch, ...)``.
-        eta: DDIM stochasticity; must be > 0, since with ``eta = 0`` the step is deterministic and has no density.
-        prev_sample: if given, the ``x_{t-1}`` whose log-probability is wanted (no noise is drawn); otherwise
-            ``x_{t-1}`` is sampled with ``generator``.
-        generator: torch generator(s) for the step noise (same semantics as diffusers' ``randn_tensor``).
+    Why separate from :func:`ddim_step_with_logprob`: a KL penalty to a reference model (DPOK, GRPO) compares two
+    such Gaussians in closed form, which needs the means, not a log-density at one point.
+
+    Args: as :func:`ddim_step_with_logprob` (without the action).
 
     Returns:
-        ``(prev_sample, log_prob)`` with ``log_prob`` of shape ``(batch,)`` (mean over non-batch dimensions). The
-        log-probability is differentiable w.r.t. ``noise_pred``; ``prev_sample`` is treated as a constant (an action).
+        ``(mean, std)``: ``mean`` of shape ``(batch, ...)`` in ``sample``'s dtype, differentiable w.r.t.
+        ``noise_pred``; ``std`` of shape ``(batch,)`` in float64 (it depends on the timestep only, not on the model).
     """
     if not isinstance(scheduler, DDIMScheduler):
         raise ValueError(
@@ -75,8 +66,6 @@ def ddim_step_with_logprob(
         )
     if noise_pred.shape != sample.shape:
         raise ValueError(f"noise_pred shape {tuple(noise_pred.shape)} != sample shape {tuple(sample.shape)}.")
-    if prev_sample is not None and prev_sample.shape != sample.shape:
-        raise ValueError(f"prev_sample shape {tuple(prev_sample.shape)} != sample shape {tuple(sample.shape)}.")
     if sample.ndim < 2:
         raise ValueError(f"sample must be batched, shape (batch, ...); got {tuple(sample.shape)}.")
 
@@ -118,9 +107,9 @@ def ddim_step_with_logprob(
     # below zero (NaN after sqrt) and late-step sigmas lose their digits.
     dtype = sample.dtype
     direction_coef = (1 - alpha_prev - std**2).clamp(min=0).sqrt()
-    sa_t, sb_t, sa_prev, dir_c, std_c = (
+    sa_t, sb_t, sa_prev, dir_c = (
         _per_sample(v, sample.ndim).to(dtype)
-        for v in (alpha_t.sqrt(), beta_t.sqrt(), alpha_prev.sqrt(), direction_coef, std)
+        for v in (alpha_t.sqrt(), beta_t.sqrt(), alpha_prev.sqrt(), direction_coef)
     )
 
     if cfg.prediction_type == "epsilon":
@@ -140,15 +129,55 @@ def ddim_step_with_logprob(
     elif cfg.clip_sample:
         pred_x0 = pred_x0.clamp(-cfg.clip_sample_range, cfg.clip_sample_range)
 
-    mean = sa_prev * pred_x0 + dir_c * pred_eps
+    return sa_prev * pred_x0 + dir_c * pred_eps, std
+
+
+def ddim_step_with_logprob(
+    scheduler: DDIMScheduler,
+    noise_pred: torch.Tensor,
+    timestep: int | torch.Tensor,
+    sample: torch.Tensor,
+    eta: float,
+    prev_sample: torch.Tensor | None = None,
+    generator: torch.Generator | list[torch.Generator] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One stochastic DDIM step ``x_t -> x_{t-1}`` and ``log p(x_{t-1} | x_t)`` under the DDIM posterior.
+
+    Args:
+        scheduler: a :class:`~diffusers.DDIMScheduler` on which ``set_timesteps`` has been called (the step size is
+            ``num_train_timesteps // num_inference_steps``, exactly as in ``DDIMScheduler.step``).
+        noise_pred: model output for ``sample`` (after classifier-free guidance), shape ``(batch, ...)``.
+        timestep: the current timestep ``t``: an int / 0-d tensor (sampling, same ``t`` for the batch) or a
+            ``(batch,)`` tensor (training, one ``t`` per sample).
+        sample: ``x_t``, shape ``(batch, ...)``.
+        eta: DDIM stochasticity; must be > 0, since with ``eta = 0`` the step is deterministic and has no density.
+        prev_sample: if given, the ``x_{t-1}`` whose log-probability is wanted (no noise is drawn); otherwise
+            ``x_{t-1}`` is sampled with ``generator``.
+        generator: torch generator(s) for the step noise (same semantics as diffusers' ``randn_tensor``).
+
+    Returns:
+        ``(prev_sample, log_prob)`` with ``log_prob`` of shape ``(batch,)`` (mean over non-batch dimensions). The
+        log-probability is differentiable w.r.t. ``noise_pred``; ``prev_sample`` is treated as a constant (an action).
+    """
+    mean, std = ddim_posterior_mean_std(scheduler, noise_pred, timestep, sample, eta)
+    if prev_sample is not None and prev_sample.shape != sample.shape:
+        raise ValueError(f"prev_sample shape {tuple(prev_sample.shape)} != sample shape {tuple(sample.shape)}.")
+    dtype = sample.dtype
 
     if prev_sample is None:
         from diffusers.utils.torch_utils import randn_tensor
 
-        noise = randn_tensor(noise_pred.shape, generator=generator, device=device, dtype=noise_pred.dtype)
-        prev_sample = (mean + std_c * noise).detach()
+        noise = randn_tensor(noise_pred.shape, generator=generator, device=sample.device, dtype=noise_pred.dtype)
+        prev_sample = (mean + _per_sample(std, sample.ndim).to(dtype) * noise).detach()
 
-    # The density in float32 at least: half-precision squares of small differences over tiny variances are noise.
+    return prev_sample.type(dtype), ddim_log_prob(prev_sample, mean, std)
+
+
+def ddim_log_prob(prev_sample: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """``log N(prev_sample; mean, std^2 I)`` per sample, from :func:`ddim_posterior_mean_std`'s ``(mean, std)``.
+
+    The density in float32 at least: half-precision squares of small differences over tiny variances are noise.
+    ``prev_sample`` is an action, a constant: gradients flow to ``mean`` only.
+    """
     ld = torch.promote_types(mean.dtype, torch.float32)
-    log_prob = gaussian_log_prob(prev_sample.detach().to(ld), mean.to(ld), _per_sample(std, sample.ndim).to(ld))
-    return prev_sample.type(dtype), log_prob
+    return gaussian_log_prob(prev_sample.detach().to(ld), mean.to(ld), _per_sample(std, mean.ndim).to(ld))

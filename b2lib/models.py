@@ -6,11 +6,13 @@ Everything here goes through stock diffusers/transformers/peft objects, so what 
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
 import os
 import tempfile
 from pathlib import Path
+from typing import Iterator
 
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
@@ -22,6 +24,7 @@ __all__ = [
     "load_pipeline",
     "ensure_ddim",
     "add_lora",
+    "adapters_disabled",
     "LORA_TARGET_MODULES",
 ]
 
@@ -222,3 +225,27 @@ def add_lora(
     if not params:
         raise ValueError(f"LoRA matched no module of the UNet; target_modules={target_modules}.")
     return params
+
+
+@contextlib.contextmanager
+def adapters_disabled(unet: UNet2DConditionModel) -> Iterator[UNet2DConditionModel]:
+    """Run ``unet`` as its base model: LoRA adapters (added by :func:`add_lora`) off inside the block, on after.
+
+    Why this and not ``unet.disable_adapters()`` alone: peft's enable/disable also rewrites ``requires_grad`` of the
+    adapter weights (off, then on for the active adapter), which would silently change what the optimizer trains if
+    an adapter had been frozen on purpose. Here every parameter's ``requires_grad`` is restored exactly.
+    This is the reference model of DPOK/GRPO's KL: the pretrained weights, no copy kept.
+    """
+    if not getattr(unet, "_hf_peft_config_loaded", False):
+        raise ValueError(
+            "The UNet has no LoRA adapter, so there is no base model to fall back on: build the trainer with "
+            "use_lora=True (b2lib.models.add_lora)."
+        )
+    flags = [(p, p.requires_grad) for p in unet.parameters()]
+    unet.disable_adapters()
+    try:
+        yield unet
+    finally:
+        unet.enable_adapters()
+        for param, flag in flags:
+            param.requires_grad_(flag)

@@ -16,7 +16,7 @@ from diffusers import DDIMScheduler, StableDiffusionPipeline
 from diffusers.utils.torch_utils import randn_tensor
 from tqdm.auto import tqdm
 
-from .ddim import ddim_step_with_logprob
+from .ddim import ddim_log_prob, ddim_posterior_mean_std, ddim_step_with_logprob
 
 __all__ = [
     "Trajectories",
@@ -29,6 +29,7 @@ __all__ = [
     "sample_trajectories",
     "sample_branches",
     "transition_log_prob",
+    "transition_policy",
 ]
 
 
@@ -328,6 +329,38 @@ def sample_branches(
                    branch_loop)
 
 
+def transition_policy(
+    unet: torch.nn.Module,
+    scheduler: DDIMScheduler,
+    traj: Trajectories,
+    rows: torch.Tensor,
+    cols: torch.Tensor,
+    guidance_scale: float,
+    eta: float,
+    device: torch.device | str | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The policy Gaussian at stored transitions (sample ``rows[i]``, interval step ``cols[i]``) under ``unet``:
+    ``(log_prob, mean, std)``, with CFG exactly as in sampling.
+
+    ``log_prob`` (``(n,)``) is ``log p_theta(x_{t-1} | x_t, c)`` of the stored action, the quantity the PPO ratio
+    compares with ``traj.log_probs``; ``mean`` (``(n, C, h, w)``) and ``std`` (``(n,)``) are what a KL to a reference
+    model needs. One UNet forward for all three; differentiable w.r.t. the UNet's parameters.
+    """
+    rows, cols = torch.as_tensor(rows), torch.as_tensor(cols)
+    if rows.shape != cols.shape or rows.ndim != 1:
+        raise ValueError(f"rows {tuple(rows.shape)} and cols {tuple(cols.shape)} must be equal 1-D shapes.")
+    device = device if device is not None else traj.latents.device
+    latents = traj.latents[rows, cols].to(device)
+    nexts = traj.next_latents[rows, cols].to(device)
+    t = traj.timesteps[rows, cols].to(device)
+    cond = traj.prompt_embeds[rows].to(device)
+    uncond = traj.negative_prompt_embeds[rows].to(device) if traj.negative_prompt_embeds is not None else None
+    model_input = scheduler.scale_model_input(latents, t)
+    noise_pred = predict_noise(unet, model_input, t, cond, uncond, guidance_scale)
+    mean, std = ddim_posterior_mean_std(scheduler, noise_pred, t, latents, eta)
+    return ddim_log_prob(nexts, mean, std), mean, std
+
+
 def transition_log_prob(
     unet: torch.nn.Module,
     scheduler: DDIMScheduler,
@@ -342,15 +375,4 @@ def transition_log_prob(
     current weights, with CFG exactly as in sampling: the quantity the PPO ratio compares with ``traj.log_probs``.
     Differentiable w.r.t. the UNet's parameters.
     """
-    rows, cols = torch.as_tensor(rows), torch.as_tensor(cols)
-    if rows.shape != cols.shape or rows.ndim != 1:
-        raise ValueError(f"rows {tuple(rows.shape)} and cols {tuple(cols.shape)} must be equal 1-D shapes.")
-    device = device if device is not None else traj.latents.device
-    latents = traj.latents[rows, cols].to(device)
-    nexts = traj.next_latents[rows, cols].to(device)
-    t = traj.timesteps[rows, cols].to(device)
-    cond = traj.prompt_embeds[rows].to(device)
-    uncond = traj.negative_prompt_embeds[rows].to(device) if traj.negative_prompt_embeds is not None else None
-    model_input = scheduler.scale_model_input(latents, t)
-    noise_pred = predict_noise(unet, model_input, t, cond, uncond, guidance_scale)
-    return ddim_step_with_logprob(scheduler, noise_pred, t, latents, eta, prev_sample=nexts)[1]
+    return transition_policy(unet, scheduler, traj, rows, cols, guidance_scale, eta, device)[0]

@@ -11,7 +11,9 @@ switch                        B²-DiffuRL                  DDPO baseline
 ``normalization``             per-prompt, 8-stage window  DDPO per-prompt tracker
 ============================  ==========================  ===========================
 
-so the ablations of the paper (each strategy alone) are configs, not code.
+so the ablations of the paper (each strategy alone) are configs, not code. The RL update the strategies wrap is a
+switch too, ``algorithm``: ``"ppo"`` (DDPO's PPO-clip, the paper's), ``"dpok"`` (+ KL to the base model) or ``"grpo"``
+(group-relative advantages + KL); see :mod:`b2lib.losses` and :meth:`RLTrainer.advantages`.
 """
 
 from __future__ import annotations
@@ -29,11 +31,12 @@ from accelerate import Accelerator
 from diffusers import StableDiffusionPipeline
 from tqdm.auto import tqdm
 
-from .advantages import HistoryNormalizer, PerPromptStatTracker, select_in_groups, weighted_advantages
-from .losses import ppo_clip_loss
-from .models import add_lora, ensure_ddim
+from .advantages import (HistoryNormalizer, PerPromptStatTracker, group_ids_of, group_relative_advantages,
+                         select_in_groups, weighted_advantages)
+from .losses import ALGORITHMS, gaussian_kl, needs_reference, policy_loss
+from .models import adapters_disabled, add_lora, ensure_ddim
 from .rewards import RewardFn, check_reward_output
-from .sampling import Trajectories, sample_branches, sample_trajectories, transition_log_prob
+from .sampling import Trajectories, sample_branches, sample_trajectories, transition_log_prob, transition_policy
 from .schedule import ProgressiveSchedule
 
 __all__ = ["TrainerConfig", "RLTrainer", "B2Trainer", "DDPOTrainer"]
@@ -84,6 +87,13 @@ class TrainerConfig:
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
     seed: int = 0
     progress: bool = True
+    # the RL update B² wraps: "ppo" (DDPO's PPO-clip, the paper's), "dpok" (PPO-clip + kl_coef * KL to the base model),
+    # "grpo" (group-relative advantages, PPO-clip + kl_coef * KL). dpok/grpo need use_lora (the reference is the base
+    # UNet with the adapter off) and cost one extra no-grad UNet forward per training forward.
+    algorithm: Literal["ppo", "dpok", "grpo"] = "ppo"
+    # Weight of the per-step KL (closed form, averaged over latent dims like the log-probs). 0.01 is DPOK's default
+    # KL weight and mid-range of Flow-GRPO's beta (0.004-0.04, same mean-over-dims KL): a starting point, not tuned.
+    kl_coef: float = 0.01
 
     @classmethod
     def b2(cls, **overrides) -> "TrainerConfig":
@@ -106,6 +116,15 @@ class TrainerConfig:
             raise ValueError(f"normalization must be 'history' or 'per_prompt', got {self.normalization!r}.")
         if self.prompts_per_stage < 1 or self.sample_batch_size < 1 or self.train_batch_size < 1:
             raise ValueError("prompts_per_stage, sample_batch_size and train_batch_size must be >= 1.")
+        if self.algorithm not in ALGORITHMS:
+            raise ValueError(f"algorithm must be one of {ALGORITHMS}, got {self.algorithm!r}.")
+        if needs_reference(self.algorithm) and not self.use_lora:
+            raise ValueError(
+                f"algorithm={self.algorithm!r} regularises towards the base model, which is the UNet with its LoRA "
+                "adapter disabled: set use_lora=True (a full fine-tune keeps no reference copy)."
+            )
+        if self.kl_coef < 0:
+            raise ValueError(f"kl_coef must be >= 0, got {self.kl_coef}.")
         if self.timestep_chunk < 0:
             raise ValueError(f"timestep_chunk must be >= 0 (0 = all interval steps per forward), got {self.timestep_chunk}.")
         self.schedule  # validates the interval against the chain
@@ -226,13 +245,26 @@ class RLTrainer:
     def advantages(self, traj: Trajectories, rewards: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Normalised, clipped, weighted advantages and the mask of samples to train on.
 
+        ``ppo`` and ``dpok``: z is the configured per-prompt normaliser's (``normalization``); DPOK's learned value
+        baseline is replaced by it so that the algorithms differ only in their loss. ``grpo``: z is the reward
+        standardised within its group (:func:`group_relative_advantages`), a branch group under B² (samples sharing a
+        prefix) or the samples of one prompt in this stage under plain sampling; it *replaces* the normaliser (which
+        then keeps no state). Under every algorithm, B²'s selection (``selection=True``) then filters on that z, and
+        the clip/weights apply. Note for plain-sampling GRPO: a prompt drawn once in a stage is a group of one (z = 0),
+        so GRPO needs prompts_per_stage well above the number of prompts.
+
         Under several processes the per-prompt statistics are computed on every process's rewards (gathered), so
         all processes normalise alike and keep identical normaliser states; selection stays local, since a branch
         group never spans processes.
         """
         cfg = self.config
         prompts, all_rewards, start = self._gather_scores(traj.prompts, rewards)
-        z = self.normalizer(prompts, all_rewards)[start : start + len(traj)]
+        if cfg.algorithm == "grpo" and cfg.num_branches >= 2:
+            z = group_relative_advantages(rewards, traj.group_ids)
+        elif cfg.algorithm == "grpo":  # plain sampling: a prompt's samples may sit on several processes
+            z = group_relative_advantages(all_rewards, group_ids_of(prompts))[start : start + len(traj)]
+        else:
+            z = self.normalizer(prompts, all_rewards)[start : start + len(traj)]
         if cfg.selection:
             keep = select_in_groups(z, traj.group_ids, cfg.pos_threshold, cfg.neg_threshold)
         else:
@@ -276,11 +308,32 @@ class RLTrainer:
             device=self.accelerator.device,
         )
 
+    def policy_terms(
+        self, traj: Trajectories, rows: torch.Tensor, cols: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``log p_theta`` of the stored transitions and, when the algorithm needs it (dpok, grpo), the per-transition
+        ``KL(p_theta || p_ref)`` to the base model (the UNet with its LoRA adapter off); ``None`` otherwise.
+
+        The reference forward runs first, under no_grad, on the plain module, so the adapter is back on (and DDP's
+        wrapper untouched) before the differentiable forward.
+        """
+        cfg = self.config
+        if not needs_reference(cfg.algorithm):
+            return self.log_prob(traj, rows, cols), None
+        args = (self.pipe.scheduler, traj, rows, cols, cfg.guidance_scale, cfg.eta, self.accelerator.device)
+        with torch.no_grad(), adapters_disabled(self.pipe.unet):
+            ref_mean = transition_policy(self.pipe.unet, *args)[1]
+        log_prob, mean, std = transition_policy(self.model, *args)
+        return log_prob, gaussian_kl(mean, ref_mean, std)
+
     def update(self, traj: Trajectories, adv: torch.Tensor, stage: int) -> dict[str, float]:
-        """``epochs_per_stage`` epochs of PPO-clip over every (sample, interval step) of ``traj``."""
+        """``epochs_per_stage`` epochs of the algorithm's loss (PPO-clip, + KL for dpok/grpo) over every (sample,
+        interval step) of ``traj``. With a KL term every training forward is paired with a no-grad reference forward
+        (adapter off): twice the UNet forwards of ppo (the extra ones without backward); ``kl`` is then logged too."""
         cfg = self.config
         n, k = len(traj), traj.num_steps
-        sums = {"loss": 0.0, "approx_kl": 0.0, "clipfrac": 0.0, "grad_norm": 0.0}
+        per_term = ("loss", "approx_kl", "clipfrac") + (("kl",) if needs_reference(cfg.algorithm) else ())
+        sums = dict.fromkeys(per_term + ("grad_norm",), 0.0)
         counts = {"terms": 0, "steps": 0}
         if n == 0 or k == 0:
             return {key: float("nan") for key in sums} | {"optimizer_steps": 0}
@@ -308,10 +361,10 @@ class RLTrainer:
                         flat_cols = cols.flatten()
                         sync = contextlib.nullcontext() if last else self.accelerator.no_sync(self.model)
                         with sync, self.accelerator.autocast():
-                            log_prob = self.log_prob(traj, flat_rows, flat_cols)
+                            log_prob, kl = self.policy_terms(traj, flat_rows, flat_cols)
                             old = traj.log_probs[flat_rows, flat_cols].to(log_prob.device)
-                            loss, stats = ppo_clip_loss(log_prob, old, adv[flat_rows].to(log_prob.device),
-                                                        cfg.clip_range)
+                            loss, stats = policy_loss(cfg.algorithm, log_prob, old, adv[flat_rows].to(log_prob.device),
+                                                      cfg.clip_range, kl, cfg.kl_coef)
                             if not torch.isfinite(loss):
                                 raise FloatingPointError(
                                     f"Non-finite loss at stage {stage}; the last good state is the previous stage's "
@@ -320,8 +373,8 @@ class RLTrainer:
                             self.accelerator.backward(loss * (cols.shape[1] * scale))
                         w = cols.shape[1]
                         sums["loss"] += loss.item() * w
-                        sums["approx_kl"] += stats["approx_kl"].item() * w
-                        sums["clipfrac"] += stats["clipfrac"].item() * w
+                        for key in per_term[1:]:
+                            sums[key] += stats[key].item() * w
                         counts["terms"] += w
                         bar.update(w)
                 grad_norm = self.accelerator.clip_grad_norm_(self.trainable, cfg.max_grad_norm)
@@ -331,7 +384,7 @@ class RLTrainer:
                 counts["steps"] += 1
             bar.close()
         self.model.eval()
-        out = {key: sums[key] / counts["terms"] for key in ("loss", "approx_kl", "clipfrac")}
+        out = {key: sums[key] / counts["terms"] for key in per_term}
         out["grad_norm"] = sums["grad_norm"] / max(counts["steps"], 1)
         out["optimizer_steps"] = counts["steps"]
         return out

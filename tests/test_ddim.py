@@ -109,3 +109,22 @@ def test_bad_inputs_name_the_fix():
     with pytest.raises(ValueError, match="set_alpha_to_one=False"):
         s1 = _scheduler(set_alpha_to_one=True)
         ddim_step_with_logprob(s1, x, s1.timesteps[-1], x, 1.0)
+
+
+def test_posterior_mean_std_is_the_step_gaussian():
+    """The mean/std the KL uses are the ones the step samples from and scores with."""
+    from b2lib.ddim import ddim_log_prob, ddim_posterior_mean_std
+
+    s = _scheduler()
+    x, eps = torch.randn(2, 4, 8, 8, dtype=torch.float64), torch.randn(2, 4, 8, 8, dtype=torch.float64)
+    t = torch.tensor([int(s.timesteps[3]), int(s.timesteps[11])])
+    mean, std = ddim_posterior_mean_std(s, eps, t, x, 0.7)
+    assert mean.shape == x.shape and std.shape == (2,)
+    for i in range(2):
+        _, ref_mean, ref_sigma = _closed_form(s, eps[i : i + 1], int(t[i]), x[i : i + 1], x[i : i + 1], 0.7)
+        torch.testing.assert_close(mean[i : i + 1], ref_mean)
+        assert float(std[i]) == pytest.approx(ref_sigma, rel=1e-10)
+    prev, lp = ddim_step_with_logprob(s, eps, t, x, 0.7, generator=torch.Generator().manual_seed(0))
+    noise = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    torch.testing.assert_close(prev, mean + std.reshape(-1, 1, 1, 1) * noise)
+    torch.testing.assert_close(lp, ddim_log_prob(prev, mean, std))

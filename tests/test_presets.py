@@ -53,3 +53,11 @@ def test_bad_run_config():
         RunConfig(template="animals")
     with pytest.raises(ValueError, match="Unknown preset"):
         RunConfig(preset="huge")
+
+
+def test_presets_take_the_algorithm():
+    b2 = trainer_config("embedded", "b2", algorithm="grpo")
+    ddpo = trainer_config("embedded", "ddpo", algorithm="dpok", kl_coef=0.05)
+    assert (b2.algorithm, b2.num_branches, b2.selection) == ("grpo", 4, True)
+    assert (ddpo.algorithm, ddpo.kl_coef, ddpo.num_branches) == ("dpok", 0.05, 1)
+    assert trainer_config("paper", "b2").algorithm == "ppo"

@@ -1,5 +1,6 @@
 """End-to-end: 2-stage B² and DDPO runs on the tiny pipeline change the trained weights, within a minute on CPU."""
 
+import math
 import time
 
 import pytest
@@ -92,11 +93,14 @@ def test_bad_config():
         B2Trainer(None, redness, [], TrainerConfig.b2())
 
 
-def test_timestep_packing_changes_speed_not_the_update(make_pipe):
-    """One step per forward (the reference) and all interval steps in one forward give the same weights."""
+@pytest.mark.parametrize("algorithm", ["ppo", "dpok"])
+def test_timestep_packing_changes_speed_not_the_update(make_pipe, algorithm):
+    """One step per forward (the reference) and all interval steps in one forward give the same weights (with a KL
+    term too: the reference forward is packed like the training one)."""
     weights = []
     for chunk in (1, 0, 2):
-        tr = B2Trainer(make_pipe(), redness, PROMPTS, TrainerConfig.b2(**_small(num_stages=1, timestep_chunk=chunk)))
+        cfg = TrainerConfig.b2(**_small(num_stages=1, timestep_chunk=chunk, algorithm=algorithm))
+        tr = B2Trainer(make_pipe(), redness, PROMPTS, cfg)
         log = tr.train()
         assert log[0]["optimizer_steps"] > 0
         weights.append(_trainable(tr.pipe))
@@ -105,3 +109,112 @@ def test_timestep_packing_changes_speed_not_the_update(make_pipe):
             torch.testing.assert_close(other[n], weights[0][n], rtol=1e-4, atol=1e-6)
     with pytest.raises(ValueError, match="timestep_chunk"):
         TrainerConfig.b2(timestep_chunk=-1)
+
+
+# ------------------------------------------------------------------------------------ B² around DPOK and GRPO
+def _frozen_base_ok(pipe, frozen):
+    for n, p in pipe.unet.named_parameters():
+        if "lora" not in n:
+            assert torch.equal(p, frozen[n.replace(".base_layer", "")])
+            assert not p.requires_grad
+
+
+@pytest.mark.parametrize("algorithm", ["dpok", "grpo"])
+@pytest.mark.parametrize("method", ["b2", "ddpo"])
+def test_kl_algorithms_train_lora_and_log_kl(make_pipe, algorithm, method):
+    """One stage of B² (or DDPO sampling) around DPOK / GRPO: LoRA moves, the base stays, ``kl`` is logged.
+
+    (No wall-clock bound here: the CPUs are shared; each takes ~2 s on an idle 2-core machine.)
+    """
+    if method == "b2":
+        cls, config = B2Trainer, TrainerConfig.b2(**_small(algorithm=algorithm, num_stages=1))
+    else:
+        cls, config = DDPOTrainer, TrainerConfig.ddpo(**_small(num_branches=1, prompts_per_stage=8, sample_batch_size=8,
+                                                               num_stages=1, algorithm=algorithm))
+    pipe = make_pipe()
+    frozen = {n: p.detach().clone() for n, p in pipe.unet.named_parameters()}
+    trainer = cls(pipe, redness, PROMPTS, config)
+    before = _trainable(pipe)
+    log = trainer.train()
+    after = _trainable(pipe)
+    assert set(after) == set(before)  # toggling the adapter for the reference left the trained set as it was
+    assert max((after[n] - before[n]).abs().max().item() for n in before) > 0
+    _frozen_base_ok(pipe, frozen)
+    m = log[-1]
+    assert m["optimizer_steps"] > 1
+    # finite, and > 0: after the first optimizer step the policy has left the reference
+    assert "kl" in m and math.isfinite(m["kl"]) and m["kl"] > 0
+
+
+def test_kl_is_zero_at_stage_zero_and_reference_is_the_base_model(make_pipe):
+    trainer = B2Trainer(make_pipe(), redness, PROMPTS, TrainerConfig.b2(**_small(algorithm="dpok", num_stages=1)))
+    traj, _ = trainer.sample_stage(0)
+    rows = torch.arange(len(traj)).repeat_interleave(traj.num_steps)
+    cols = torch.arange(traj.num_steps).repeat(len(traj))
+    with torch.no_grad():
+        log_prob, kl = trainer.policy_terms(traj, rows, cols)
+    # LoRA starts at zero: the policy is the reference (KL 0) and the sampler (ratio 1)
+    assert kl.shape == (len(rows),) and kl.abs().max().item() < 1e-10
+    torch.testing.assert_close(log_prob, traj.log_probs[rows, cols], rtol=1e-5, atol=1e-5)
+
+    # move the adapter: the reference (adapter off) is still exactly the untouched base UNet, the policy is not
+    with torch.no_grad():
+        for n, p in trainer.pipe.unet.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.5, generator=torch.Generator().manual_seed(0))
+    flags = {n: p.requires_grad for n, p in trainer.pipe.unet.named_parameters()}
+    with torch.no_grad():
+        _, kl = trainer.policy_terms(traj, rows, cols)
+    assert kl.min().item() > 0
+    assert flags == {n: p.requires_grad for n, p in trainer.pipe.unet.named_parameters()}
+    from b2lib.models import adapters_disabled
+    from b2lib.sampling import transition_policy
+
+    base = make_pipe().unet  # same seed, no adapter
+    args = (trainer.pipe.scheduler, traj, rows[:4], cols[:4], trainer.config.guidance_scale, trainer.config.eta)
+    with torch.no_grad():
+        with adapters_disabled(trainer.pipe.unet):
+            ref = transition_policy(trainer.pipe.unet, *args)[1]
+        adapted = transition_policy(trainer.pipe.unet, *args)[1]
+        torch.testing.assert_close(ref, transition_policy(base, *args)[1])
+        assert (adapted - ref).abs().max().item() > 1e-4
+    with pytest.raises(ValueError, match="use_lora=True"):
+        with adapters_disabled(base):
+            pass
+
+
+def test_grpo_advantages_are_group_relative(make_pipe):
+    from b2lib.advantages import group_ids_of, group_relative_advantages, weighted_advantages
+
+    cfg = TrainerConfig.ddpo(**_small(num_branches=1, prompts_per_stage=12, sample_batch_size=12, algorithm="grpo"))
+    trainer = DDPOTrainer(make_pipe(), redness, PROMPTS, cfg)
+    traj, rewards = trainer.sample_stage(0)
+    adv, keep = trainer.advantages(traj, rewards)
+    assert len(set(traj.group_ids.tolist())) == len(traj)  # plain sampling: one group id per sample...
+    z = group_relative_advantages(rewards, group_ids_of(traj.prompts))  # ...so GRPO groups by prompt
+    torch.testing.assert_close(adv, weighted_advantages(z, cfg.adv_clip))
+    assert keep.all()
+    for p in set(traj.prompts):
+        idx = [i for i, q in enumerate(traj.prompts) if q == p]
+        if len(idx) > 1:
+            assert abs(adv[idx].mean().item()) < 1e-5
+    # under B², the branch groups, then selection on the group-relative z
+    cfg = TrainerConfig.b2(**_small(algorithm="grpo", num_stages=1))
+    trainer = B2Trainer(make_pipe(), redness, PROMPTS, cfg)
+    traj, rewards = trainer.sample_stage(0)
+    adv, keep = trainer.advantages(traj, rewards)
+    z = group_relative_advantages(rewards, traj.group_ids)
+    torch.testing.assert_close(adv, weighted_advantages(z, cfg.adv_clip))
+    assert 0 < keep.sum() <= 2 * len(set(traj.group_ids.tolist()))
+
+
+def test_algorithm_config():
+    assert TrainerConfig.b2().algorithm == "ppo" and TrainerConfig.b2().kl_coef == 0.01
+    with pytest.raises(ValueError, match=r"\('ppo', 'dpok', 'grpo'\)"):
+        TrainerConfig.b2(algorithm="trpo")
+    for algorithm in ("dpok", "grpo"):
+        with pytest.raises(ValueError, match="use_lora=True"):
+            TrainerConfig.ddpo(algorithm=algorithm, use_lora=False)
+    TrainerConfig.ddpo(use_lora=False)  # ppo fine-tunes the whole UNet if asked
+    with pytest.raises(ValueError, match="kl_coef"):
+        TrainerConfig.b2(algorithm="dpok", kl_coef=-0.1)
