@@ -14,6 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from .experiment import RunConfig
+from .presets import trainer_config
 
 __all__ = ["SENSITIVITY", "strategy_runs", "sensitivity_runs", "compat_runs", "sensitivity_table"]
 
@@ -74,11 +75,19 @@ def sensitivity_runs(base: RunConfig, out: str | Path, seed: int = 0, grid: dict
 
 def compat_runs(base: RunConfig, out: str | Path, seeds, algorithms=("ppo", "dpok", "grpo"),
                 methods=("ddpo", "b2")) -> list[RunConfig]:
-    """Each RL update with and without B²: one run folder per (algorithm, method, seed)."""
+    """Each RL update with and without B²: one run folder per (algorithm, method, seed). GRPO without B² samples
+    each drawn prompt B times independently (its groups), at the same image budget."""
     out = Path(out)
-    return [replace(base, methods=(m,), seeds=(s,), overrides={**base.overrides, "algorithm": a},
-                    output_dir=str(out / f"{a}_{m}_seed{s}"), save_lora=False)
-            for a in algorithms for m in methods for s in seeds]
+    runs = []
+    for a in algorithms:
+        for m in methods:
+            overrides = {**base.overrides, "algorithm": a}
+            if a == "grpo" and m == "ddpo":  # groups without branching: each drawn prompt sampled B times
+                overrides["samples_per_prompt"] = base.branches or trainer_config(base.preset, "b2").num_branches
+            for s in seeds:
+                runs.append(replace(base, methods=(m,), seeds=(s,), overrides=overrides,
+                                    output_dir=str(out / f"{a}_{m}_seed{s}"), save_lora=False))
+    return runs
 
 
 def sensitivity_table(runs: list[tuple[str, object, RunConfig]]) -> pd.DataFrame:

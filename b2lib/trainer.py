@@ -91,6 +91,9 @@ class TrainerConfig:
     # "grpo" (group-relative advantages, PPO-clip + kl_coef * KL). dpok/grpo need use_lora (the reference is the base
     # UNet with the adapter off) and cost one extra no-grad UNet forward per training forward.
     algorithm: Literal["ppo", "dpok", "grpo"] = "ppo"
+    # plain sampling only (num_branches == 1): each drawn prompt is sampled this many times independently, so a
+    # group-relative update (grpo) has groups without branching; 1 = DDPO's one sample per draw
+    samples_per_prompt: int = 1
     # Weight of the per-step KL (closed form, averaged over latent dims like the log-probs). 0.01 is DPOK's default
     # KL weight and mid-range of Flow-GRPO's beta (0.004-0.04, same mean-over-dims KL): a starting point, not tuned.
     kl_coef: float = 0.01
@@ -125,6 +128,11 @@ class TrainerConfig:
             )
         if self.kl_coef < 0:
             raise ValueError(f"kl_coef must be >= 0, got {self.kl_coef}.")
+        if self.samples_per_prompt < 1 or (self.samples_per_prompt > 1 and self.num_branches > 1):
+            raise ValueError(
+                f"samples_per_prompt={self.samples_per_prompt} with num_branches={self.num_branches}: repeated "
+                "independent samples are for plain sampling (num_branches=1); branching already groups samples."
+            )
         if self.timestep_chunk < 0:
             raise ValueError(f"timestep_chunk must be >= 0 (0 = all interval steps per forward), got {self.timestep_chunk}.")
         self.schedule  # validates the interval against the chain
@@ -221,7 +229,12 @@ class RLTrainer:
         split = self.schedule(stage)
         prompt_gen, noise_gen = self._generator(stage, 0), self._generator(stage, 1)
         n_prompts = math.ceil(cfg.prompts_per_stage / self.accelerator.num_processes)
-        picks = torch.randint(len(self.prompts), (n_prompts,), generator=prompt_gen).tolist()
+        if cfg.samples_per_prompt > 1:
+            draws = math.ceil(n_prompts / cfg.samples_per_prompt)
+            picks = torch.randint(len(self.prompts), (draws,), generator=prompt_gen)
+            picks = picks.repeat_interleave(cfg.samples_per_prompt)[:n_prompts].tolist()
+        else:
+            picks = torch.randint(len(self.prompts), (n_prompts,), generator=prompt_gen).tolist()
         batches, rewards = [], []
         bar = tqdm(range(0, n_prompts, cfg.sample_batch_size), desc=f"stage {stage} sample", leave=False,
                    disable=not cfg.progress or not self.accelerator.is_local_main_process)

@@ -42,6 +42,7 @@ def test_strategy_and_compat_grids(tmp_path):
     assert {_images(RunConfig(), m) for m in configs} == {640}
     c = compat_runs(RunConfig(), tmp_path, seeds=[0], algorithms=("ppo", "grpo"))
     assert [x.overrides["algorithm"] for x in c] == ["ppo", "ppo", "grpo", "grpo"]
+    assert [x.overrides.get("samples_per_prompt", 1) for x in c] == [1, 1, 4, 1]  # grpo without B²: groups of B
 
 
 def test_run_many_rejects_clashing_folders(tmp_path):

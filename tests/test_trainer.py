@@ -218,3 +218,16 @@ def test_algorithm_config():
     TrainerConfig.ddpo(use_lora=False)  # ppo fine-tunes the whole UNet if asked
     with pytest.raises(ValueError, match="kl_coef"):
         TrainerConfig.b2(algorithm="dpok", kl_coef=-0.1)
+
+
+def test_samples_per_prompt_groups_plain_samples(make_pipe):
+    cfg = TrainerConfig.ddpo(**_small(num_branches=1, prompts_per_stage=6, sample_batch_size=6, num_stages=1,
+                                      samples_per_prompt=3, algorithm="grpo"))
+    tr = DDPOTrainer(make_pipe(), redness, PROMPTS, cfg)
+    traj, rewards = tr.sample_stage(0)
+    assert len(traj) == 6 and traj.prompts[0] == traj.prompts[1] == traj.prompts[2]
+    assert traj.prompts[3] == traj.prompts[4] == traj.prompts[5]
+    adv, keep = tr.advantages(traj, rewards)
+    assert abs(float(adv[:3].sum())) < 1e-4  # group-relative: zero mean within the prompt's group
+    with pytest.raises(ValueError, match="samples_per_prompt"):
+        TrainerConfig.b2(samples_per_prompt=2)
