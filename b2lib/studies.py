@@ -21,10 +21,10 @@ __all__ = ["SENSITIVITY", "strategy_runs", "sensitivity_runs", "compat_runs", "s
 #: factor -> values tried (the preset default is included as a point of every factor). Branch counts divide the
 #: embedded budget of 32 images per stage; "stages" keeps the total budget (stages x images per stage = 640) fixed.
 SENSITIVITY: dict[str, list] = {
-    "branches": [2, 4, 8, 16],
-    "split_start": [5, 10, 15, 20],
+    "branches": [2, 4, 8],
+    "split_start": [5, 10, 15],
     "stages": [10, 20, 40],
-    "threshold": [0.3, 0.5, 0.7, 1.0],
+    "threshold": [0.3, 0.5, 0.7],
 }
 _DEFAULTS = {"branches": 4, "split_start": 10, "stages": 20, "threshold": 0.5}
 _BUDGET = 640  # embedded: 20 stages x 32 images
