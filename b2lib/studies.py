@@ -23,7 +23,7 @@ __all__ = ["SENSITIVITY", "strategy_runs", "sensitivity_runs", "compat_runs", "s
 SENSITIVITY: dict[str, list] = {
     "branches": [2, 4, 8],
     "split_start": [5, 10, 15],
-    "stages": [10, 20, 40],
+    "stages": [10, 20],
     "threshold": [0.3, 0.5, 0.7],
 }
 _DEFAULTS = {"branches": 4, "split_start": 10, "stages": 20, "threshold": 0.5}
