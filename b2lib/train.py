@@ -11,12 +11,12 @@ from __future__ import annotations
 import argparse
 import json
 
-from .experiment import METHODS, RunConfig, run_experiment
+from .experiment import DEFAULT_METHODS, METHODS, RunConfig, run_experiment
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m b2lib.train", description=__doc__.split("\n")[0])
-    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    p.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS), choices=METHODS)
     p.add_argument("--template", default="counting")
     p.add_argument("--preset", default="embedded", choices=["embedded", "paper"])
     p.add_argument("--stages", type=int, default=0)

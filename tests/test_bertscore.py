@@ -15,7 +15,7 @@ import torch
 
 from b2lib.bertscore import BertScore, BlipCaptioner, world_text_model_dir
 from b2lib.world import TEMPLATES, degrade, judge, perturb_prompt, render, sample_scene
-from b2lib.world.caption import caption_images
+from b2lib.world.captioner import caption_images
 
 N_PER_TEMPLATE = 48
 
