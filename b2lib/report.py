@@ -79,7 +79,8 @@ def mean_std(evals: pd.DataFrame, by: Sequence[str], columns: Sequence[str] = tu
     g = df.groupby(list(by), sort=False)[cols]
     out = g.mean().add_suffix("_mean").join(g.std(ddof=1).fillna(0.0).add_suffix("_std"))
     out["n"] = g.size()
-    return out
+    rank = {m: i for i, m in enumerate(("base", "ddpo", "progressive", "branch", "b2"))}
+    return out.sort_index(key=lambda idx: idx.map(lambda v: rank.get(v, len(rank))) if idx.name == "method" else idx)
 
 
 def format_mean_std(table: pd.DataFrame, columns: Sequence[str] = tuple(METRIC_LABELS), digits: int = 3) -> pd.DataFrame:
