@@ -128,7 +128,9 @@ def _ms(table: pd.DataFrame, row, col: str, digits: int = 3) -> str:
 
 
 def _verdict(b2: float, ddpo: float, b2_std: float = 0.0, ddpo_std: float = 0.0) -> str:
-    """'B² > DDPO', 'B² < DDPO' or 'tie' (means within one std of each other): the honest reading of few seeds."""
+    """'B² higher', 'DDPO higher', 'equal', or 'within 1 std' (means closer than the larger std over seeds)."""
+    if b2 == ddpo:
+        return "equal"
     if abs(b2 - ddpo) <= max(b2_std, ddpo_std):
         return "within 1 std"
     return "B² higher" if b2 > ddpo else "DDPO higher"
@@ -199,7 +201,9 @@ def readme_table(results: str | Path) -> str:
                         f"{c.loc[(algo, 'ddpo'), 'reward_mean_mean']:.3f} / {c.loc[(algo, 'b2'), 'reward_mean_mean']:.3f}")
                 verdict = _verdict(c.loc[(algo, "b2"), "judge_all_ok_mean"], c.loc[(algo, "ddpo"), "judge_all_ok_mean"],
                                    c.loc[(algo, "b2"), "judge_all_ok_std"], c.loc[(algo, "ddpo"), "judge_all_ok_std"])
-                add(f"Compatibility · {algo}", "07_compatibility", vals, verdict)
+                n = int(c.loc[(algo, "b2"), "n"])
+                add(f"Compatibility · {algo}: judge aligned ({n} seed{'s' if n > 1 else ''})", "07_compatibility",
+                    vals, verdict if n > 1 else f"{verdict} (1 seed: no spread)")
     speed = results / "performance" / "speed.csv"
     if speed.exists():
         sp = pd.read_csv(speed)
