@@ -180,7 +180,8 @@ def readme_table(results: str | Path) -> str:
         t = pd.read_csv(strat, index_col=0)
         vals = " / ".join(f"{m} {_ms(t, m, 'judge_all_ok')}" for m in ("ddpo", "progressive", "branch", "b2")
                           if m in t.index)
-        add(f"Ablation: judge aligned (neither / progressive only / branch only / both; {int(t['n'].max())} seeds)",
+        n = int(t["n"].max())
+        add(f"Ablation: judge aligned (neither / progressive only / branch only / both; {n} seed{'s' if n > 1 else ''})",
             "06_ablations", vals)
         vals = " / ".join(f"{m} {_ms(t, m, 'reward_mean')}" for m in ("ddpo", "progressive", "branch", "b2")
                           if m in t.index)
@@ -189,7 +190,7 @@ def readme_table(results: str | Path) -> str:
     if sens.exists():
         s = pd.read_csv(sens)
         for factor, rows in s.groupby("factor", sort=False):
-            vals = ", ".join(f"{v}: {j:.3f}" for v, j in zip(rows["value"], rows["judge_all_ok"]))
+            vals = ", ".join(f"{v:g}: {j:.3f}" for v, j in zip(rows["value"], rows["judge_all_ok"]))
             add(f"Sensitivity to {factor} (judge aligned, 1 seed)", "06_ablations", vals)
     compat = results / "compat" / "compat.csv"
     if compat.exists():
