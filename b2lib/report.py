@@ -44,13 +44,14 @@ def completed_runs(root: str | Path, pattern: str = "*") -> list[Path]:
 
 def collect(*roots: str | Path, tag: str | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Every run folder under ``roots`` (a run folder itself, or a folder of run folders) -> ``(evals, metrics)``,
-    with ``run`` (folder name) and ``template`` columns added. ``tag`` is stored as a ``tag`` column."""
+    with ``run`` (folder name), ``template`` and ``algorithm`` (the RL update; "ppo" unless overridden) added. ``tag`` is stored as a ``tag`` column."""
     evals, metrics = [], []
     for d in _run_dirs(roots):
         summary = json.loads((d / "summary.json").read_text())
         config = json.loads((d / "config.json").read_text()) if (d / "config.json").exists() else {}
+        overrides = config.get("overrides", {})
         extra = {"run": d.name, "template": summary.get("template"), "tag": tag,
-                 "overrides": json.dumps(config.get("overrides", {}), sort_keys=True)}
+                 "algorithm": overrides.get("algorithm", "ppo"), "overrides": json.dumps(overrides, sort_keys=True)}
         e = pd.read_csv(d / "eval.csv")
         if "split" not in e:
             e["split"] = "test"
