@@ -9,19 +9,21 @@ architecture built from config (random weights, no download) on a GPU (:func:`pa
 
 from __future__ import annotations
 
-import contextlib
 import json
 import platform
 import statistics
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 from tqdm.auto import tqdm
 
-from .sampling import decode_latents, encode_prompts, sample_branches, sample_trajectories
+if TYPE_CHECKING:
+    import pandas as pd
+
+from .sampling import sample_branches, sample_trajectories
 
 __all__ = [
     "Timing",
