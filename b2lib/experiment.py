@@ -20,7 +20,7 @@ import torch
 
 from .checkpoint import latest_checkpoint, save_lora
 from .evaluate import evaluate_prompts, subset
-from .paths import results_dir
+from .paths import code_version, results_dir
 from .presets import METHOD_NAMES, canonical_template, get_preset, load_models, load_prompts, trainer_config
 from .trainer import RLTrainer
 
@@ -192,7 +192,8 @@ def run_experiment(cfg: RunConfig, progress: bool = True, accelerator=None) -> R
         (out / "summary.json").write_text(json.dumps({
             "wall_s": wall, "template": template, "preset": cfg.preset, "processes": acc.num_processes,
             "torch_threads": torch.get_num_threads(), "eval_prompts": eval_prompts,
-            "grid_prompts": eval_prompts[: cfg.grid_prompts], "eval": evals.to_dict(orient="records"),
+            "grid_prompts": eval_prompts[: cfg.grid_prompts], "code": code_version(),
+            "eval": evals.to_dict(orient="records"),
         }, indent=2, default=str))
     return RunResult(out, metrics_df, evals, images, eval_batch, wall)
 

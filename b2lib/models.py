@@ -206,10 +206,13 @@ def add_lora(
     rank: int = 4,
     alpha: float | None = None,
     target_modules: tuple[str, ...] = LORA_TARGET_MODULES,
+    seed: int | None = None,
 ) -> list[torch.nn.Parameter]:
     """Freeze the UNet and attach a peft LoRA adapter to its attention; return the trainable parameters.
 
     ``init_lora_weights='gaussian'`` zeroes the B matrices, so the adapted model starts exactly at the base model.
+    The A matrices are random: with ``seed`` they are drawn from a generator seeded with it (the global generator is
+    left as it was), so a run's adapter does not depend on what ran before it in the same process.
     """
     from peft import LoraConfig
 
@@ -220,7 +223,12 @@ def add_lora(
         init_lora_weights="gaussian",
         target_modules=list(target_modules),
     )
-    unet.add_adapter(config)
+    if seed is None:
+        unet.add_adapter(config)
+    else:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            unet.add_adapter(config)
     params = [p for p in unet.parameters() if p.requires_grad]
     if not params:
         raise ValueError(f"LoRA matched no module of the UNet; target_modules={target_modules}.")

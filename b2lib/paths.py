@@ -6,7 +6,7 @@ import os
 import tempfile
 from pathlib import Path
 
-__all__ = ["REPO_ROOT", "is_smoke", "results_dir"]
+__all__ = ["REPO_ROOT", "is_smoke", "results_dir", "code_version"]
 
 #: The repository root (notebooks resolve paths from here, whatever directory the kernel starts in).
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -23,3 +23,18 @@ def results_dir(name: str, smoke: bool | None = None) -> Path:
     path = Path(tempfile.mkdtemp(prefix=f"smoke_{name}_")) if smoke else REPO_ROOT / "results" / name
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def code_version() -> dict | None:
+    """The git commit of the code that produced a result, and whether the tree had uncommitted changes; None outside
+    a git checkout (e.g. an installed wheel). Written into every run's ``summary.json`` so numbers name their code."""
+    import subprocess
+
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True,
+                                timeout=10, check=True).stdout.strip()
+        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
+                                capture_output=True, text=True, timeout=10, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return {"commit": commit, "dirty": bool(status.strip())}

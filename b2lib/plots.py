@@ -114,12 +114,16 @@ def ratio_bars(table, value: str = "median", label: str = "measurement", goal: s
     for yi, g in zip(y, table[goal]):
         if g is not None and not pd.isna(g):
             ax.plot([g, g], [yi - 0.4, yi + 0.4], color="black", lw=2, ls="--")
+    if "bound" in table:  # the best any loop could reach given the measured fixed costs (e.g. the VAE decode)
+        for yi, b in zip(y, table["bound"]):
+            if b is not None and not pd.isna(b):
+                ax.plot([b], [yi], marker="D", color="#dd8452", ms=5, zorder=3)
     for yi, v in zip(y, table[value]):
         ax.text(v, yi, f" {v:.2f}", va="center", fontsize=8)
     ax.set_yticks(y)
     ax.set_yticklabels(table[label], fontsize=8)
     ax.invert_yaxis()
-    ax.set_xlabel("ratio or share (median of repeats; whiskers: min-max; dashed: goal)")
+    ax.set_xlabel("ratio or share (median of repeats; whiskers: min-max; dashed: goal; diamond: best reachable)")
     fig.tight_layout()
     return fig
 

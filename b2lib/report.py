@@ -210,9 +210,11 @@ def readme_table(results: str | Path) -> str:
     if speed.exists():
         sp = pd.read_csv(speed)
         for _, r in sp.iterrows():
-            goal = "" if pd.isna(r["goal"]) else f" (goal ≥ {r['goal']:.2f})"
+            goal = "" if pd.isna(r["goal"]) else (
+                f" (goal ≥ {r['goal']:.2f}: {'met' if r['median'] >= r['goal'] else '**missed**'})")
+            bound = "" if pd.isna(r.get("bound", float("nan"))) else f"; best reachable {r['bound']:.3f}"
             add(f"Speed: {r['measurement']}", "05_performance",
-                f"{r['median']:.2f} [{r['min']:.2f}, {r['max']:.2f}]{goal}")
+                f"{r['median']:.3f} [{r['min']:.3f}, {r['max']:.3f}]{goal}{bound}")
     return "\n".join(lines)
 
 

@@ -16,7 +16,7 @@ import pandas as pd
 from .experiment import RunConfig
 from .presets import trainer_config
 
-__all__ = ["SENSITIVITY", "strategy_runs", "sensitivity_runs", "compat_runs", "sensitivity_table"]
+__all__ = ["SENSITIVITY", "reusable_runs", "strategy_runs", "sensitivity_runs", "compat_runs", "sensitivity_table"]
 
 #: factor -> values tried (the preset default is included as a point of every factor). Branch counts divide the
 #: embedded budget of 32 images per stage; "stages" keeps the total budget (stages x images per stage = 640) fixed.
@@ -29,6 +29,22 @@ SENSITIVITY: dict[str, list] = {
 }
 _DEFAULTS = {"branches": 4, "split_start": 10, "stages": 20, "threshold": 0.5}
 _BUDGET = 640  # embedded: 20 stages x 32 images
+
+
+def reusable_runs(study: str, template: str, seeds, results: str | Path | None = None) -> list[Path]:
+    """Finished run folders of another study (e.g. notebook 04's ``templates``: one ``<template>_seed<s>`` folder per
+    seed, holding DDPO and B² with PPO) that a study can read instead of training the same runs again.
+
+    All or nothing: the folders only if every seed's run finished (its ``summary.json`` exists), else ``[]``, so a
+    table never mixes reused seeds with missing ones. Smoke runs (tests, CI) never reuse full-size runs.
+    """
+    from .paths import REPO_ROOT, is_smoke
+
+    if is_smoke():
+        return []
+    root = Path(results) if results is not None else REPO_ROOT / "results" / study
+    runs = [root / f"{template}_seed{s}" for s in seeds]
+    return runs if runs and all((run / "summary.json").exists() for run in runs) else []
 
 
 def strategy_runs(base: RunConfig, out: str | Path, seeds, methods=("ddpo", "progressive", "branch", "b2")):

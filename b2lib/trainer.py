@@ -186,7 +186,7 @@ class RLTrainer:
         pipe.vae.requires_grad_(False)
         pipe.text_encoder.requires_grad_(False)
         if cfg.use_lora:
-            params = add_lora(pipe.unet, rank=cfg.lora_rank)
+            params = add_lora(pipe.unet, rank=cfg.lora_rank, seed=cfg.seed)
             for p in params:  # fp32 master weights for the adapter when the base model runs in fp16/bf16 (as DDPO)
                 p.data = p.data.float()
         else:

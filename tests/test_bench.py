@@ -22,6 +22,18 @@ def test_time_it_calls_warmup_then_repeats():
     assert seen == [-1, -2, 0, 1, 2] and len(t.seconds) == 3 and t.work == 5
 
 
+def test_time_pair_interleaves_and_paired_ratio_closed_form():
+    order = []
+    a, b = bench.time_pair(lambda r: order.append(("a", r)), lambda r: order.append(("b", r)), repeats=3, work=2)
+    assert order == [("a", -1), ("b", -1), ("a", 0), ("b", 0), ("b", 1), ("a", 1), ("a", 2), ("b", 2)]
+    assert len(a.seconds) == len(b.seconds) == 3 and a.work == b.work == 2
+    x = bench.Timing([1.0, 2.0, 1.0], work=4)  # rates 4, 2, 4
+    y = bench.Timing([2.0, 2.0, 4.0], work=4)  # rates 2, 2, 1
+    assert bench.paired_ratio(x, y) == {"min": 1.0, "median": 2.0, "max": 4.0}  # per repeat: 2, 1, 4
+    with pytest.raises(ValueError, match="equal repeats"):
+        bench.paired_ratio(x, bench.Timing([1.0]))
+
+
 def test_unet_timer_counts_one_call_per_step(tiny_pipe):
     from b2lib.sampling import sample_branches
 
@@ -36,10 +48,14 @@ def test_measurements_run_on_a_tiny_pipeline(tiny_pipe):
     prompts = ["a red circle", "two blue squares"]
     r = bench.bench_branching(tiny_pipe, prompts, num_branches=3, num_steps=4, repeats=1)
     assert r["ratio"]["median"] > 0 and r["ideal"] == pytest.approx(1.5)
+    assert r["chain_ratio"]["median"] > 0 and 1.0 < r["bound"]["median"] < r["ideal"]
+    for row in r["branched_parts"] + r["independent_parts"]:
+        assert 0 < row["unet_s"] + row["decode_s"] + row["text_encoder_s"] <= row["total_s"]
     r = bench.bench_branch_loop(tiny_pipe, prompts, num_branches=3, num_steps=4, repeats=1)
     assert r["ratio"]["median"] > 0
     r = bench.bench_unet_share_sampling(tiny_pipe, prompts, num_branches=3, num_steps=4, repeats=1)
     assert 0 < r["share"]["median"] <= r["denoise_share"]["median"] <= 1.0
+    assert r["share"]["median"] <= r["bound"]["median"] <= 1.0 and r["unet_calls_per_run"] == 4
     assert "decode" not in vars(tiny_pipe.vae)  # the timing wrapper is removed
     r = bench.bench_sampler_vs_pipeline(tiny_pipe, prompts, num_steps=3, repeats=1)
     assert r["ratio"]["median"] > 0
@@ -63,3 +79,40 @@ def test_paper_architecture_reduced_builds_and_counts_flops():
     assert len(unet.config.block_out_channels) == 4 and unet.config.layers_per_block == 2
     assert bench.unet_flops(pipe, batch=1) > 0
     assert bench._peak_for("NVIDIA H100 80GB HBM3") == 989.0 and bench._peak_for("cpu") is None
+
+
+def test_branching_bound_closed_form():
+    # only UNet time: T u / ((T - s) u / B + s u) = 2B / (B + 1) for s = T / 2
+    assert bench.branching_bound(20.0, 1.0, 20, 10, 5) == pytest.approx(2 * 5 / 6)
+    # a fixed cost d (decode) in both columns: (T u + d) / ((T - s) u / B + s u + d)
+    assert bench.branching_bound(20.0 + 3.0, 1.0, 20, 10, 5) == pytest.approx(23.0 / (2.0 + 10.0 + 3.0))
+    assert bench.branching_bound(8.0, 1.0, 20, 10, 1) == 1.0  # one branch saves nothing
+    with pytest.raises(ValueError, match="prefix saving"):
+        bench.branching_bound(5.0, 1.0, 20, 10, 5)  # a saving larger than the whole run is inconsistent
+
+
+def test_flops_per_image_counts_unet_and_decoder(tiny_pipe):
+    f = bench.flops_per_image(tiny_pipe)
+    assert f["unet_step_gflop"] > 0 and f["decode_gflop"] > 0
+    assert f["decode_per_unet_step"] == pytest.approx(f["decode_gflop"] / f["unet_step_gflop"])
+
+
+def test_paper_flops_on_meta_device():
+    f = bench.paper_flops(num_steps=20, num_branches=5)
+    # SD-1.4 at 512 px: a guided UNet step is ~1.6 TFLOP per image (two ~0.8 TFLOP rows), the decoder ~2.5 TFLOP
+    assert 1000 < f["unet_step_gflop"] < 2500 and 1500 < f["decode_gflop"] < 4000
+    r = f["decode_per_unet_step"]
+    assert f["branching_bound_equal_flop_rate"] == pytest.approx((20 + r) / (2 + 10 + r))
+
+
+def test_summary_table_bounds_and_chain_rows():
+    result = {"branching": {"ratio": {"min": 1.5, "median": 1.55, "max": 1.6},
+                            "chain_ratio": {"min": 1.6, "median": 1.65, "max": 1.7},
+                            "bound": {"min": 1.58, "median": 1.59, "max": 1.6}, "ideal": 5 / 3},
+              "unet_share_sampling": {"share": {"min": .8, "median": .85, "max": .9},
+                                      "denoise_share": {"min": .95, "median": .97, "max": .98},
+                                      "bound": {"min": .88, "median": .89, "max": .9}}}
+    t = bench.summary_table(result).set_index("key")
+    assert not t.loc["branching", "met"] and t.loc["branching", "bound"] == 1.59
+    assert t.loc["branching_chain", "met"] and t.loc["branching_chain", "bound"] == pytest.approx(5 / 3)
+    assert t.loc["unet_share_sampling", "bound"] == 0.89 and t["bound"].isna().sum() == 1  # denoise share: none

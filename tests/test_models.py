@@ -40,3 +40,21 @@ def test_lora_starts_at_base_model(tiny_pipe):
     assert params and all(p.requires_grad for p in params)
     assert sum(p.numel() for p in params) < sum(p.numel() for p in tiny_pipe.unet.parameters()) / 5
     torch.testing.assert_close(before, after)
+
+
+def test_lora_init_seeded_independent_of_global_rng(tiny_pipe):
+    """A seeded adapter is the same whatever consumed the global generator before, and leaves it untouched."""
+    import copy
+
+    def lora_a(seed, burn):
+        unet = copy.deepcopy(tiny_pipe.unet)
+        torch.manual_seed(123)
+        torch.randn(burn)  # what ran before in the same process
+        state = torch.random.get_rng_state()
+        add_lora(unet, rank=2, seed=seed)
+        assert torch.equal(torch.random.get_rng_state(), state)
+        return [p.detach().clone() for n, p in unet.named_parameters() if "lora_A" in n]
+
+    a, b, c = lora_a(0, 1), lora_a(0, 1000), lora_a(1, 1)
+    assert a and all(torch.equal(x, y) for x, y in zip(a, b))
+    assert not all(torch.equal(x, z) for x, z in zip(a, c))

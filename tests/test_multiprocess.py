@@ -33,6 +33,7 @@ def test_main_job_cli_under_two_processes(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["processes"] == 2
+    assert summary["code"] is None or len(summary["code"]["commit"]) == 40  # the code that produced the numbers
     assert {r["model"] for r in summary["eval"]} == {"base", "ddpo_seed0", "b2_seed0"}
     assert (tmp_path / "b2_seed0" / "lora" / "pytorch_lora_weights.safetensors").exists()
 

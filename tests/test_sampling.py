@@ -4,7 +4,8 @@ import pytest
 import torch
 from diffusers import DDPMScheduler
 
-from b2lib.sampling import Trajectories, encode_prompts, sample_branches, sample_trajectories, transition_log_prob
+from b2lib.sampling import (Trajectories, decode_latents, encode_prompts, sample_branches, sample_trajectories,
+                            transition_log_prob)
 
 PROMPTS = ["a red circle", "two blue squares", "a green triangle"]
 
@@ -119,3 +120,16 @@ def test_branch_loop_and_batched_share_the_prefix(tiny_pipe, loop):
     with torch.no_grad():
         lp = transition_log_prob(tiny_pipe.unet, tiny_pipe.scheduler, traj, rows, cols, 5.0, 1.0)
     assert (lp - traj.log_probs[rows, cols]).abs().max() < 1e-4
+
+
+def test_chunked_decode_matches_one_batch(tiny_pipe):
+    """Decoding in chunks (the default, for cache locality) gives each image the pixels of a single-batch decode."""
+    latents = torch.randn(5, 4, tiny_pipe.unet.config.sample_size, tiny_pipe.unet.config.sample_size,
+                          generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        whole = decode_latents(tiny_pipe, latents, batch_size=None)
+        chunked = decode_latents(tiny_pipe, latents, batch_size=2)
+    assert chunked.shape == whole.shape == (5, 3, *whole.shape[-2:])
+    torch.testing.assert_close(chunked, whole, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="batch_size"):
+        decode_latents(tiny_pipe, latents, batch_size=0)

@@ -81,3 +81,35 @@ def test_readme_table_from_files_and_markers(tmp_path):
     assert readme.read_text() == "a\n<!-- results-table:start -->\nNEW\n<!-- results-table:end -->\nb\n"
     readme.write_text("no markers")
     assert not update_readme(readme, "NEW")
+
+
+def test_readme_table_speed_rows_say_goal_and_bound(tmp_path):
+    (tmp_path / "performance").mkdir()
+    pd.DataFrame([
+        {"measurement": "share", "key": "unet_share_sampling", "min": 0.89, "median": 0.895, "max": 0.9,
+         "goal": 0.9, "met": False, "bound": 0.908},
+        {"measurement": "chain", "key": "branching_chain", "min": 1.6, "median": 1.68, "max": 1.7, "goal": 1.6,
+         "met": True, "bound": float("nan")},
+        {"measurement": "loop", "key": "branch_loop", "min": 1.2, "median": 1.3, "max": 1.4, "goal": float("nan"),
+         "met": None, "bound": float("nan")},
+    ]).to_csv(tmp_path / "performance" / "speed.csv", index=False)
+    lines = {x.split("|")[1].strip(): x for x in readme_table(tmp_path).splitlines()[2:]}
+    assert "0.895 [0.890, 0.900] (goal ≥ 0.90: **missed**); best reachable 0.908" in lines["Speed: share"]
+    assert "(goal ≥ 1.60: met)" in lines["Speed: chain"] and "best reachable" not in lines["Speed: chain"]
+    assert "goal" not in lines["Speed: loop"]
+
+
+def test_reusable_runs_all_or_nothing(tmp_path, monkeypatch):
+    from b2lib.studies import reusable_runs
+
+    monkeypatch.setenv("B2_SMOKE", "0")
+    for s in (0, 1):
+        (tmp_path / f"counting_seed{s}").mkdir()
+    (tmp_path / "counting_seed0" / "summary.json").write_text("{}")
+    assert reusable_runs("templates", "counting", [0, 1], results=tmp_path) == []  # seed 1 unfinished
+    (tmp_path / "counting_seed1" / "summary.json").write_text("{}")
+    assert reusable_runs("templates", "counting", [0, 1], results=tmp_path) == [tmp_path / "counting_seed0",
+                                                                               tmp_path / "counting_seed1"]
+    assert reusable_runs("templates", "binding", [0], results=tmp_path) == []
+    monkeypatch.setenv("B2_SMOKE", "1")
+    assert reusable_runs("templates", "counting", [0, 1], results=tmp_path) == []  # smoke runs never reuse
