@@ -26,15 +26,16 @@ def results_dir(name: str, smoke: bool | None = None) -> Path:
 
 
 def code_version() -> dict | None:
-    """The git commit of the code that produced a result, and whether the tree had uncommitted changes; None outside
+    """The git commit of the code that produced a result, and whether ``b2lib/`` had uncommitted changes; None outside
     a git checkout (e.g. an installed wheel). Written into every run's ``summary.json`` so numbers name their code."""
     import subprocess
 
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True,
                                 timeout=10, check=True).stdout.strip()
-        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
-                                capture_output=True, text=True, timeout=10, check=True).stdout
+        # only the library counts: notebooks and results/ change as runs write them
+        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "b2lib"],
+                                cwd=REPO_ROOT, capture_output=True, text=True, timeout=10, check=True).stdout
     except (OSError, subprocess.SubprocessError):
         return None
     return {"commit": commit, "dirty": bool(status.strip())}

@@ -113,3 +113,11 @@ def test_reusable_runs_all_or_nothing(tmp_path, monkeypatch):
     assert reusable_runs("templates", "binding", [0], results=tmp_path) == []
     monkeypatch.setenv("B2_SMOKE", "1")
     assert reusable_runs("templates", "counting", [0, 1], results=tmp_path) == []  # smoke runs never reuse
+
+
+def test_code_version_names_the_commit():
+    from b2lib.paths import code_version
+
+    v = code_version()
+    if v is not None:  # a git checkout (CI clones one); None for an installed wheel
+        assert len(v["commit"]) == 40 and isinstance(v["dirty"], bool)

@@ -106,7 +106,9 @@ def test_timestep_packing_changes_speed_not_the_update(make_pipe, algorithm):
         weights.append(_trainable(tr.pipe))
     for other in weights[1:]:
         for n in weights[0]:
-            torch.testing.assert_close(other[n], weights[0][n], rtol=1e-4, atol=1e-6)
+            # Adam divides by sqrt(v): a weight whose gradient is ~0 can move by float noise of order 1e-6, so the
+            # absolute tolerance sits above that and far below an update of lr (what a wrong gradient would leave).
+            torch.testing.assert_close(other[n], weights[0][n], rtol=1e-4, atol=1e-5)
     with pytest.raises(ValueError, match="timestep_chunk"):
         TrainerConfig.b2(timestep_chunk=-1)
 
