@@ -40,6 +40,7 @@ __all__ = [
     "branching_bound",
     "flops_per_image",
     "paper_flops",
+    "sampling_parts_table",
     "bench_training_share",
     "bench_stage_reload",
     "paper_arch_pipeline",
@@ -371,16 +372,11 @@ def flops_per_image(pipe, context_length: int | None = None) -> dict[str, float]
 
     p = next(pipe.unet.parameters())
     size = pipe.unet.config.sample_size
-    length = context_length or pipe.tokenizer.model_max_length
-    x = torch.zeros(2, pipe.unet.config.in_channels, size, size, device=p.device, dtype=p.dtype)
-    emb = torch.zeros(2, length, pipe.unet.config.cross_attention_dim, device=p.device, dtype=p.dtype)
-    with torch.inference_mode():
-        with FlopCounterMode(display=False) as counter:
-            pipe.unet(x, torch.tensor(500, device=p.device), encoder_hidden_states=emb)
-        unet = float(counter.get_total_flops())
-        with FlopCounterMode(display=False) as counter:
-            pipe.vae.decode(x[:1] / pipe.vae.config.scaling_factor)
-        decode = float(counter.get_total_flops())
+    unet = unet_flops(pipe, 1, guidance=True, context_length=context_length or pipe.tokenizer.model_max_length)
+    z = torch.zeros(1, pipe.unet.config.in_channels, size, size, device=p.device, dtype=p.dtype)
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        pipe.vae.decode(z)
+    decode = float(counter.get_total_flops())
     return {"unet_step_gflop": unet / 1e9, "decode_gflop": decode / 1e9, "decode_per_unet_step": decode / unet}
 
 
@@ -531,15 +527,15 @@ def optimize_for_device(pipe, channels_last: bool = True, compile: bool = False)
     return pipe
 
 
-def unet_flops(pipe, batch: int, guidance: bool = True) -> float:
+def unet_flops(pipe, batch: int, guidance: bool = True, context_length: int = 77) -> float:
     """FLOPs of one UNet call on ``batch`` latents (x2 with CFG), counted by ``torch.utils.flop_counter``."""
     from torch.utils.flop_counter import FlopCounterMode
 
     p = next(pipe.unet.parameters())
     size = pipe.unet.config.sample_size
     n = batch * (2 if guidance else 1)
-    x = torch.randn(n, 4, size, size, device=p.device, dtype=p.dtype)
-    emb = torch.randn(n, 77, pipe.unet.config.cross_attention_dim, device=p.device, dtype=p.dtype)
+    x = torch.zeros(n, pipe.unet.config.in_channels, size, size, device=p.device, dtype=p.dtype)
+    emb = torch.zeros(n, context_length, pipe.unet.config.cross_attention_dim, device=p.device, dtype=p.dtype)
     with torch.inference_mode(), FlopCounterMode(display=False) as counter:
         pipe.unet(x, torch.tensor(500, device=p.device), encoder_hidden_states=emb)
     return float(counter.get_total_flops())
@@ -693,6 +689,22 @@ _LABELS = {
     "train_unet_share": "share of a stage's update time in UNet forward + backward",
     "stage_reload": "a B² stage in one process / with models reloaded each stage",
 }
+
+
+def sampling_parts_table(result: dict) -> "pd.DataFrame":
+    """Median seconds of each part of the branched and independent sampling calls of the branching measurements
+    (UNet, VAE decode, text encoder, and the rest: DDIM step, noise draws, glue), one row per call kind."""
+    import pandas as pd
+
+    rows = []
+    for key in ("branching", "branching_reference_batch"):
+        if key not in result or "branched_parts" not in result[key]:
+            continue
+        for column in ("branched", "independent"):
+            runs = pd.DataFrame(result[key][f"{column}_parts"])
+            runs["other_s"] = runs["total_s"] - runs[["unet_s", "decode_s", "text_encoder_s"]].sum(axis=1)
+            rows.append(runs.median().rename(f"{result[key]['prefixes']} prefixes · {column}"))
+    return pd.DataFrame(rows)
 
 
 def summary_table(result: dict) -> "pd.DataFrame":

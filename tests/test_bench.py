@@ -116,3 +116,13 @@ def test_summary_table_bounds_and_chain_rows():
     assert not t.loc["branching", "met"] and t.loc["branching", "bound"] == 1.59
     assert t.loc["branching_chain", "met"] and t.loc["branching_chain", "bound"] == pytest.approx(5 / 3)
     assert t.loc["unet_share_sampling", "bound"] == 0.89 and t["bound"].isna().sum() == 1  # denoise share: none
+
+
+def test_sampling_parts_table_medians_and_rest():
+    run = lambda t: {"total_s": t, "unet_s": t - 0.3, "decode_s": 0.2, "text_encoder_s": 0.05}
+    result = {"branching": {"prefixes": 16, "branched_parts": [run(3.0), run(3.2), run(3.1)],
+                            "independent_parts": [run(5.0), run(5.0), run(5.0)]}}
+    t = bench.sampling_parts_table(result)
+    assert list(t.index) == ["16 prefixes · branched", "16 prefixes · independent"]
+    assert t.loc["16 prefixes · branched", "total_s"] == pytest.approx(3.1)
+    assert t["other_s"].tolist() == pytest.approx([0.05, 0.05])
