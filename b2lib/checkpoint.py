@@ -55,6 +55,7 @@ def save_checkpoint(trainer, folder: str | os.PathLike) -> Path:
     meta = {
         "stage": trainer.stage,
         "images_seen": trainer.images_seen,
+        "unet_rows_seen": trainer.unet_rows_seen,
         "log": trainer.log,
         "normalizer": trainer.normalizer.state_dict(),
         "optimizer": opt_meta,
@@ -89,6 +90,7 @@ def load_checkpoint(trainer, folder: str | os.PathLike) -> None:
     trainer.normalizer.load_state_dict(meta["normalizer"])
     trainer.stage = meta["stage"]
     trainer.images_seen = meta["images_seen"]
+    trainer.unet_rows_seen = meta.get("unet_rows_seen", 0)
     trainer.log = meta["log"]
 
 

@@ -3,7 +3,7 @@ prompts with the same seeds, and write everything under ``results/<run>/``. The 
 
 Files written (``<m>`` = method, ``<s>`` = seed):
 ``config.json`` · ``metrics.csv`` (per stage, method, seed) · ``eval.csv`` (base and every trained model) ·
-``summary.json`` · ``<m>_seed<s>/lora`` (diffusers LoRA: ``pipe.load_lora_weights(dir)``) ·
+``eval_images.csv`` (per image, for paired bootstrap intervals) · ``summary.json`` · ``<m>_seed<s>/lora`` (diffusers LoRA: ``pipe.load_lora_weights(dir)``) ·
 ``<m>_seed<s>/checkpoints/stage_XXXX`` (resumable) · figures (``*.png``) from the notebook.
 """
 
@@ -24,7 +24,7 @@ from .paths import code_version, results_dir
 from .presets import METHOD_NAMES, canonical_template, get_preset, load_models, load_prompts, trainer_config
 from .trainer import RLTrainer
 
-__all__ = ["RunConfig", "RunResult", "run_experiment", "run_many", "METHODS"]
+__all__ = ["RunConfig", "RunResult", "run_experiment", "run_many", "write_eval_images", "EVAL_IMAGE_COLUMNS", "METHODS"]
 
 METHODS = METHOD_NAMES
 #: what a run trains unless told otherwise: the paper's comparison (the ablation variants are opt-in)
@@ -46,8 +46,9 @@ class RunConfig:
     clip_dir: str = ""
     run_name: str = "main"
     output_dir: str = ""  # "": results/<run_name> (a temp folder for smoke runs)
-    eval_n_per_prompt: int = 4
-    eval_max_prompts: int = 16
+    eval_n_per_prompt: int = 0  # images per eval prompt; 0: enough for eval_images (ceil(eval_images / prompts))
+    eval_max_prompts: int = 0  # 0: every prompt of the split; k: a fixed, evenly spaced subset of k
+    eval_images: int = 512  # with eval_n_per_prompt=0: at least this many eval images per model and split
     eval_seed: int = 1234
     resume: bool = True  # continue from checkpoints found in the output folder
     overrides: dict = field(default_factory=dict)  # extra TrainerConfig fields, e.g. {"lr": 3e-4}
@@ -57,6 +58,8 @@ class RunConfig:
     bertscore: bool = True  # also score evaluation images with BERTScore (caption vs prompt)
     save_lora: bool = True  # write each trained model's LoRA (diffusers format)
     grid_prompts: int = 8  # first image of the first k eval prompts per model -> samples.safetensors (figures)
+    reward: str = "clip"  # what the RL optimises: "clip" (CLIPScore, dense) or "judge" (1 if the world's judge
+    # finds every attribute of the prompt, else 0: a truly sparse, binary reward; embedded preset only)
 
     def __post_init__(self) -> None:
         self.methods = tuple(self.methods)
@@ -71,6 +74,17 @@ class RunConfig:
             raise ValueError(f"Unknown method(s) {bad}: use any of {METHODS}.")
         canonical_template(self.template)
         get_preset(self.preset)
+        if self.reward not in ("clip", "judge"):
+            raise ValueError(f"reward={self.reward!r}: use 'clip' (CLIPScore) or 'judge' (binary, embedded preset).")
+        if self.reward == "judge" and self.preset != "embedded":
+            raise ValueError("reward='judge' needs the embedded world's programmatic judge: use preset='embedded'.")
+        if self.eval_n_per_prompt < 0 or self.eval_images < 1:
+            raise ValueError(f"eval_n_per_prompt must be >= 0 and eval_images >= 1 "
+                             f"(got {self.eval_n_per_prompt}, {self.eval_images}).")
+
+    def n_per_prompt(self, n_prompts: int) -> int:
+        """Eval images per prompt: ``eval_n_per_prompt``, or the fewest that give ``eval_images`` over the prompts."""
+        return self.eval_n_per_prompt or max(1, -(-self.eval_images // max(n_prompts, 1)))
 
 
 @dataclass
@@ -146,15 +160,23 @@ def run_experiment(cfg: RunConfig, progress: bool = True, accelerator=None) -> R
     pipe, reward = load_models(cfg.preset, cfg.model_dir, cfg.clip_dir, device=device)
     text_metric = _text_metric(cfg.preset, device) if (cfg.bertscore and main) else None
     chain = trainer_config(cfg.preset, "ddpo", **cfg.overrides)  # evaluate with the chain the models are trained on
-    eval_kwargs = dict(judge_fn=judge, n_per_prompt=cfg.eval_n_per_prompt, seed=cfg.eval_seed, text_metric=text_metric,
+    eval_kwargs = dict(judge_fn=judge, seed=cfg.eval_seed, text_metric=text_metric,
                        num_steps=chain.num_steps, guidance_scale=chain.guidance_scale, eta=chain.eta)
-    rows, images = [], {}
-    eval_batch = [p for p in eval_prompts for _ in range(cfg.eval_n_per_prompt)]
+    rows, images, per_image = [], {}, []
+    n_first = cfg.n_per_prompt(len(eval_prompts))
+    eval_batch = [p for p in eval_prompts for _ in range(n_first)]
+    train_reward = reward
+    if cfg.reward == "judge":
+        from .world.evaluation import judge_reward as train_reward
 
     def evaluate(label: str, method: str, seed) -> None:
         for split in cfg.eval_splits:
-            _, summary, imgs = evaluate_prompts(pipe, split_prompts[split], reward, **eval_kwargs)
+            prompts = split_prompts[split]
+            table, summary, imgs = evaluate_prompts(pipe, prompts, reward, n_per_prompt=cfg.n_per_prompt(len(prompts)),
+                                                    **eval_kwargs)
             rows.append({"model": label, "method": method, "seed": seed, "split": split, **summary})
+            per_image.append(table.assign(model=label, method=method, seed=seed, split=split,
+                                          image=range(len(table))))
             if split == cfg.eval_splits[0]:
                 images[label] = imgs
 
@@ -169,7 +191,7 @@ def run_experiment(cfg: RunConfig, progress: bool = True, accelerator=None) -> R
             tcfg = trainer_config(cfg.preset, method, stages=cfg.stages or None,
                                   images_per_stage=cfg.images_per_stage or None, branches=cfg.branches or None,
                                   seed=seed, progress=progress, **cfg.overrides)
-            trainer = RLTrainer(pipe, reward, train_prompts, tcfg, accelerator=acc, metric_fn=metric_fn)
+            trainer = RLTrainer(pipe, train_reward, train_prompts, tcfg, accelerator=acc, metric_fn=metric_fn)
             ckpt_dir = out / label / "checkpoints"
             resume = latest_checkpoint(out / label) if cfg.resume else None
             trainer.train(checkpoint_dir=ckpt_dir, resume_from=resume)
@@ -183,12 +205,13 @@ def run_experiment(cfg: RunConfig, progress: bool = True, accelerator=None) -> R
                 pd.DataFrame(metrics).to_csv(out / "metrics.csv", index=False)  # progress survives a crash
 
     if main and cfg.grid_prompts:
-        _save_samples(images, cfg.eval_n_per_prompt, cfg.grid_prompts, out / "samples.safetensors")
+        _save_samples(images, n_first, cfg.grid_prompts, out / "samples.safetensors")
     metrics_df, evals = pd.DataFrame(metrics), pd.DataFrame(rows)
     wall = time.perf_counter() - t0
     if main:
         metrics_df.to_csv(out / "metrics.csv", index=False)
         evals.to_csv(out / "eval.csv", index=False)
+        write_eval_images(pd.concat(per_image, ignore_index=True), out)
         (out / "summary.json").write_text(json.dumps({
             "wall_s": wall, "template": template, "preset": cfg.preset, "processes": acc.num_processes,
             "torch_threads": torch.get_num_threads(), "eval_prompts": eval_prompts,
@@ -196,6 +219,19 @@ def run_experiment(cfg: RunConfig, progress: bool = True, accelerator=None) -> R
             "eval": evals.to_dict(orient="records"),
         }, indent=2, default=str))
     return RunResult(out, metrics_df, evals, images, eval_batch, wall)
+
+
+#: Columns of ``eval_images.csv``: one row per (model, split, image). ``image`` is the index in the split's
+#: prompt-major batch; every model sees the same prompt and noise at the same index, so rows pair across models.
+EVAL_IMAGE_COLUMNS = ("model", "method", "seed", "split", "image", "prompt", "reward", "bertscore", "judge_all_ok")
+
+
+def write_eval_images(table: pd.DataFrame, out: Path) -> Path:
+    """Write the per-image evaluation scores (what the bootstrap intervals of :mod:`b2lib.stats` resample)."""
+    cols = [c for c in EVAL_IMAGE_COLUMNS if c in table.columns]
+    path = Path(out) / "eval_images.csv"
+    table[cols].to_csv(path, index=False)
+    return path
 
 
 def _run_worker(cfg: RunConfig, threads: int) -> tuple[str, float]:

@@ -11,7 +11,7 @@ import seaborn as sns
 import torch
 
 __all__ = ["image_grid", "save_figure", "set_style", "training_curves", "comparison_grid", "ratio_bars", "curves_grid",
-           "tradeoff", "factor_lines"]
+           "tradeoff", "factor_lines", "health_curves", "sweep_plot", "interval_plot", "HEALTH_COLUMNS", "X_LABELS"]
 
 
 def set_style() -> None:
@@ -61,6 +61,52 @@ def save_figure(fig, path: str | Path, dpi: int = 120) -> Path:
     return path
 
 
+#: axis labels of the two cost views of a curve
+X_LABELS = {"images_seen": "images generated", "unet_rows_seen": "UNet rows (sampling + update forwards)"}
+
+#: the training-health columns of ``metrics.csv`` (see README "Training health")
+HEALTH_COLUMNS = ("reward_mean", "approx_kl", "clipfrac", "grad_norm", "rel_update", "kept")
+
+
+def health_curves(metrics, x: str = "images_seen", hue: str = "method"):
+    """The training-health panels: train reward, approx KL, clip fraction, grad norm, relative update size, kept
+    samples, per stage (log scale where the values span decades)."""
+    fig = training_curves(metrics, HEALTH_COLUMNS, x=x, hue=hue)
+    for ax, col in zip(fig.axes, [c for c in HEALTH_COLUMNS if c in metrics]):
+        if col in ("approx_kl", "rel_update", "grad_norm") and (metrics[col] > 0).any():
+            ax.set_yscale("log")
+    return fig
+
+
+def sweep_plot(table, x: str = "lr", hue: str = "grad_accum", y: str = "gain", col: str = "method"):
+    """The tuning sweep: train-split reward gain over the base model per grid point, one panel per method; points are
+    seeds, lines their mean."""
+    g = sns.catplot(data=table, x=x, y=y, hue=hue, col=col, kind="point", errorbar=None, height=3.0, aspect=1.2,
+                    dodge=0.2)
+    g.map_dataframe(sns.stripplot, x=x, y=y, hue=hue, dodge=True, alpha=0.5, palette="dark:k")
+    for ax in g.axes.flat:
+        ax.axhline(0.0, color="grey", lw=0.8, ls="--")
+    g.set_axis_labels(x, "train reward − base (paired)")
+    return g.figure
+
+
+def interval_plot(table, label_cols=("template", "metric", "a", "b")):
+    """Differences with their 95 % intervals (one row per comparison of :func:`b2lib.report.paired_comparison`)."""
+    import numpy as np
+
+    labels = [" · ".join(f"{r[c]}" for c in label_cols[:2]) + f": {r['a']} − {r['b']}" for _, r in table.iterrows()]
+    fig, ax = plt.subplots(figsize=(6.5, 0.32 * len(table) + 0.8))
+    y = np.arange(len(table))
+    ax.errorbar(table["diff"], y, xerr=[table["diff"] - table["low"], table["high"] - table["diff"]], fmt="o",
+                color="k", capsize=3)
+    ax.axvline(0.0, color="grey", lw=0.8, ls="--")
+    ax.set_yticks(y, labels, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("difference (95 % bootstrap interval over seeds and prompts)")
+    fig.tight_layout()
+    return fig
+
+
 def training_curves(metrics, columns: Sequence[str] = ("reward_mean",), x: str = "images_seen", hue: str = "method"):
     """Per-stage curves against the number of images generated (the budget both methods share); mean and band
     over seeds when there are several."""
@@ -71,7 +117,7 @@ def training_curves(metrics, columns: Sequence[str] = ("reward_mean",), x: str =
     fig, axes = plt.subplots(1, len(columns), figsize=(4.2 * len(columns), 3.2), squeeze=False)
     for ax, col in zip(axes.flat, columns):
         sns.lineplot(data=metrics, x=x, y=col, hue=hue, marker="o", errorbar="sd", ax=ax)
-        ax.set_xlabel("images generated")
+        ax.set_xlabel(X_LABELS.get(x, x))
         ax.set_ylabel(col.replace("_", " "))
     fig.tight_layout()
     return fig

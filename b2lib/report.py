@@ -14,7 +14,7 @@ from typing import Iterable, Sequence
 import pandas as pd
 import torch
 
-__all__ = ["completed_runs", "collect", "mean_std", "format_mean_std", "load_samples", "METRIC_LABELS", "sample_grid_from_runs"]
+__all__ = ["completed_runs", "collect", "load_eval_images", "paired_comparison", "EVAL_IMAGE_METRICS", "mean_std", "format_mean_std", "load_samples", "METRIC_LABELS", "sample_grid_from_runs"]
 
 #: evaluation columns shown in tables, with readable names
 METRIC_LABELS = {
@@ -24,6 +24,10 @@ METRIC_LABELS = {
     "clip_diversity": "diversity (CLIP)",
     "pixel_diversity": "diversity (pixel)",
 }
+
+
+#: per-image columns of ``eval_images.csv`` that the paired comparison reports (the judge column is 0/1)
+EVAL_IMAGE_METRICS = {"reward": "CLIPScore", "bertscore": "BERTScore", "judge_all_ok": "judge: aligned"}
 
 
 def _run_dirs(roots: Iterable[str | Path]) -> list[Path]:
@@ -64,6 +68,61 @@ def collect(*roots: str | Path, tag: str | None = None) -> tuple[pd.DataFrame, p
     ev = pd.concat(evals, ignore_index=True)
     me = pd.concat(metrics, ignore_index=True) if metrics else pd.DataFrame()
     return ev, me
+
+
+def load_eval_images(*roots: str | Path) -> pd.DataFrame:
+    """Every run's ``eval_images.csv`` under ``roots`` (see :data:`b2lib.experiment.EVAL_IMAGE_COLUMNS`), with ``run``
+    and ``template`` columns. The base model's rows of each template are kept once (they are identical per run)."""
+    frames = []
+    for d in _run_dirs(roots):
+        if not (d / "eval_images.csv").exists():
+            continue
+        template = json.loads((d / "summary.json").read_text()).get("template")
+        frames.append(pd.read_csv(d / "eval_images.csv").assign(run=d.name, template=template))
+    if not frames:
+        raise FileNotFoundError(f"No eval_images.csv under {[str(r) for r in roots]}: rerun the notebook that writes "
+                                "these runs (per-image scores are written since the paired-evaluation change).")
+    df = pd.concat(frames, ignore_index=True)
+    base = df[df["method"] == "base"].drop_duplicates(subset=["template", "split", "image"])
+    return pd.concat([base, df[df["method"] != "base"]], ignore_index=True)
+
+
+def _score_matrix(df: pd.DataFrame, metric: str) -> tuple:
+    """``(seeds, images)`` scores of one method and the prompt of each image (images in index order)."""
+    wide = df.pivot_table(index="seed", columns="image", values=metric, aggfunc="first", dropna=False)
+    prompts = df.drop_duplicates("image").set_index("image").loc[wide.columns, "prompt"].to_numpy()
+    return wide.to_numpy(dtype=float), prompts
+
+
+def paired_comparison(images: pd.DataFrame, split: str = "test", metrics: Sequence[str] = tuple(EVAL_IMAGE_METRICS),
+                      pairs: Sequence[tuple[str, str]] = (("ddpo", "base"), ("b2", "base"), ("b2", "ddpo")),
+                      draws: int = 4000) -> pd.DataFrame:
+    """Per template, metric and pair ``(a, b)``: the means of ``a`` and ``b`` (over seeds and images), ``a - b`` with
+    its 95 % two-level bootstrap interval (:func:`b2lib.stats.bootstrap_difference`: seeds of each side resampled
+    independently, prompts jointly), the number of seeds and images per side, and the README verdict."""
+    from .stats import bootstrap_difference, verdict
+
+    df = images[images["split"] == split]
+    df = df.assign(seed=df["seed"].fillna(-1))
+    rows = []
+    for template, t in df.groupby("template", sort=False):
+        for metric in metrics:
+            if metric not in t or t[metric].isna().all():
+                continue
+            for a, b in pairs:
+                ta, tb = t[t["method"] == a], t[t["method"] == b]
+                if ta.empty or tb.empty:
+                    continue
+                sa, prompts = _score_matrix(ta, metric)
+                sb, _ = _score_matrix(tb, metric)
+                if sa.shape[1] != sb.shape[1]:
+                    raise ValueError(f"{template}/{metric}: {a} and {b} were evaluated on different image sets.")
+                diff = bootstrap_difference(sa.astype(float), sb.astype(float), prompts, draws=draws)
+                rows.append({"template": template, "metric": metric, "a": a, "b": b, "mean_a": sa.mean(),
+                             "mean_b": sb.mean(), "diff": diff.estimate, "low": diff.low, "high": diff.high,
+                             "resolved": diff.resolved, "seeds_a": sa.shape[0], "seeds_b": sb.shape[0],
+                             "images": sa.shape[1], "verdict": verdict(diff, a, b)})
+    return pd.DataFrame(rows)
 
 
 def mean_std(evals: pd.DataFrame, by: Sequence[str], columns: Sequence[str] = tuple(METRIC_LABELS),
@@ -137,6 +196,15 @@ def _verdict(b2: float, ddpo: float, b2_std: float = 0.0, ddpo_std: float = 0.0)
     return "B² higher" if b2 > ddpo else "DDPO higher"
 
 
+def _recipe_note(study: Path) -> str:
+    """" · earlier recipe" when a study's runs predate the training-health logging (and with it the tuned recipe of
+    notebook 02): their metrics.csv lacks ``rel_update``. Read from the files, so a rerun clears it."""
+    for metrics in sorted(study.glob("**/metrics.csv")):
+        cols = pd.read_csv(metrics, nrows=0).columns
+        return "" if "rel_update" in cols else " · earlier recipe"
+    return ""
+
+
 def readme_table(results: str | Path) -> str:
     """The README's "paper result -> notebook -> our number" table as markdown, read from the CSVs the notebooks
     wrote under ``results`` (a missing study is reported as not run, never filled in)."""
@@ -146,6 +214,20 @@ def readme_table(results: str | Path) -> str:
     def add(what, nb, number, verdict=""):
         lines.append(f"| {what} | `{nb}` | {number} | {verdict} |")
 
+    tuning = results / "tuning" / "choice.json"
+    if tuning.exists():
+        choice = json.loads(tuning.read_text())
+        vals = " / ".join(f"{m}: " + ", ".join(f"{k} {v:g}" for k, v in c.items() if k != "mean_gain")
+                          + f" (gain {c['mean_gain']:+.3f})" for m, c in choice.items())
+        add("Tuning: each method's chosen setting (train-split CLIPScore gain over base, 2 seeds)", "02_tuning", vals)
+    comp = results / "main" / "comparisons.csv"
+    if comp.exists():
+        c = pd.read_csv(comp)
+        for _, r in c.iterrows():
+            label = EVAL_IMAGE_METRICS.get(r["metric"], r["metric"])
+            add(f"Main job · {r['template']}, {r['split']} prompts: {label}, {r['a']} − {r['b']} "
+                f"({r['images']} paired images, {r['seeds_a']} seed{'s' if r['seeds_a'] > 1 else ''})", "03_train",
+                f"{r['a']} {r['mean_a']:.3f} / {r['b']} {r['mean_b']:.3f}", r["verdict"])
     main = results / "templates" / "main_table.csv"
     if main.exists():
         t = pd.read_csv(main, index_col=[0, 1])
@@ -159,7 +241,8 @@ def readme_table(results: str | Path) -> str:
                 n = int(t.loc[(template, "b2"), "n"]) if (template, "b2") in t.index else 0
                 verdict = _verdict(t.loc[(template, "b2"), f"{col}_mean"], t.loc[(template, "ddpo"), f"{col}_mean"],
                                    t.loc[(template, "b2"), f"{col}_std"], t.loc[(template, "ddpo"), f"{col}_std"])
-                add(f"Table 1 · {template}: {name} (test prompts, {n} seeds)", "04_templates", vals, verdict)
+                add(f"Table 1 · {template}: {name} (test prompts, {n} seeds){_recipe_note(results / 'templates')}",
+                    "04_templates", vals, verdict)
             for col, name in (("clip_diversity", "diversity, CLIP"), ("pixel_diversity", "diversity, pixel")):
                 vals = " / ".join(f"{m} {_ms(t, (template, m), col)}" for m in ("base", "ddpo", "b2")
                                   if (template, m) in t.index)
@@ -182,8 +265,8 @@ def readme_table(results: str | Path) -> str:
         vals = " / ".join(f"{m} {_ms(t, m, 'judge_all_ok')}" for m in ("ddpo", "progressive", "branch", "b2")
                           if m in t.index)
         n = int(t["n"].max())
-        add(f"Ablation: judge aligned (neither / progressive only / branch only / both; {n} seed{'s' if n > 1 else ''})",
-            "06_ablations", vals)
+        add(f"Ablation: judge aligned (neither / progressive only / branch only / both; {n} seed{'s' if n > 1 else ''})"
+            f"{_recipe_note(results / 'ablations')}", "06_ablations", vals)
         vals = " / ".join(f"{m} {_ms(t, m, 'reward_mean')}" for m in ("ddpo", "progressive", "branch", "b2")
                           if m in t.index)
         add("Ablation: CLIPScore (same order)", "06_ablations", vals)
@@ -204,7 +287,8 @@ def readme_table(results: str | Path) -> str:
                 verdict = _verdict(c.loc[(algo, "b2"), "judge_all_ok_mean"], c.loc[(algo, "ddpo"), "judge_all_ok_mean"],
                                    c.loc[(algo, "b2"), "judge_all_ok_std"], c.loc[(algo, "ddpo"), "judge_all_ok_std"])
                 n = int(c.loc[(algo, "b2"), "n"])
-                add(f"Compatibility · {algo}: judge aligned ({n} seed{'s' if n > 1 else ''})", "07_compatibility",
+                add(f"Compatibility · {algo}: judge aligned ({n} seed{'s' if n > 1 else ''}){_recipe_note(results / 'compat')}",
+                    "07_compatibility",
                     vals, verdict if n > 1 else f"{verdict} (1 seed: no spread)")
     speed = results / "performance" / "speed.csv"
     if speed.exists():

@@ -34,12 +34,12 @@ from tqdm.auto import tqdm
 from .advantages import (HistoryNormalizer, PerPromptStatTracker, group_ids_of, group_relative_advantages,
                          select_in_groups, weighted_advantages)
 from .losses import ALGORITHMS, gaussian_kl, needs_reference, policy_loss
-from .models import adapters_disabled, add_lora, ensure_ddim
+from .models import LORA_TARGETS, adapters_disabled, add_lora, ensure_ddim
 from .rewards import RewardFn, check_reward_output
 from .sampling import Trajectories, sample_branches, sample_trajectories, transition_log_prob, transition_policy
 from .schedule import ProgressiveSchedule
 
-__all__ = ["TrainerConfig", "RLTrainer", "B2Trainer", "DDPOTrainer"]
+__all__ = ["TrainerConfig", "RLTrainer", "B2Trainer", "DDPOTrainer", "flat_groups", "unet_rows", "update_size"]
 
 
 @dataclass
@@ -74,6 +74,10 @@ class TrainerConfig:
     epochs_per_stage: int = 2
     train_batch_size: int = 2
     grad_accum: int = 64  # micro-batches (x all interval steps) per optimizer step
+    # share of each sample's interval steps trained per epoch (DDPO's timestep_fraction): a random subset, drawn per
+    # sample and epoch. Why: the update costs ~3x its sampling per step trained, so training a fraction lets a stage
+    # sample more images (a less noisy gradient) at the same compute.
+    timestep_fraction: float = 1.0
     # interval steps of a micro-batch per UNet forward in training: 1 = one step at a time (the reference; least
     # memory), 0 = all of them in one batched forward (fastest where memory allows). Same gradient either way.
     timestep_chunk: int = 1
@@ -84,6 +88,9 @@ class TrainerConfig:
     adam_eps: float = 1e-8
     use_lora: bool = True
     lora_rank: int = 4
+    # which UNet modules the adapter wraps: "attention" (q/k/v/out, DDPO's and the paper's choice) or "all" (every
+    # linear and convolution of the blocks; see b2lib.models.LORA_TARGET_MODULES_ALL)
+    lora_targets: Literal["attention", "all"] = "attention"
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
     seed: int = 0
     progress: bool = True
@@ -126,6 +133,8 @@ class TrainerConfig:
                 f"algorithm={self.algorithm!r} regularises towards the base model, which is the UNet with its LoRA "
                 "adapter disabled: set use_lora=True (a full fine-tune keeps no reference copy)."
             )
+        if self.lora_targets not in LORA_TARGETS:
+            raise ValueError(f"lora_targets must be one of {sorted(LORA_TARGETS)}, got {self.lora_targets!r}.")
         if self.kl_coef < 0:
             raise ValueError(f"kl_coef must be >= 0, got {self.kl_coef}.")
         if self.samples_per_prompt < 1 or (self.samples_per_prompt > 1 and self.num_branches > 1):
@@ -133,6 +142,8 @@ class TrainerConfig:
                 f"samples_per_prompt={self.samples_per_prompt} with num_branches={self.num_branches}: repeated "
                 "independent samples are for plain sampling (num_branches=1); branching already groups samples."
             )
+        if not 0.0 < self.timestep_fraction <= 1.0:
+            raise ValueError(f"timestep_fraction must be in (0, 1], got {self.timestep_fraction}.")
         if self.timestep_chunk < 0:
             raise ValueError(f"timestep_chunk must be >= 0 (0 = all interval steps per forward), got {self.timestep_chunk}.")
         self.schedule  # validates the interval against the chain
@@ -186,7 +197,7 @@ class RLTrainer:
         pipe.vae.requires_grad_(False)
         pipe.text_encoder.requires_grad_(False)
         if cfg.use_lora:
-            params = add_lora(pipe.unet, rank=cfg.lora_rank, seed=cfg.seed)
+            params = add_lora(pipe.unet, rank=cfg.lora_rank, target_modules=LORA_TARGETS[cfg.lora_targets], seed=cfg.seed)
             for p in params:  # fp32 master weights for the adapter when the base model runs in fp16/bf16 (as DDPO)
                 p.data = p.data.float()
         else:
@@ -207,6 +218,7 @@ class RLTrainer:
             self.normalizer = PerPromptStatTracker(cfg.stat_buffer, cfg.stat_min_count)
         self.stage = 0
         self.images_seen = 0
+        self.unet_rows_seen = 0
         self.log: list[dict] = []
 
     @classmethod
@@ -349,26 +361,29 @@ class RLTrainer:
         sums = dict.fromkeys(per_term + ("grad_norm",), 0.0)
         counts = {"terms": 0, "steps": 0}
         if n == 0 or k == 0:
-            return {key: float("nan") for key in sums} | {"optimizer_steps": 0}
+            return {key: float("nan") for key in sums} | {"optimizer_steps": 0, "update_norm": 0.0, "rel_update": 0.0}
         gen = self._generator(stage, 2)
+        k_used = trained_steps_per_sample(k, cfg.timestep_fraction)
+        before = [p.detach().clone() for p in self.trainable]
         self.model.train()
         for epoch in range(cfg.epochs_per_stage):
             order = torch.randperm(n, generator=gen)
             # Each sample visits its interval steps in its own random order (DDPO's time shuffle).
-            time_order = torch.argsort(torch.rand(n, k, generator=gen), dim=1)
+            # With timestep_fraction < 1 each sample trains only the first k_used of its shuffled steps.
+            time_order = torch.argsort(torch.rand(n, k, generator=gen), dim=1)[:, :k_used]
             micro = [order[i : i + cfg.train_batch_size] for i in range(0, n, cfg.train_batch_size)]
             groups = [micro[i : i + cfg.grad_accum] for i in range(0, len(micro), cfg.grad_accum)]
-            chunk = k if cfg.timestep_chunk == 0 else min(cfg.timestep_chunk, k)
-            bar = tqdm(total=len(micro) * k, desc=f"stage {stage} train {epoch + 1}/{cfg.epochs_per_stage}",
+            chunk = k_used if cfg.timestep_chunk == 0 else min(cfg.timestep_chunk, k_used)
+            bar = tqdm(total=len(micro) * k_used, desc=f"stage {stage} train {epoch + 1}/{cfg.epochs_per_stage}",
                        leave=False, disable=not cfg.progress or not self.accelerator.is_local_main_process)
             for group in groups:
                 # The group's loss is the mean over its micro-batches and interval steps of each micro-batch's mean
                 # loss (DDPO's accumulation): a forward of c steps adds c shares, so how steps are packed into
                 # forwards changes speed, not the gradient.
-                scale = 1.0 / (len(group) * k)
+                scale = 1.0 / (len(group) * k_used)
                 for m, rows in enumerate(group):
-                    for j in range(0, k, chunk):
-                        last = m == len(group) - 1 and j + chunk >= k
+                    for j in range(0, k_used, chunk):
+                        last = m == len(group) - 1 and j + chunk >= k_used
                         cols = time_order[rows, j : j + chunk]  # (rows, c): c interval steps per sample
                         flat_rows = rows.repeat_interleave(cols.shape[1])
                         flat_cols = cols.flatten()
@@ -400,6 +415,7 @@ class RLTrainer:
         out = {key: sums[key] / counts["terms"] for key in per_term}
         out["grad_norm"] = sums["grad_norm"] / max(counts["steps"], 1)
         out["optimizer_steps"] = counts["steps"]
+        out.update(update_size(before, self.trainable))
         return out
 
     # ------------------------------------------------------------------------------------------------------- stage
@@ -416,6 +432,8 @@ class RLTrainer:
         stats = self.update(kept, kept_adv, stage)
         t2 = time.perf_counter()
         self.images_seen += len(traj) * self.accelerator.num_processes
+        cost = unet_rows(self.config, len(traj), len(kept), traj.num_steps, self.accelerator.num_processes)
+        self.unet_rows_seen += cost["unet_rows_sample"] + cost["unet_rows_train"]
         metrics = {
             "stage": stage,
             "split_step": self.schedule(stage),
@@ -426,6 +444,9 @@ class RLTrainer:
             "kept": int(keep.sum()),
             "kept_pos": int((keep & (adv > 0)).sum()),
             "kept_neg": int((keep & (adv <= 0)).sum()),
+            "flat_groups": flat_groups(rewards, traj.group_ids) if self.config.num_branches >= 2 else 0,
+            **cost,
+            "unet_rows_seen": self.unet_rows_seen,
             **stats,
             "sample_s": t1 - t0,
             "train_s": t2 - t1,
@@ -466,6 +487,48 @@ class RLTrainer:
                     if old != new:
                         shutil.rmtree(old, ignore_errors=True)
         return self.log
+
+
+def trained_steps_per_sample(interval_steps: int, fraction: float) -> int:
+    """How many of a sample's ``interval_steps`` an epoch trains: ``ceil(fraction * steps)``, at least 1."""
+    return max(1, math.ceil(fraction * interval_steps - 1e-9))
+
+
+def flat_groups(rewards: torch.Tensor, group_ids: torch.Tensor) -> int:
+    """How many branch groups have the same reward in every branch: they carry no within-group signal (under a binary
+    reward, the groups whose branches all fail, or all succeed)."""
+    groups = group_ids.unique()
+    return int(sum(bool((rewards[group_ids == g] == rewards[group_ids == g][0]).all()) for g in groups))
+
+
+def unet_rows(cfg: TrainerConfig, n_images: int, n_trained: int, trained_steps: int, processes: int = 1) -> dict[str, int]:
+    """One stage's UNet work, in sample-rows of a forward (a CFG step counts 2 rows), over all processes.
+
+    ``unet_rows_sample``: the prefix once per branch group and the interval once per image (B²), the whole chain per
+    image (plain sampling). ``unet_rows_train``: forward rows of the update, ``epochs x trained samples x interval
+    steps`` (a backward costs about two forwards more; the same factor for every method). Why: B² trains only the kept
+    samples on the interval, so at an equal image budget it does less UNet work; this is the compute view of the
+    curves, next to images generated.
+    """
+    cfg_rows = 2 if cfg.guidance_scale > 1.0 else 1
+    groups = n_images // cfg.num_branches
+    sample = groups * (cfg.num_steps - trained_steps) + n_images * trained_steps if cfg.num_branches >= 2 \
+        else n_images * cfg.num_steps
+    train = cfg.epochs_per_stage * n_trained * trained_steps_per_sample(trained_steps, cfg.timestep_fraction)
+    return {"unet_rows_sample": sample * cfg_rows * processes, "unet_rows_train": train * cfg_rows * processes}
+
+
+def update_size(before: Sequence[torch.Tensor], after: Sequence[torch.Tensor]) -> dict[str, float]:
+    """How far one stage's update moved the trained weights: ``update_norm`` = ||w_after - w_before|| and
+    ``rel_update`` = that over ||w_before|| (both over all trained tensors at once).
+
+    Why log it: PPO's approx KL and clip fraction say how much the *policy* moved on the sampled data; this says how
+    much the *weights* moved, so a stalled run (Adam steps too few or too small) is told apart from a moving one whose
+    moves do not change the samples.
+    """
+    sq_delta = sum(float(((a.detach().float() - b.float()) ** 2).sum()) for a, b in zip(after, before))
+    sq_norm = sum(float((b.float() ** 2).sum()) for b in before)
+    return {"update_norm": math.sqrt(sq_delta), "rel_update": math.sqrt(sq_delta / sq_norm) if sq_norm > 0 else float("nan")}
 
 
 class B2Trainer(RLTrainer):

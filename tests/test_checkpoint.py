@@ -53,10 +53,14 @@ def test_resume_rejects_a_mismatched_checkpoint(make_pipe, tmp_path):
         other.train(resume_from=tmp_path / "nothing")
 
 
-def test_lora_export_loads_in_stock_diffusers(make_pipe, tmp_path):
+@pytest.mark.parametrize("targets", ["attention", "all"])
+def test_lora_export_loads_in_stock_diffusers(make_pipe, tmp_path, targets):
+    """What the independent evaluation does: a stock pipeline + ``load_lora_weights`` gives the trained UNet, also
+    when the adapter wraps convolutions (``lora_targets="all"``, the embedded preset's setting)."""
     pipe = make_pipe()
     trainer = DDPOTrainer(pipe, redness, PROMPTS, TrainerConfig.ddpo(**{**_cfg(num_stages=1).to_dict(),
-                          "progressive": False, "num_branches": 1, "selection": False, "normalization": "per_prompt"}))
+                          "progressive": False, "num_branches": 1, "selection": False, "normalization": "per_prompt",
+                          "lora_targets": targets}))
     trainer.train()
     save_lora(pipe, tmp_path / "lora")
     fresh = make_pipe()

@@ -61,3 +61,21 @@ def test_presets_take_the_algorithm():
     assert (b2.algorithm, b2.num_branches, b2.selection) == ("grpo", 4, True)
     assert (ddpo.algorithm, ddpo.kl_coef, ddpo.num_branches) == ("dpok", 0.05, 1)
     assert trainer_config("paper", "b2").algorithm == "ppo"
+
+
+def test_embedded_preset_uses_the_recorded_tuning_choice():
+    """The tuned settings are not typed in by hand: they equal the equal-budget search's choice
+    (``results/tuning/choice.json``, written by notebook 02), and each method's trainer config carries them."""
+    import json
+
+    from b2lib.paths import REPO_ROOT
+    from b2lib.presets import EMBEDDED_TUNED
+    from b2lib.tuning import GRID
+
+    choice = json.loads((REPO_ROOT / "results" / "tuning" / "choice.json").read_text())
+    assert set(choice) == set(EMBEDDED_TUNED)
+    for method, point in choice.items():
+        assert {k: EMBEDDED_TUNED[method][k] for k in GRID} == {k: point[k] for k in GRID}
+        cfg = trainer_config("embedded", method)
+        assert {k: getattr(cfg, k) for k in GRID} == {k: point[k] for k in GRID}
+    assert trainer_config("embedded", "b2", lr=5e-3).lr == 5e-3  # explicit overrides still win

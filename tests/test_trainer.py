@@ -233,3 +233,52 @@ def test_samples_per_prompt_groups_plain_samples(make_pipe):
     assert abs(float(adv[:3].sum())) < 1e-4  # group-relative: zero mean within the prompt's group
     with pytest.raises(ValueError, match="samples_per_prompt"):
         TrainerConfig.b2(samples_per_prompt=2)
+
+
+def test_flat_groups_counts_groups_without_signal():
+    from b2lib.trainer import flat_groups
+
+    rewards = torch.tensor([0.0, 0.0, 0.0, 1.0, 0.0, 1.0, 1.0, 1.0, 0.5])
+    groups = torch.tensor([0, 0, 0, 1, 1, 1, 2, 2, 2])
+    assert flat_groups(rewards, groups) == 1  # group 0 all fail; group 1 mixed; group 2 not flat (0.5)
+    assert flat_groups(torch.ones(4), torch.tensor([0, 0, 1, 1])) == 2
+
+
+def test_unet_rows_closed_form():
+    from b2lib.trainer import unet_rows
+
+    b2 = TrainerConfig.b2(num_steps=20, num_branches=4, prompts_per_stage=8, epochs_per_stage=1, guidance_scale=5.0)
+    # 8 prefixes x 10 shared steps + 32 images x 10 interval steps, x2 for CFG; update: 12 kept x 10 steps x 2
+    assert unet_rows(b2, 32, 12, 10) == {"unet_rows_sample": (8 * 10 + 32 * 10) * 2, "unet_rows_train": 12 * 10 * 2}
+    ddpo = TrainerConfig.ddpo(num_steps=20, prompts_per_stage=32, epochs_per_stage=2, guidance_scale=1.0)
+    assert unet_rows(ddpo, 32, 32, 20) == {"unet_rows_sample": 32 * 20, "unet_rows_train": 2 * 32 * 20}
+
+
+def test_update_size():
+    from b2lib.trainer import update_size
+
+    before = [torch.tensor([3.0, 0.0]), torch.tensor([[4.0]])]
+    after = [torch.tensor([3.0, 1.0]), torch.tensor([[4.0]])]
+    out = update_size(before, after)
+    assert out["update_norm"] == pytest.approx(1.0) and out["rel_update"] == pytest.approx(1.0 / 5.0)
+
+
+def test_stage_logs_health_and_cost(make_pipe):
+    cfg = TrainerConfig.b2(**_small(num_stages=1))
+    m = B2Trainer(make_pipe(), redness, PROMPTS, cfg).train()[0]
+    for key in ("approx_kl", "clipfrac", "grad_norm", "update_norm", "rel_update", "kept", "flat_groups",
+                "unet_rows_sample", "unet_rows_train", "unet_rows_seen"):
+        assert key in m, key
+    assert m["unet_rows_seen"] == m["unet_rows_sample"] + m["unet_rows_train"] > 0
+    assert m["rel_update"] > 0
+
+
+def test_lora_targets_all_wraps_convolutions(make_pipe):
+    pipe = make_pipe()
+    from b2lib.trainer import RLTrainer
+
+    RLTrainer(pipe, redness, PROMPTS, TrainerConfig.b2(**_small(lora_targets="all")))
+    names = [n for n, p in pipe.unet.named_parameters() if p.requires_grad]
+    assert any("conv1.lora_A" in n for n in names) and any("to_q.lora_A" in n for n in names)
+    with pytest.raises(ValueError, match="lora_targets"):
+        TrainerConfig.b2(lora_targets="everything")

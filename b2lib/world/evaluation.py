@@ -10,7 +10,7 @@ from .judge import judge_batch
 from .prompts import TEMPLATES, perturb_prompt, split_prompts
 from .scenes import caption, render_batch, sample_scene
 
-__all__ = ["reward_accuracy", "evaluate_templates", "judge_metrics"]
+__all__ = ["reward_accuracy", "evaluate_templates", "judge_metrics", "judge_reward"]
 
 
 @torch.no_grad()
@@ -76,3 +76,9 @@ def judge_metrics(images, prompts) -> dict[str, float]:
         if vals:
             out[f"judge_{attr}"] = float(np.mean(vals))
     return out
+
+
+def judge_reward(images, prompts) -> torch.Tensor:
+    """A truly sparse, binary reward: 1.0 when the world's judge finds every attribute of the prompt in the image
+    (count, colours, shapes, relation), else 0.0. The paper's claim is about sparse rewards; CLIPScore is dense."""
+    return torch.tensor([float(r.all_ok) for r in judge_batch(images, list(prompts))])

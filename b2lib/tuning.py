@@ -1,0 +1,89 @@
+"""The recorded, equal-budget hyper-parameter search: every method gets the same grid, the same seeds and the same
+short training budget, and its setting is chosen on the **train-split reward** alone (never the test split or the
+judge).
+
+The score of a grid point is the paired gain of the fine-tuned model over the base model on the training prompts:
+both generate from the same noise (:func:`b2lib.evaluate.generate`), so the gain is the update's doing, not the
+prompts' or the noise's. The grid point with the highest mean gain over the seeds wins.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import pandas as pd
+
+from .experiment import RunConfig
+
+__all__ = ["GRID", "sweep_runs", "sweep_table", "choose", "write_choice"]
+
+#: The search space, the same for every method. ``grad_accum`` sets the optimizer steps per stage: 4 micro-batches of
+#: 8 per step is one step per 32 trained samples, 1 is a step per micro-batch (4x the steps).
+GRID: dict[str, tuple] = {"lr": (3e-4, 1e-3, 3e-3), "grad_accum": (4, 1)}
+
+
+def _tag(point: dict) -> str:
+    return "_".join(f"{k}{v:g}" if isinstance(v, float) else f"{k}{v}" for k, v in point.items())
+
+
+def sweep_runs(base: RunConfig, out: str | Path, methods=("ddpo", "b2"), seeds=(0, 1),
+               grid: dict | None = None) -> list[tuple[dict, RunConfig]]:
+    """``(grid point, RunConfig)`` for every method x grid point x seed, one run folder each. The runs evaluate on the
+    training prompts only (``eval_splits=("train",)``), without BERTScore or LoRA export: what the choice needs."""
+    out, grid = Path(out), grid or GRID
+    runs = []
+    for values in itertools.product(*grid.values()):
+        point = dict(zip(grid, values))
+        for m in methods:
+            for s in seeds:
+                cfg = replace(base, methods=(m,), seeds=(s,), overrides={**base.overrides, **point},
+                              output_dir=str(out / f"{m}_{_tag(point)}_seed{s}"), eval_splits=("train",),
+                              bertscore=False, save_lora=False, grid_prompts=0)
+                runs.append((point, cfg))
+    return runs
+
+
+def sweep_table(runs: list[tuple[dict, RunConfig]]) -> pd.DataFrame:
+    """One row per run: method, grid point, seed, the train-split reward of the fine-tuned and of the base model (same
+    prompts, same noise), their difference ``gain``, the judge rate (reported, not used for the choice) and the
+    training-health means over stages."""
+    rows = []
+    for point, cfg in runs:
+        out = Path(cfg.output_dir)
+        ev = pd.read_csv(out / "eval.csv")
+        base, tuned = ev[ev["method"] == "base"].iloc[0], ev[ev["method"] != "base"].iloc[0]
+        metrics = pd.read_csv(out / "metrics.csv")
+        health = {f"mean_{k}": float(metrics[k].mean()) for k in ("approx_kl", "clipfrac", "grad_norm", "rel_update",
+                                                                  "kept") if k in metrics}
+        rows.append({"method": tuned["method"], **point, "seed": int(tuned["seed"]),
+                     "train_reward": float(tuned["reward_mean"]), "base_train_reward": float(base["reward_mean"]),
+                     "gain": float(tuned["reward_mean"] - base["reward_mean"]),
+                     "train_judge": float(tuned.get("judge_all_ok", float("nan"))),
+                     "stages": int(metrics["stage"].max() + 1), "optimizer_steps": int(metrics["optimizer_steps"].sum()),
+                     "train_s": float(metrics["train_s"].sum() + metrics["sample_s"].sum()), **health})
+    return pd.DataFrame(rows)
+
+
+def choose(table: pd.DataFrame, grid: dict | None = None) -> dict[str, dict]:
+    """Per method, the grid point with the highest mean ``gain`` over seeds (ties: the first in grid order)."""
+    keys = list(grid or GRID)
+    mean = table.groupby(["method", *keys], sort=False)["gain"].mean().reset_index()
+    best = {}
+    for method, rows in mean.groupby("method", sort=False):
+        top = rows.loc[rows["gain"].idxmax()]
+        best[method] = {k: (float(top[k]) if isinstance(top[k], float) else int(top[k])) for k in keys}
+        best[method]["mean_gain"] = float(top["gain"])
+    return best
+
+
+def write_choice(table: pd.DataFrame, out: str | Path, grid: dict | None = None) -> dict[str, dict]:
+    """Write ``sweep.csv`` (every run) and ``choice.json`` (per method: the chosen point) into ``out``."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    table.to_csv(out / "sweep.csv", index=False)
+    best = choose(table, grid)
+    (out / "choice.json").write_text(json.dumps(best, indent=2))
+    return best
