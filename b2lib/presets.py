@@ -167,5 +167,5 @@ EMBEDDED: dict = dict(
 #: ``EMBEDDED``'s values. A test checks that these equal the recorded choice.
 EMBEDDED_TUNED: dict[str, dict] = {
     "ddpo": dict(lr=1e-3, grad_accum=4),
-    "b2": dict(lr=1e-3, grad_accum=4),
+    "b2": dict(lr=3e-4, grad_accum=1),
 }
