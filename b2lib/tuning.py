@@ -18,7 +18,7 @@ import pandas as pd
 
 from .experiment import RunConfig
 
-__all__ = ["GRID", "PRUNE_MARGIN", "sweep_runs", "sweep_table", "survivors", "choose", "write_choice"]
+__all__ = ["GRID", "PRUNE_MARGIN", "sweep_runs", "run_sweep", "sweep_table", "survivors", "choose", "write_choice"]
 
 #: The search space, the same for every method. ``grad_accum`` sets the optimizer steps per stage: 4 micro-batches of
 #: 8 per step is one step per 32 trained samples, 1 is a step per micro-batch (4x the steps).
@@ -87,6 +87,21 @@ def survivors(runs: list[tuple[dict, RunConfig]], table: pd.DataFrame, margin: f
         if gain is None or gain >= best[m] - margin:
             keep.append((point, cfg))
     return keep
+
+
+def run_sweep(base: RunConfig, out: str | Path, methods=("ddpo", "b2"), seeds=(0, 1), grid: dict | None = None,
+              workers: int = 1, margin: float = PRUNE_MARGIN) -> pd.DataFrame:
+    """Run the search with successive halving and return its table: every grid point with the first seed, the later
+    seeds only for the :func:`survivors` of the first. Finished runs are skipped, unfinished ones resume."""
+    from .experiment import run_many
+
+    grid = grid or GRID
+    runs = sweep_runs(base, out, methods=methods, seeds=seeds, grid=grid)
+    first = [r for r in runs if r[1].seeds[0] == seeds[0]]
+    run_many([cfg for _, cfg in first], workers=workers)
+    later = survivors([r for r in runs if r[1].seeds[0] != seeds[0]], sweep_table(first), margin, grid)
+    run_many([cfg for _, cfg in later], workers=workers)
+    return sweep_table(first + later)
 
 
 def choose(table: pd.DataFrame, grid: dict | None = None) -> dict[str, dict]:
