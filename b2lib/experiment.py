@@ -58,6 +58,7 @@ class RunConfig:
     bertscore: bool = True  # also score evaluation images with BERTScore (caption vs prompt)
     save_lora: bool = True  # write each trained model's LoRA (diffusers format)
     grid_prompts: int = 8  # first image of the first k eval prompts per model -> samples.safetensors (figures)
+    device: str = ""  # "": the preset's device (embedded: cpu); "cuda" runs the embedded world on a GPU
     reward: str = "clip"  # what the RL optimises: "clip" (CLIPScore, dense) or "judge" (1 if the world's judge
     # finds every attribute of the prompt, else 0: a truly sparse, binary reward; embedded preset only)
 
@@ -78,6 +79,10 @@ class RunConfig:
             raise ValueError(f"reward={self.reward!r}: use 'clip' (CLIPScore) or 'judge' (binary, embedded preset).")
         if self.reward == "judge" and self.preset != "embedded":
             raise ValueError("reward='judge' needs the embedded world's programmatic judge: use preset='embedded'.")
+        if self.device not in ("", "cpu", "cuda"):
+            raise ValueError(f"device={self.device!r}: use '' (the preset's), 'cpu' or 'cuda'.")
+        if self.device == "cuda" and not torch.cuda.is_available():
+            raise ValueError("device='cuda' but torch sees no GPU: leave device empty to run on the CPU.")
         if self.eval_n_per_prompt < 0 or self.eval_images < 1:
             raise ValueError(f"eval_n_per_prompt must be >= 0 and eval_images >= 1 "
                              f"(got {self.eval_n_per_prompt}, {self.eval_images}).")
@@ -140,7 +145,7 @@ def run_experiment(cfg: RunConfig, progress: bool = True, accelerator=None) -> R
     from accelerate import Accelerator
 
     t0 = time.perf_counter()
-    acc = accelerator or Accelerator(cpu=get_preset(cfg.preset).device == "cpu")
+    acc = accelerator or Accelerator(cpu=(cfg.device or get_preset(cfg.preset).device) == "cpu")
     main = acc.is_main_process
     out = Path(cfg.output_dir) if cfg.output_dir else results_dir(cfg.run_name)
     out.mkdir(parents=True, exist_ok=True)
