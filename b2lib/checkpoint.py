@@ -3,7 +3,10 @@
 Why not ``accelerator.save_state``: it pickles the optimizer and RNG states. Here no RNG state is needed (a stage's
 randomness is derived from ``(seed, stage)``), the optimizer's tensors go to safetensors and its scalars to JSON, so a
 checkpoint can be inspected and loaded without executing code. Writes are atomic (temp folder, then rename), so a
-crash mid-write leaves the previous checkpoint intact.
+crash mid-write leaves the previous checkpoint intact; files are fsynced before the rename, so a power cut cannot
+leave a renamed but empty checkpoint. The trainer keeps the last few (``TrainerConfig.keep_checkpoints``) and
+:func:`latest_checkpoint` verifies each (files complete, JSON parseable, tensors finite) before trusting it, falling
+back to an older one with a warning that names the broken file.
 """
 
 from __future__ import annotations
@@ -11,12 +14,31 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import warnings
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
-__all__ = ["save_checkpoint", "load_checkpoint", "latest_checkpoint", "save_lora"]
+__all__ = ["save_checkpoint", "load_checkpoint", "latest_checkpoint", "verify_checkpoint", "checkpoint_stages",
+           "save_lora", "CHECKPOINT_FILES"]
+
+CHECKPOINT_FILES = ("trainable.safetensors", "optimizer.safetensors", "trainer.json")
+
+
+def _fsync(path: Path) -> None:
+    """Flush a file's (or a folder's entries') data to disk."""
+    flags = os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if path.is_dir() else 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError:  # pragma: no cover - folders cannot be opened on some systems (Windows)
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover
+        pass
+    finally:
+        os.close(fd)
 
 
 def _optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
@@ -62,22 +84,58 @@ def save_checkpoint(trainer, folder: str | os.PathLike) -> Path:
         "config": trainer.config.to_dict(),
     }
     (tmp / "trainer.json").write_text(json.dumps(meta))
+    for name in CHECKPOINT_FILES:
+        _fsync(tmp / name)
+    _fsync(tmp)
     if folder.exists():
         shutil.rmtree(folder)
     tmp.rename(folder)
+    _fsync(folder.parent)
     return folder
 
 
-def load_checkpoint(trainer, folder: str | os.PathLike) -> None:
-    """Restore a state written by :func:`save_checkpoint` into a freshly built trainer of the same configuration."""
-    folder = Path(folder)
-    files = [folder / n for n in ("trainable.safetensors", "optimizer.safetensors", "trainer.json")]
-    missing = [f.name for f in files if not f.exists()]
+def _read(folder: Path) -> tuple[dict, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """``(trainer.json, trainable tensors, optimizer tensors)``; errors name the file that is broken."""
+    missing = [n for n in CHECKPOINT_FILES if not (folder / n).is_file()]
     if missing:
         raise FileNotFoundError(f"{folder} is not a complete checkpoint (missing {', '.join(missing)}).")
-    meta = json.loads(files[2].read_text())
+    try:
+        meta = json.loads((folder / "trainer.json").read_text())
+        meta["stage"], meta["optimizer"], meta["normalizer"]
+    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        raise ValueError(f"{folder / 'trainer.json'} is unreadable or incomplete ({type(err).__name__}: {err}).") from None
+    tensors = []
+    for name in CHECKPOINT_FILES[:2]:
+        try:
+            tensors.append(load_file(str(folder / name)))
+        except Exception as err:  # safetensors raises its own error type for truncated or corrupt files
+            raise ValueError(f"{folder / name} is not a readable safetensors file ({err}).") from None
+    for name, values in zip(CHECKPOINT_FILES[:2], tensors):
+        bad = [k for k, v in values.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+        if bad:
+            raise ValueError(f"{folder / name} holds non-finite values (in {', '.join(bad[:3])}"
+                             f"{', ...' if len(bad) > 3 else ''}): the run had diverged when it was written.")
+    return meta, tensors[0], tensors[1]
+
+
+def verify_checkpoint(folder: str | os.PathLike) -> str | None:
+    """None if ``folder`` is a usable checkpoint (every file present and readable, every tensor finite), else what is
+    wrong with it, naming the file."""
+    try:
+        _read(Path(folder))
+    except (FileNotFoundError, ValueError) as err:
+        return str(err)
+    return None
+
+
+def load_checkpoint(trainer, folder: str | os.PathLike) -> None:
+    """Restore a state written by :func:`save_checkpoint` into a freshly built trainer of the same configuration.
+
+    The optimizer's hyper-parameters (lr, betas, weight decay, eps) are the trainer's *current* configuration's, not the
+    checkpoint's: resuming with a lower lr after a divergence trains at that lr (its moment estimates are kept)."""
+    folder = Path(folder)
+    meta, weights, opt_tensors = _read(folder)
     named = trainer.named_trainable()
-    weights = load_file(str(files[0]))
     if set(weights) != set(named) or any(weights[k].shape != p.shape for k, p in named.items()):
         raise ValueError(
             f"Checkpoint {folder} holds different trainable parameters than this trainer "
@@ -86,7 +144,10 @@ def load_checkpoint(trainer, folder: str | os.PathLike) -> None:
     with torch.no_grad():
         for name, param in named.items():
             param.copy_(weights[name].to(param.device, param.dtype))
-    _restore_optimizer(trainer.optimizer, load_file(str(files[1])), meta["optimizer"])
+    _restore_optimizer(trainer.optimizer, opt_tensors, meta["optimizer"])
+    cfg = trainer.config
+    for group in trainer.optimizer.param_groups:
+        group.update(lr=cfg.lr, betas=tuple(cfg.adam_betas), eps=cfg.adam_eps, weight_decay=cfg.weight_decay)
     trainer.normalizer.load_state_dict(meta["normalizer"])
     trainer.stage = meta["stage"]
     trainer.images_seen = meta["images_seen"]
@@ -94,10 +155,28 @@ def load_checkpoint(trainer, folder: str | os.PathLike) -> None:
     trainer.log = meta["log"]
 
 
-def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
-    """The ``checkpoints/stage_XXXX`` folder of the highest stage in ``run_dir``, if any."""
-    ckpts = sorted(Path(run_dir, "checkpoints").glob("stage_[0-9][0-9][0-9][0-9]"))
-    return ckpts[-1] if ckpts else None
+def checkpoint_stages(checkpoint_dir: str | os.PathLike) -> list[Path]:
+    """The ``stage_XXXX`` folders of a checkpoint directory, oldest first."""
+    return sorted(Path(checkpoint_dir).glob("stage_[0-9][0-9][0-9][0-9]"))
+
+
+def latest_checkpoint(run_dir: str | os.PathLike, subdir: str = "checkpoints") -> Path | None:
+    """The newest *usable* ``<subdir>/stage_XXXX`` folder in ``run_dir`` (``subdir=""``: ``run_dir`` is the checkpoint
+    directory itself), None if there is none. A broken one (see :func:`verify_checkpoint`) is skipped with a warning
+    naming its file; if every one is broken the error says so, since starting over would silently lose the run."""
+    stages = checkpoint_stages(Path(run_dir, subdir) if subdir else Path(run_dir))
+    problems = []
+    for folder in reversed(stages):
+        problem = verify_checkpoint(folder)
+        if problem is None:
+            if problems:
+                warnings.warn(f"Falling back to checkpoint {folder}: " + " ".join(problems), stacklevel=2)
+            return folder
+        problems.append(problem)
+    if problems:
+        raise ValueError(f"No usable checkpoint in {run_dir}: " + " ".join(problems) +
+                         " Repair or remove the broken folders, or start over (resume=False moves them aside).")
+    return None
 
 
 def save_lora(pipe, folder: str | os.PathLike) -> Path:

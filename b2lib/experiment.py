@@ -9,6 +9,7 @@ Files written (``<m>`` = method, ``<s>`` = seed):
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import time
@@ -21,14 +22,26 @@ import torch
 from .checkpoint import latest_checkpoint, save_lora
 from .evaluate import evaluate_prompts, subset
 from .paths import code_version, results_dir
-from .presets import METHOD_NAMES, canonical_template, get_preset, load_models, load_prompts, trainer_config
+from .rundir import RunLock, check_fingerprint, move_aside
+from .presets import (METHOD_NAMES, PRESETS, TEMPLATE_ALIASES, canonical_template, get_preset, load_models,
+                      load_prompts, trainer_config)
 from .trainer import RLTrainer
 
-__all__ = ["RunConfig", "RunResult", "run_experiment", "run_many", "write_eval_images", "EVAL_IMAGE_COLUMNS", "METHODS"]
+__all__ = ["ConfigError", "RunConfig", "RunResult", "run_experiment", "run_many", "write_eval_images", "EVAL_IMAGE_COLUMNS", "METHODS"]
 
 METHODS = METHOD_NAMES
 #: what a run trains unless told otherwise: the paper's comparison (the ablation variants are opt-in)
 DEFAULT_METHODS = ("ddpo", "b2")
+
+
+class ConfigError(ValueError):
+    """Bad run settings: every problem found, one line each, naming the setting (``problems``: ``(field, message)``).
+    Entry points rename the fields to what their users typed (``--images-per-stage`` on the command line)."""
+
+    def __init__(self, problems: list[tuple[str, str]], names: dict[str, str] | None = None) -> None:
+        self.problems = problems
+        names = names or {}
+        super().__init__("Bad run settings:\n" + "\n".join(f"  {names.get(f, f)}: {m}" for f, m in problems))
 
 
 @dataclass
@@ -52,8 +65,8 @@ class RunConfig:
     eval_seed: int = 1234
     resume: bool = True  # continue from checkpoints found in the output folder
     overrides: dict = field(default_factory=dict)  # extra TrainerConfig fields, e.g. {"lr": 3e-4}
-    train_prompts: tuple[str, ...] = ()  # non-empty: train on these instead of the template's train split
-    eval_prompts: tuple[str, ...] = ()  # non-empty: evaluate on these instead of the template's test split
+    train_prompts: tuple[str, ...] | None = None  # None: the template's train split; else train on these
+    eval_prompts: tuple[str, ...] | None = None  # None: the template's test split; else evaluate on these
     eval_splits: tuple[str, ...] = ("test",)  # add "train" to also evaluate on (a subset of) the training prompts
     bertscore: bool = True  # also score evaluation images with BERTScore (caption vs prompt)
     save_lora: bool = True  # write each trained model's LoRA (diffusers format)
@@ -61,31 +74,120 @@ class RunConfig:
     device: str = ""  # "": the preset's device (embedded: cpu); "cuda" runs the embedded world on a GPU
     reward: str = "clip"  # what the RL optimises: "clip" (CLIPScore, dense) or "judge" (1 if the world's judge
     # finds every attribute of the prompt, else 0: a truly sparse, binary reward; embedded preset only)
+    reward_sign: int = 1  # -1: train on the negated reward (the sign control, b2lib.rewards.Negated); evaluation
+    # always scores the real reward, so (gain(+1) - gain(-1)) / 2 is what the update learned and the mean their drift
 
     def __post_init__(self) -> None:
+        problems = self.problems()
+        if problems:
+            raise ConfigError(problems)
         self.methods = tuple(self.methods)
         self.seeds = tuple(self.seeds)
-        self.train_prompts = tuple(self.train_prompts)
-        self.eval_prompts = tuple(self.eval_prompts)
+        self.train_prompts = tuple(self.train_prompts) if self.train_prompts is not None else None
+        self.eval_prompts = tuple(self.eval_prompts) if self.eval_prompts is not None else None
         self.eval_splits = tuple(self.eval_splits)
-        if not self.eval_splits or set(self.eval_splits) - {"test", "train"}:
-            raise ValueError(f"eval_splits={self.eval_splits}: use 'test' and/or 'train'.")
-        bad = [m for m in self.methods if m not in METHODS]
-        if bad:
-            raise ValueError(f"Unknown method(s) {bad}: use any of {METHODS}.")
-        canonical_template(self.template)
-        get_preset(self.preset)
+
+    def problems(self) -> list[tuple[str, str]]:
+        """Every problem of these settings as ``(field, message)``, found before any model is loaded: types (a
+        papermill parameter of the wrong type included), ranges, combinations, folders that do not exist, and the
+        trainer settings each method would get (``overrides`` included)."""
+        out: list[tuple[str, str]] = []
+
+        def is_int(v) -> bool:
+            return isinstance(v, int) and not isinstance(v, bool)
+
+        def listed(v) -> bool:
+            return isinstance(v, (list, tuple))
+
+        for name, low, meaning in (("stages", 0, "0 = the preset's default"),
+                                   ("images_per_stage", 0, "0 = the preset's default"),
+                                   ("eval_n_per_prompt", 0, "0 = enough for eval_images"),
+                                   ("eval_max_prompts", 0, "0 = every prompt"), ("eval_images", 1, ""),
+                                   ("grid_prompts", 0, ""), ("eval_seed", 0, "")):
+            v = getattr(self, name)
+            if not is_int(v) or v < low:
+                out.append((name, f"must be an integer >= {low}{f' ({meaning})' if meaning else ''}; got {v!r}"))
+        if not is_int(self.branches) or self.branches < 0 or self.branches == 1:
+            out.append(("branches", f"must be 0 (the preset's default) or an integer >= 2; got {self.branches!r}"))
+        if not listed(self.methods) or not self.methods:
+            out.append(("methods", f"must be a non-empty list of {list(METHODS)}; got {self.methods!r}"))
+        elif [m for m in self.methods if m not in METHODS]:
+            out.append(("methods", f"unknown {[m for m in self.methods if m not in METHODS]}; use any of {list(METHODS)}"))
+        if not listed(self.seeds) or not self.seeds or not all(is_int(x) and x >= 0 for x in self.seeds):
+            out.append(("seeds", f"must be a non-empty list of integers >= 0, e.g. [0, 1]; got {self.seeds!r}"))
+        elif len(set(self.seeds)) != len(self.seeds):
+            out.append(("seeds", f"lists a seed twice: {list(self.seeds)}"))
+        if self.template not in TEMPLATE_ALIASES:
+            out.append(("template", f"unknown {self.template!r}; use one of {sorted(TEMPLATE_ALIASES)}"))
+        if self.preset not in PRESETS:
+            out.append(("preset", f"unknown {self.preset!r}; use one of {list(PRESETS)}"))
+        for name in ("model_dir", "clip_dir"):
+            v = getattr(self, name)
+            if not isinstance(v, str):
+                out.append((name, f"must be a folder path or '' (the preset's); got {v!r}"))
+            elif v and (self.preset == "embedded" or v.startswith(("/", ".", "~"))) and not Path(v).expanduser().is_dir():
+                out.append((name, f"{v!r} does not exist (or is not a folder); '' uses the preset's model"))
+        for name in ("resume", "bertscore", "save_lora"):
+            if not isinstance(getattr(self, name), bool):
+                out.append((name, f"must be True or False; got {getattr(self, name)!r}"))
+        for name in ("train_prompts", "eval_prompts"):
+            v = getattr(self, name)
+            if v is not None and (not listed(v) or not v or not all(isinstance(p, str) and p.strip() for p in v)):
+                out.append((name, f"must be None (the template's prompts) or a non-empty list of prompts; got {v!r}"))
+        if not listed(self.eval_splits) or not self.eval_splits or set(self.eval_splits) - {"test", "train"}:
+            out.append(("eval_splits", f"use 'test' and/or 'train'; got {self.eval_splits!r}"))
         if self.reward not in ("clip", "judge"):
-            raise ValueError(f"reward={self.reward!r}: use 'clip' (CLIPScore) or 'judge' (binary, embedded preset).")
-        if self.reward == "judge" and self.preset != "embedded":
-            raise ValueError("reward='judge' needs the embedded world's programmatic judge: use preset='embedded'.")
+            out.append(("reward", f"use 'clip' (CLIPScore) or 'judge' (binary, embedded preset); got {self.reward!r}"))
+        elif self.reward == "judge" and self.preset != "embedded":
+            out.append(("reward", "'judge' needs the embedded world's programmatic judge: use preset='embedded'"))
+        if self.reward_sign not in (1, -1) or isinstance(self.reward_sign, bool):
+            out.append(("reward_sign", f"use 1 (train on the reward) or -1 (its sign control); got {self.reward_sign!r}"))
         if self.device not in ("", "cpu", "cuda"):
-            raise ValueError(f"device={self.device!r}: use '' (the preset's), 'cpu' or 'cuda'.")
-        if self.device == "cuda" and not torch.cuda.is_available():
-            raise ValueError("device='cuda' but torch sees no GPU: leave device empty to run on the CPU.")
-        if self.eval_n_per_prompt < 0 or self.eval_images < 1:
-            raise ValueError(f"eval_n_per_prompt must be >= 0 and eval_images >= 1 "
-                             f"(got {self.eval_n_per_prompt}, {self.eval_images}).")
+            out.append(("device", f"use '' (the preset's), 'cpu' or 'cuda'; got {self.device!r}"))
+        elif self.device == "cuda" and not torch.cuda.is_available():
+            out.append(("device", "'cuda' but torch sees no GPU: leave it empty to run on the CPU"))
+        if not isinstance(self.overrides, dict):
+            out.append(("overrides", f"must be a dict of TrainerConfig fields, e.g. {{'lr': 3e-4}}; got {self.overrides!r}"))
+        elif not out:  # the trainer settings each method would get: only once the rest is sound
+            from .trainer import TrainerConfig
+
+            known = TrainerConfig.__dataclass_fields__
+            unknown = sorted(set(self.overrides) - set(known))
+            for key, value in self.overrides.items():
+                default = known[key].default if key in known else None
+                wrong = (isinstance(default, bool) and not isinstance(value, bool)) or \
+                    (isinstance(default, float) and (isinstance(value, bool) or not isinstance(value, (int, float)))) or \
+                    (isinstance(default, int) and not isinstance(default, bool) and
+                     (isinstance(value, bool) or not isinstance(value, int))) or \
+                    (isinstance(default, str) and not isinstance(value, str))
+                if wrong:
+                    out.append(("overrides", f"{key} must be a {type(default).__name__} like {default!r}; got {value!r}"))
+            if unknown:
+                out.append(("overrides", f"unknown TrainerConfig field(s) {unknown}"))
+            elif not any(f == "overrides" for f, _ in out):
+                for method in self.methods:
+                    try:
+                        trainer_config(self.preset, method, stages=self.stages or None,
+                                       images_per_stage=self.images_per_stage or None, branches=self.branches or None,
+                                       seed=self.seeds[0], **self.overrides)
+                    except (TypeError, ValueError) as err:
+                        out.append(("overrides" if self.overrides else "images_per_stage", f"{method}: {err}"))
+        return out
+
+    def settings(self) -> dict:
+        """What defines this run's numbers (everything but where it is written, whether it resumes, and the device,
+        which ``config.json`` and ``summary.json`` record), with the
+        resolved trainer settings of every method and seed: the run folder's fingerprint (:mod:`b2lib.rundir`)."""
+        own = {k: v for k, v in asdict(self).items() if k not in ("run_name", "output_dir", "resume", "device")}
+        trainers = {}
+        for seed in self.seeds:
+            for method in self.methods:
+                tcfg = trainer_config(self.preset, method, stages=self.stages or None,
+                                      images_per_stage=self.images_per_stage or None, branches=self.branches or None,
+                                      seed=seed, **self.overrides).to_dict()
+                tcfg.pop("progress", None)
+                trainers[f"{method}_seed{seed}"] = tcfg
+        return {"run": own, "trainer": trainers}
 
     def n_per_prompt(self, n_prompts: int) -> int:
         """Eval images per prompt: ``eval_n_per_prompt``, or the fewest that give ``eval_images`` over the prompts."""
@@ -149,12 +251,24 @@ def run_experiment(cfg: RunConfig, progress: bool = True, accelerator=None) -> R
     main = acc.is_main_process
     out = Path(cfg.output_dir) if cfg.output_dir else results_dir(cfg.run_name)
     out.mkdir(parents=True, exist_ok=True)
-    if main:
-        (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2, default=str))
+    with RunLock(out) if main else contextlib.nullcontext():
+        if main:
+            if not cfg.resume:
+                moved = move_aside(out)
+                if moved is not None:
+                    print(f"resume=False: the folder's earlier content was moved to {moved}")
+            check_fingerprint(out, cfg.settings())
+            (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2, default=str))
+        acc.wait_for_everyone()
+        return _run(cfg, acc, out, t0, progress)
+
+
+def _run(cfg: RunConfig, acc, out: Path, t0: float, progress: bool) -> RunResult:
+    main = acc.is_main_process
     template = canonical_template(cfg.template)
-    train_prompts = list(cfg.train_prompts) or load_prompts(cfg.preset, template, "train")
+    train_prompts = list(cfg.train_prompts) if cfg.train_prompts else load_prompts(cfg.preset, template, "train")
     split_prompts = {
-        "test": list(cfg.eval_prompts) or subset(load_prompts(cfg.preset, template, "test"), cfg.eval_max_prompts),
+        "test": list(cfg.eval_prompts) if cfg.eval_prompts else subset(load_prompts(cfg.preset, template, "test"), cfg.eval_max_prompts),
         "train": subset(train_prompts, cfg.eval_max_prompts),
     }
     eval_prompts = split_prompts[cfg.eval_splits[0]]
@@ -173,6 +287,10 @@ def run_experiment(cfg: RunConfig, progress: bool = True, accelerator=None) -> R
     train_reward = reward
     if cfg.reward == "judge":
         from .world.evaluation import judge_reward as train_reward
+    if cfg.reward_sign == -1:
+        from .rewards import Negated
+
+        train_reward = Negated(train_reward)
 
     def evaluate(label: str, method: str, seed) -> None:
         for split in cfg.eval_splits:
@@ -204,8 +322,10 @@ def run_experiment(cfg: RunConfig, progress: bool = True, accelerator=None) -> R
             for m in trainer.log:
                 metrics.append({"method": method, "seed": seed, **m})
             if main:
-                if cfg.save_lora:
+                if cfg.save_lora and tcfg.use_lora:
                     save_lora(pipe, out / label / "lora")
+                elif cfg.save_lora:  # a full fine-tune: the whole UNet, loadable with UNet2DConditionModel.from_pretrained
+                    pipe.unet.save_pretrained(out / label / "unet", safe_serialization=True)
                 evaluate(label, method, seed)
                 pd.DataFrame(metrics).to_csv(out / "metrics.csv", index=False)  # progress survives a crash
 
@@ -219,7 +339,8 @@ def run_experiment(cfg: RunConfig, progress: bool = True, accelerator=None) -> R
         write_eval_images(pd.concat(per_image, ignore_index=True), out)
         (out / "summary.json").write_text(json.dumps({
             "wall_s": wall, "template": template, "preset": cfg.preset, "processes": acc.num_processes,
-            "torch_threads": torch.get_num_threads(), "eval_prompts": eval_prompts,
+            "torch_threads": torch.get_num_threads(), "eval_prompts": eval_prompts, "device": str(acc.device),
+            "device_name": torch.cuda.get_device_name(acc.device) if acc.device.type == "cuda" else "cpu",
             "grid_prompts": eval_prompts[: cfg.grid_prompts], "code": code_version(),
             "eval": evals.to_dict(orient="records"),
         }, indent=2, default=str))
@@ -268,6 +389,11 @@ def run_many(configs: list[RunConfig], workers: int = 1, threads: int | None = N
         outs.append(Path(cfg.output_dir))
     if len(set(outs)) != len(outs):
         raise ValueError("Two RunConfigs share an output_dir; give each run its own folder.")
+    for cfg, o in zip(configs, outs):  # a finished folder is only skipped if it holds the run asked for
+        if skip_done and (o / "summary.json").exists() and (o / "run.json").exists():
+            from .rundir import check_fingerprint
+
+            check_fingerprint(o, cfg.settings())
     todo = [c for c, o in zip(configs, outs) if not (skip_done and (o / "summary.json").exists())]
     threads = threads or max(1, (os.cpu_count() or 1) // max(1, workers))
     bar = tqdm(total=len(todo), desc="runs", disable=not progress)

@@ -11,7 +11,7 @@ import seaborn as sns
 import torch
 
 __all__ = ["image_grid", "save_figure", "set_style", "training_curves", "comparison_grid", "ratio_bars", "curves_grid",
-           "tradeoff", "factor_lines", "health_curves", "sweep_plot", "interval_plot", "HEALTH_COLUMNS", "X_LABELS"]
+           "tradeoff", "factor_lines", "health_curves", "sweep_plot", "interval_plot", "sign_control_plot", "HEALTH_COLUMNS", "X_LABELS"]
 
 
 def set_style() -> None:
@@ -103,6 +103,27 @@ def interval_plot(table, label_cols=("template", "metric", "a", "b")):
     ax.set_yticks(y, labels, fontsize=8)
     ax.invert_yaxis()
     ax.set_xlabel("difference (95 % bootstrap interval over seeds and prompts)")
+    fig.tight_layout()
+    return fig
+
+
+def sign_control_plot(table, metric: str = "reward"):
+    """Gain, signal and drift with their 95 % intervals per method (:func:`b2lib.report.sign_control`): learning shows
+    as a signal above zero, damage that does not depend on the reward as a drift below it."""
+    import numpy as np
+
+    t = table[table["metric"] == metric].reset_index(drop=True)
+    parts = ("gain", "signal", "drift")
+    fig, ax = plt.subplots(figsize=(6.5, 0.9 * len(t) + 1.2))
+    for k, (part, colour) in enumerate(zip(parts, ("k", "tab:green", "tab:red"))):
+        y = np.arange(len(t)) + (k - 1) * 0.22
+        ax.errorbar(t[part], y, xerr=[t[part] - t[f"{part}_low"], t[f"{part}_high"] - t[part]], fmt="o", capsize=3,
+                    color=colour, label=part)
+    ax.axvline(0.0, color="grey", lw=0.8, ls="--")
+    ax.set_yticks(np.arange(len(t)), [f"{m} ({s} seeds)" for m, s in zip(t["method"], t["seeds"])])
+    ax.invert_yaxis()
+    ax.set_xlabel(f"{metric} change vs base (95 % bootstrap interval)")
+    ax.legend(loc="best", fontsize=8)
     fig.tight_layout()
     return fig
 

@@ -11,10 +11,11 @@ import json
 from pathlib import Path
 from typing import Iterable, Sequence
 
+import numpy as np
 import pandas as pd
 import torch
 
-__all__ = ["completed_runs", "collect", "load_eval_images", "paired_comparison", "EVAL_IMAGE_METRICS", "mean_std", "format_mean_std", "load_samples", "METRIC_LABELS", "sample_grid_from_runs"]
+__all__ = ["completed_runs", "collect", "load_eval_images", "paired_comparison", "sign_control", "run_table", "EVAL_IMAGE_METRICS", "mean_std", "format_mean_std", "load_samples", "METRIC_LABELS", "sample_grid_from_runs"]
 
 #: evaluation columns shown in tables, with readable names
 METRIC_LABELS = {
@@ -125,6 +126,77 @@ def paired_comparison(images: pd.DataFrame, split: str = "test", metrics: Sequen
     return pd.DataFrame(rows)
 
 
+def sign_control(run_dirs: Iterable[str | Path], split: str = "train", metrics: Sequence[str] = ("reward", "judge_all_ok"),
+                 draws: int = 4000) -> pd.DataFrame:
+    """Learning vs drift, from runs trained on the reward (``reward_sign=1``) and on its negation (``-1``) with the same
+    seeds and recipe, all evaluated on the same images (same prompts, same noise, the real reward).
+
+    Per method and metric, over the seeds that have both runs, per image:
+    ``gain`` = r(+) - r(base), ``signal`` = (r(+) - r(-)) / 2 (what the update does *because of* the reward: it flips
+    with the reward's sign) and ``drift`` = (r(+) + r(-)) / 2 - r(base) (what it does whatever the reward says, e.g. the
+    weights wandering under noisy gradients). ``gain = signal + drift``. Each comes with the two-level bootstrap
+    interval of :func:`b2lib.stats.bootstrap_mean` (seed pairs and prompts resampled).
+    """
+    from .stats import bootstrap_mean
+
+    models, base = {}, None
+    for d in map(Path, run_dirs):
+        sign = int(json.loads((d / "config.json").read_text()).get("reward_sign", 1))
+        im = pd.read_csv(d / "eval_images.csv")
+        im = im[im["split"] == split].sort_values("image")
+        b = im[im["method"] == "base"]
+        if base is None:
+            base = b
+        elif list(b["prompt"]) != list(base["prompt"]):
+            raise ValueError(f"{d}: evaluated on other prompts than the first run; sign control needs paired images.")
+        for (method, seed), t in im[im["method"] != "base"].groupby(["method", "seed"]):
+            models[(method, sign, int(seed))] = t
+    if base is None:
+        raise ValueError("sign_control needs at least one run folder.")
+    prompt_ids = pd.factorize(base["prompt"])[0]
+    rows = []
+    for method in sorted({m for m, _, _ in models}):
+        seeds = sorted(s for m, sign, s in models if m == method and sign == 1 and (m, -1, s) in models)
+        if not seeds:
+            continue
+        for metric in metrics:
+            pos = np.stack([models[(method, 1, s)][metric].to_numpy(float) for s in seeds])
+            neg = np.stack([models[(method, -1, s)][metric].to_numpy(float) for s in seeds])
+            ref = base[metric].to_numpy(float)[None]
+            row = {"method": method, "metric": metric, "seeds": len(seeds), "images": pos.shape[1],
+                   "base": float(ref.mean()), "trained_on_reward": float(pos.mean()), "trained_on_negated": float(neg.mean())}
+            for name, values in (("gain", pos - ref), ("signal", (pos - neg) / 2), ("drift", (pos + neg) / 2 - ref)):
+                iv = bootstrap_mean(values, prompt_ids, draws=draws)
+                row.update({name: iv.estimate, f"{name}_low": iv.low, f"{name}_high": iv.high})
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def run_table(run_dirs: Iterable[str | Path], split: str = "train") -> pd.DataFrame:
+    """One row per single-method run folder: what it was (method, seed, images per stage, overrides, reward sign, the
+    device it ran on), its paired gain over the base model on ``split`` (CLIPScore and judge) and its training health
+    (means over stages; total optimizer steps; the first and last five stages' train reward)."""
+    rows = []
+    for d in map(Path, run_dirs):
+        cfg = json.loads((d / "config.json").read_text())
+        ev = pd.read_csv(d / "eval.csv")
+        ev = ev[ev["split"] == split]
+        base, tuned = ev[ev["method"] == "base"].iloc[0], ev[ev["method"] != "base"].iloc[0]
+        m = pd.read_csv(d / "metrics.csv")
+        rows.append({
+            "study": d.parent.name, "run": d.name, "method": tuned["method"], "seed": int(tuned["seed"]),
+            "images_per_stage": int(m["images"].iloc[0]), "stages": int(m["stage"].max() + 1),
+            "reward_sign": int(cfg.get("reward_sign", 1)), "device": cfg.get("device") or "cpu",
+            "overrides": json.dumps(cfg.get("overrides", {}), sort_keys=True),
+            "gain": float(tuned["reward_mean"] - base["reward_mean"]),
+            "judge_gain": float(tuned.get("judge_all_ok", np.nan) - base.get("judge_all_ok", np.nan)),
+            "optimizer_steps": int(m["optimizer_steps"].sum()),
+            **{f"mean_{k}": float(m[k].mean()) for k in ("approx_kl", "clipfrac", "grad_norm", "rel_update") if k in m},
+            "reward_first5": float(m["reward_mean"].head(5).mean()), "reward_last5": float(m["reward_mean"].tail(5).mean()),
+        })
+    return pd.DataFrame(rows)
+
+
 def mean_std(evals: pd.DataFrame, by: Sequence[str], columns: Sequence[str] = tuple(METRIC_LABELS),
              dedupe_base: bool = True) -> pd.DataFrame:
     """Mean and std over seeds (and runs) of each column, grouped by ``by``; ``n`` = number of models averaged.
@@ -205,6 +277,15 @@ def _recipe_note(study: Path) -> str:
     return ""
 
 
+def _devices(runs_csv: Path, study: str) -> str:
+    """", run on <device>" for a study's runs when they did not all run on the CPU (from notebook 09's runs.csv)."""
+    if not runs_csv.exists():
+        return ""
+    runs = pd.read_csv(runs_csv)
+    devices = sorted(set(runs.loc[runs["study"] == study, "device"]) - {"cpu"})
+    return f"; run on {', '.join(devices)}" if devices else ""
+
+
 def readme_table(results: str | Path) -> str:
     """The README's "paper result -> notebook -> our number" table as markdown, read from the CSVs the notebooks
     wrote under ``results`` (a missing study is reported as not run, never filled in)."""
@@ -228,6 +309,16 @@ def readme_table(results: str | Path) -> str:
             add(f"Main job · {r['template']}, {r['split']} prompts: {label}, {r['a']} − {r['b']} "
                 f"({r['images']} paired images, {r['seeds_a']} seed{'s' if r['seeds_a'] > 1 else ''})", "03_train",
                 f"{r['a']} {r['mean_a']:.3f} / {r['b']} {r['mean_b']:.3f}", r["verdict"])
+    signs = results / "signal" / "sign_control.csv"
+    if signs.exists():
+        t = pd.read_csv(signs)
+        device = _devices(results / "signal" / "runs.csv", "signs")
+        for _, r in t.iterrows():
+            label = EVAL_IMAGE_METRICS.get(r["metric"], r["metric"])
+            parts = [f"{k} {r[k]:+.3f} [{r[f'{k}_low']:+.3f}, {r[f'{k}_high']:+.3f}]" for k in ("gain", "signal", "drift")]
+            add(f"Learning vs drift · {r['method']}, counting, train prompts: {label} ({r['seeds']} seed pairs, "
+                f"{r['images']} paired images{device})", "09_learning_vs_drift", " · ".join(parts),
+                "signal resolved" if r["signal_low"] > 0 else "signal not resolved")
     main = results / "templates" / "main_table.csv"
     if main.exists():
         t = pd.read_csv(main, index_col=[0, 1])

@@ -14,7 +14,7 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-__all__ = ["RewardFn", "ClipScore", "check_reward_output"]
+__all__ = ["RewardFn", "ClipScore", "Negated", "check_reward_output"]
 
 RewardFn = Callable[[torch.Tensor, Sequence[str]], torch.Tensor]
 
@@ -36,6 +36,19 @@ def _check_images(images: torch.Tensor, prompts: Sequence[str]) -> None:
         raise ValueError(f"images must be a float tensor (N, 3, H, W) in [0, 1]; got {shape}.")
     if isinstance(prompts, str) or len(prompts) != images.shape[0]:
         raise ValueError(f"Need one prompt per image: {images.shape[0]} images, {len(prompts)} prompts (a list).")
+
+
+class Negated:
+    """``-reward_fn``: the reward's *sign control*. Training on it with the same seeds and recipe tells learning from
+    drift: an update that follows the reward raises the reward when trained on ``reward_fn`` and lowers it when
+    trained on ``Negated(reward_fn)``; a change both runs share (the weights wandering under noisy gradients) is
+    drift. Half the difference of their (paired) evaluation rewards is the signal, half the sum the drift."""
+
+    def __init__(self, reward_fn: Callable) -> None:
+        self.reward_fn = reward_fn
+
+    def __call__(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
+        return -self.reward_fn(images, prompts)
 
 
 class ClipScore:

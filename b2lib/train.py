@@ -3,40 +3,78 @@
     accelerate launch --multi_gpu --num_processes 8 -m b2lib.train --preset paper --template template1
     python -m b2lib.train --template counting --stages 12
 
-The notebook ``notebooks/03_train.ipynb`` calls the same :func:`b2lib.experiment.run_experiment`.
+The notebook ``notebooks/03_train.ipynb`` calls the same :func:`b2lib.experiment.run_experiment`. Every flag is a
+:class:`~b2lib.experiment.RunConfig` field with its default, and every setting is checked before a model is loaded:
+a bad one stops the command with one line per problem, naming the flag as typed here.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import fields
 
-from .experiment import DEFAULT_METHODS, METHODS, RunConfig, run_experiment
+from .experiment import METHODS, ConfigError, RunConfig, run_experiment
+
+_DEFAULTS = {f.name: f.default for f in fields(RunConfig) if f.default is not f.default_factory}
+
+
+def flag(field: str) -> str:
+    """The command-line spelling of a RunConfig field (``images_per_stage`` -> ``--images-per-stage``)."""
+    return "--" + field.replace("_", "-")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m b2lib.train", description=__doc__.split("\n")[0])
+    d = _DEFAULTS
+    p.add_argument("--methods", nargs="+", default=list(d["methods"]), choices=METHODS)
+    p.add_argument("--template", default=d["template"])
+    p.add_argument("--preset", default=d["preset"], choices=["embedded", "paper"])
+    helps = {"stages": "0: the preset's default (embedded 20, paper 100)",
+             "images_per_stage": "0: the preset's default (embedded 32, paper 1280)",
+             "branches": "0: the preset's default (embedded 4, paper 5)",
+             "eval_n_per_prompt": "0: enough images per prompt for --eval-images",
+             "eval_max_prompts": "0: every prompt of the split", "eval_images": "evaluation images per model and split"}
+    for name, text in helps.items():
+        p.add_argument(flag(name), type=int, default=d[name], help=f"{text} (default {d[name]})")
+    p.add_argument("--seeds", type=int, nargs="+", default=list(d["seeds"]))
+    for name in ("model_dir", "clip_dir", "run_name", "output_dir", "device"):
+        p.add_argument(flag(name), default=d[name])
+    p.add_argument("--eval-splits", nargs="+", default=list(d["eval_splits"]), choices=["test", "train"])
+    p.add_argument("--reward", default=d["reward"], choices=["clip", "judge"])
+    p.add_argument("--reward-sign", type=int, default=d["reward_sign"], choices=[1, -1])
+    p.add_argument("--overrides", default="{}", help='TrainerConfig fields as JSON, e.g. \'{"lr": 3e-4}\'')
+    p.add_argument("--no-resume", action="store_true",
+                   help="start over: the output folder's earlier content is moved aside (not deleted)")
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def config_from_args(argv: list[str] | None = None) -> tuple[RunConfig, argparse.Namespace]:
+    """Parse and validate; exits with a usage error (status 2) naming the flags at fault."""
+    p = parser()
+    a = p.parse_args(argv)
+    try:
+        overrides = json.loads(a.overrides)
+    except json.JSONDecodeError as err:
+        p.error(f"--overrides: not valid JSON ({err.msg} at character {err.pos}); "
+                'write it like \'{"lr": 3e-4, "grad_accum": 1}\'')
+    names = {"methods", "template", "preset", "stages", "images_per_stage", "branches", "seeds", "model_dir", "clip_dir",
+             "run_name", "output_dir", "eval_n_per_prompt", "eval_max_prompts", "eval_images", "eval_splits", "reward",
+             "reward_sign", "device"}
+    kwargs = {n: getattr(a, n) for n in names}
+    kwargs.update(methods=tuple(a.methods), seeds=tuple(a.seeds), eval_splits=tuple(a.eval_splits),
+                  overrides=overrides, resume=not a.no_resume)
+    try:
+        cfg = RunConfig(**kwargs)
+    except ConfigError as err:
+        spelled = {f: flag(f) for f in names | {"overrides"}}
+        p.error("\n" + str(ConfigError(err.problems, spelled)))
+    return cfg, a
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m b2lib.train", description=__doc__.split("\n")[0])
-    p.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS), choices=METHODS)
-    p.add_argument("--template", default="counting")
-    p.add_argument("--preset", default="embedded", choices=["embedded", "paper"])
-    p.add_argument("--stages", type=int, default=0)
-    p.add_argument("--images-per-stage", type=int, default=0)
-    p.add_argument("--branches", type=int, default=0)
-    p.add_argument("--seeds", type=int, nargs="+", default=[0])
-    p.add_argument("--model-dir", default="")
-    p.add_argument("--clip-dir", default="")
-    p.add_argument("--run-name", default="main")
-    p.add_argument("--output-dir", default="")
-    p.add_argument("--eval-n-per-prompt", type=int, default=4)
-    p.add_argument("--eval-max-prompts", type=int, default=16)
-    p.add_argument("--overrides", default="{}", help='TrainerConfig fields as JSON, e.g. \'{"lr": 3e-4}\'')
-    p.add_argument("--no-progress", action="store_true")
-    a = p.parse_args(argv)
-    cfg = RunConfig(methods=tuple(a.methods), template=a.template, preset=a.preset, stages=a.stages,
-                    images_per_stage=a.images_per_stage, branches=a.branches, seeds=tuple(a.seeds),
-                    model_dir=a.model_dir, clip_dir=a.clip_dir, run_name=a.run_name, output_dir=a.output_dir,
-                    eval_n_per_prompt=a.eval_n_per_prompt, eval_max_prompts=a.eval_max_prompts,
-                    overrides=json.loads(a.overrides))
+    cfg, a = config_from_args(argv)
     result = run_experiment(cfg, progress=not a.no_progress)
     if result.evals is not None and len(result.evals):
         print(result.evals.to_string())

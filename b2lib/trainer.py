@@ -92,6 +92,9 @@ class TrainerConfig:
     # linear and convolution of the blocks; see b2lib.models.LORA_TARGET_MODULES_ALL)
     lora_targets: Literal["attention", "all"] = "attention"
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    # checkpoints kept in a run's checkpoint_dir (newest first): with 2, a checkpoint broken by a crash or written
+    # after a divergence still leaves the one before it to resume from
+    keep_checkpoints: int = 2
     seed: int = 0
     progress: bool = True
     # the RL update B² wraps: "ppo" (DDPO's PPO-clip, the paper's), "dpok" (PPO-clip + kl_coef * KL to the base model),
@@ -137,6 +140,8 @@ class TrainerConfig:
             raise ValueError(f"lora_targets must be one of {sorted(LORA_TARGETS)}, got {self.lora_targets!r}.")
         if self.kl_coef < 0:
             raise ValueError(f"kl_coef must be >= 0, got {self.kl_coef}.")
+        if self.keep_checkpoints < 1:
+            raise ValueError(f"keep_checkpoints must be >= 1, got {self.keep_checkpoints}.")
         if self.samples_per_prompt < 1 or (self.samples_per_prompt > 1 and self.num_branches > 1):
             raise ValueError(
                 f"samples_per_prompt={self.samples_per_prompt} with num_branches={self.num_branches}: repeated "
@@ -469,24 +474,38 @@ class RLTrainer:
         JSON; older ones are removed once the new one is complete). ``resume_from``: a checkpoint folder, or a run's
         ``checkpoint_dir`` (its latest stage), to continue a killed run exactly where it stopped.
         """
-        from .checkpoint import load_checkpoint, save_checkpoint
+        from .checkpoint import checkpoint_stages, latest_checkpoint, load_checkpoint, save_checkpoint
 
         if resume_from is not None:
             path = Path(resume_from)
-            stages = sorted(path.glob("stage_[0-9][0-9][0-9][0-9]")) if path.is_dir() else []
-            load_checkpoint(self, stages[-1] if stages else path)
+            if path.is_dir() and checkpoint_stages(path):
+                path = latest_checkpoint(path, subdir="")
+            load_checkpoint(self, path)
         end = self.config.num_stages if num_stages is None else min(self.stage + num_stages, self.config.num_stages)
         bar = tqdm(range(self.stage, end), desc="stages",
                    disable=not self.config.progress or not self.accelerator.is_local_main_process)
         for _ in bar:
-            m = self.train_stage()
+            try:
+                m = self.train_stage()
+            except FloatingPointError as err:
+                raise FloatingPointError(f"{err} {self._recovery_hint(checkpoint_dir)}") from None
             bar.set_postfix(reward=f"{m['reward_mean']:.4f}", split=m["split_step"], kept=m["kept"])
             if checkpoint_dir is not None and self.accelerator.is_main_process:
-                new = save_checkpoint(self, Path(checkpoint_dir) / f"stage_{self.stage:04d}")
-                for old in Path(checkpoint_dir).glob("stage_[0-9][0-9][0-9][0-9]"):
-                    if old != new:
-                        shutil.rmtree(old, ignore_errors=True)
+                save_checkpoint(self, Path(checkpoint_dir) / f"stage_{self.stage:04d}")
+                for old in checkpoint_stages(checkpoint_dir)[: -max(1, self.config.keep_checkpoints)]:
+                    shutil.rmtree(old, ignore_errors=True)
         return self.log
+
+    def _recovery_hint(self, checkpoint_dir: str | None) -> str:
+        """Where the last finite state is and how to go on from it with a lower learning rate."""
+        from .checkpoint import checkpoint_stages, verify_checkpoint
+
+        good = [c for c in checkpoint_stages(checkpoint_dir) if verify_checkpoint(c) is None] if checkpoint_dir else []
+        if not good:
+            return "No finite checkpoint was written before it; start over with a lower lr (e.g. lr / 10)."
+        return (f"The last finite state is {good[-1]} (stages done: {int(good[-1].name.split('_')[1])}). To go on from it "
+                f"with a lower lr, copy that folder into a new run folder's <method>_seed<k>/checkpoints/ and run there "
+                f"with overrides {{'lr': {self.config.lr / 10:g}}}: a resumed optimizer takes the lr of the config.")
 
 
 def trained_steps_per_sample(interval_steps: int, fraction: float) -> int:

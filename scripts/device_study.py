@@ -39,15 +39,34 @@ SMOKE = os.environ.get("STUDY_SMOKE") == "1"  # tiny sizes, to test this script 
 def _base(**kw):
     from b2lib.experiment import RunConfig
 
-    cfg = RunConfig(template="counting", eval_images=512, eval_splits=("train", "test"), bertscore=False,
-                    save_lora=False, grid_prompts=0, **kw)
+    kw = {"template": "counting", "eval_images": 512, "eval_splits": ("train", "test"), "bertscore": False,
+          "save_lora": False, "grid_prompts": 0, **kw}
+    cfg = RunConfig(**kw)
     if SMOKE:
         cfg = replace(cfg, stages=2, images_per_stage=8, branches=2, eval_images=4, eval_max_prompts=2,
                       overrides={"num_steps": 4, "split_start": 2})
     return cfg
 
 
+JOBS = os.environ.get("JOBS", "scale")  # "scale": the lease of 2026-11-27 02:10; "signs": the sign control
+
+
+def sign_jobs() -> list:
+    """The sign control at the main job's budget: each method's tuned recipe trained on CLIPScore and on its negation
+    (same seeds), evaluated on every train prompt x 16 (512 images, paired)."""
+    jobs = [_base(methods=(m,), seeds=(s,), reward_sign=sign, eval_splits=("train",),
+                  output_dir=str(RUNS / "signs" / f"{m}_{'pos' if sign > 0 else 'neg'}_seed{s}"))
+            for s in (0, 1) for m in ("b2", "ddpo") for sign in (1, -1)]
+    return jobs[:2] if SMOKE else jobs
+
+
 def gpu_jobs() -> list:
+    if JOBS == "signs":
+        return sign_jobs()
+    return scale_jobs()
+
+
+def scale_jobs() -> list:
     """Budget scaling: the tuned recipe with 4x and 16x the main job's images per stage (20 stages each)."""
     jobs = []
     for n in (128, 512):
@@ -62,6 +81,8 @@ def gpu_jobs() -> list:
 
 def cpu_jobs() -> list:
     """The main job's budget (counting, 20 stages x 32 images) for seeds 1-4, one method per run."""
+    if JOBS == "signs":
+        return []
     jobs = [_base(methods=(m,), seeds=(s,), output_dir=str(RUNS / "seeds" / f"{m}_seed{s}"))
             for s in (1, 2, 3, 4) for m in ("b2", "ddpo")]
     return jobs[:2] if SMOKE else jobs
@@ -119,13 +140,18 @@ def main() -> None:
     procs = [ctx.Process(target=_worker, args=(f"cpu{i}", "cpu", 2, cq, t0, log)) for i in range(CPU_WORKERS)]
     for p in procs:
         p.start()
-    smoke = _cuda_smoke() if not SMOKE else {"ok": False, "error": "smoke mode: no GPU"}
+    if SMOKE:
+        smoke = {"ok": False, "error": "smoke mode: no GPU"}
+    elif os.environ.get("SKIP_CUDA_SMOKE") == "1":
+        smoke = {"ok": True, "skipped": True}
+    else:
+        smoke = _cuda_smoke()
     print("cuda smoke:", json.dumps(smoke)[:2000], flush=True)
     for i in range(GPU_WORKERS):
         if smoke["ok"]:
             p = ctx.Process(target=_worker, args=(f"gpu{i}", "cuda", 1, gq, t0, log))
-        else:  # no GPU path: help with the CPU queue
-            p = ctx.Process(target=_worker, args=(f"cpu-extra{i}", "cpu", 1, cq, t0, log))
+        else:  # no GPU path: help with the CPU queue, or drain the GPU queue on the CPU
+            p = ctx.Process(target=_worker, args=(f"cpu-extra{i}", "cpu", 1, gq if JOBS == "signs" else cq, t0, log))
         p.start()
         procs.append(p)
     events = []

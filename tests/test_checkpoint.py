@@ -40,8 +40,8 @@ def test_killed_and_resumed_run_matches_uninterrupted(make_pipe, tmp_path):
     assert [m["loss"] for m in resumed.log] == [m["loss"] for m in full.log]
     for (n, a), b in zip(full.named_trainable().items(), resumed.named_trainable().values()):
         assert torch.equal(a, b), n
-    assert latest_checkpoint(tmp_path).name == "stage_0003"  # older ones removed
-    assert len(list((tmp_path / "checkpoints").iterdir())) == 1
+    assert latest_checkpoint(tmp_path).name == "stage_0003"  # older ones removed, the last two kept
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["stage_0002", "stage_0003"]
 
 
 def test_resume_rejects_a_mismatched_checkpoint(make_pipe, tmp_path):
@@ -88,3 +88,67 @@ def test_nan_stops_and_keeps_the_last_good_checkpoint(make_pipe, tmp_path):
     resumed = B2Trainer(make_pipe(), redness, PROMPTS, _cfg())
     resumed.train(num_stages=1, resume_from=tmp_path / "checkpoints")
     assert resumed.stage == 2
+
+
+def _two_checkpoints(make_pipe, tmp_path):
+    trainer = B2Trainer(make_pipe(), redness, PROMPTS, _cfg(num_stages=2))
+    trainer.train(checkpoint_dir=tmp_path / "checkpoints")
+    return tmp_path / "checkpoints" / "stage_0001", tmp_path / "checkpoints" / "stage_0002"
+
+
+@pytest.mark.parametrize("damage", ["truncate_weights", "bad_json", "nan_weights", "missing_file"])
+def test_a_broken_newest_checkpoint_falls_back_to_the_one_before(make_pipe, tmp_path, damage):
+    from safetensors.torch import load_file, save_file
+
+    older, newest = _two_checkpoints(make_pipe, tmp_path)
+    weights = newest / "trainable.safetensors"
+    if damage == "truncate_weights":
+        weights.write_bytes(weights.read_bytes()[:100])
+    elif damage == "bad_json":
+        (newest / "trainer.json").write_text('{"stage": 2, "optim')
+    elif damage == "nan_weights":
+        tensors = load_file(str(weights))
+        first = next(iter(tensors))
+        tensors[first] = torch.full_like(tensors[first], float("nan"))
+        save_file(tensors, str(weights))
+    else:
+        (newest / "optimizer.safetensors").unlink()
+    with pytest.warns(UserWarning, match="Falling back") as caught:
+        assert latest_checkpoint(tmp_path) == older
+    named = {"truncate_weights": "trainable.safetensors", "bad_json": "trainer.json", "nan_weights": "non-finite",
+             "missing_file": "optimizer.safetensors"}[damage]
+    assert named in str(caught[0].message)
+    resumed = B2Trainer(make_pipe(), redness, PROMPTS, _cfg(num_stages=2))
+    with pytest.warns(UserWarning, match="Falling back"):
+        resumed.train(resume_from=tmp_path / "checkpoints")
+    assert resumed.stage == 2 and len(resumed.log) == 2
+
+
+def test_every_checkpoint_broken_is_an_error_not_a_fresh_start(make_pipe, tmp_path):
+    older, newest = _two_checkpoints(make_pipe, tmp_path)
+    for c in (older, newest):
+        (c / "trainer.json").write_text("")
+    with pytest.raises(ValueError, match="No usable checkpoint.*trainer.json"):
+        latest_checkpoint(tmp_path)
+
+
+def test_resume_trains_at_the_configured_lr_not_the_checkpoints(make_pipe, tmp_path):
+    """After a divergence one resumes with a lower lr: the restored optimizer must use it (it used to keep the old)."""
+    B2Trainer(make_pipe(), redness, PROMPTS, _cfg(num_stages=2, lr=1e-3)).train(num_stages=1, checkpoint_dir=tmp_path)
+    resumed = B2Trainer(make_pipe(), redness, PROMPTS, _cfg(num_stages=2, lr=1e-5))
+    resumed.train(num_stages=0, resume_from=tmp_path)
+    assert resumed.stage == 1
+    assert all(g["lr"] == 1e-5 for g in resumed.optimizer.param_groups)
+
+
+def test_non_finite_loss_names_the_last_finite_checkpoint(make_pipe, tmp_path):
+    trainer = B2Trainer(make_pipe(), redness, PROMPTS, _cfg(num_stages=3))
+    trainer.train(num_stages=1, checkpoint_dir=tmp_path)
+
+    def poisoned(traj, rows, cols):
+        log_prob, kl = type(trainer).policy_terms(trainer, traj, rows, cols)
+        return log_prob * float("nan"), kl
+
+    trainer.policy_terms = poisoned
+    with pytest.raises(FloatingPointError, match=r"last finite state is .*stage_0001.*'lr': 1e-05"):
+        trainer.train(checkpoint_dir=tmp_path)

@@ -34,3 +34,22 @@ def test_judge_reward_is_binary_and_agrees_with_the_judge():
     wrong = judge_reward(images, [caption(s) for s in scenes[1:] + scenes[:1]])
     assert set(right.tolist()) | set(wrong.tolist()) <= {0.0, 1.0}
     assert right.mean() > wrong.mean() and right.mean() >= 0.8
+
+
+def test_sign_control_and_device_options_are_validated():
+    assert RunConfig(reward_sign=-1).reward_sign == -1
+    with pytest.raises(ValueError, match="reward_sign"):
+        RunConfig(reward_sign=0)
+    with pytest.raises(ValueError, match="device"):
+        RunConfig(device="tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no GPU"):
+            RunConfig(device="cuda")
+
+
+def test_negated_reward_flips_the_sign():
+    from b2lib.rewards import Negated
+
+    images = torch.rand(3, 3, 8, 8)
+    reward = lambda ims, prompts: ims.mean((1, 2, 3))  # noqa: E731
+    assert torch.equal(Negated(reward)(images, ["a"] * 3), -reward(images, ["a"] * 3))

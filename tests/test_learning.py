@@ -1,7 +1,12 @@
-"""RL must *learn*: a few stages of DDPO and of B² raise a dense reward far beyond its seed-to-seed spread.
+"""RL must *learn*: a few stages of DDPO and of B² move a dense reward in the direction of its sign, far beyond the
+measurement's seed-to-seed spread.
 
 Weight-change tests (``test_trainer``) pass even when updates are too small to change a single sample; this test fails
-then. The model is the embedded world's (shipped weights, 1.7 M UNet parameters), not a random tiny pipeline: a
+then. It also fails when the reward moves for a reason other than the reward: every seed is trained on the reward and
+on its negation (:class:`b2lib.rewards.Negated`, the sign control), and the *signal*, half the paired difference of the
+two models' rewards, must be positive. A gain alone is not enough: with 4-image optimizer steps at lr 1e-2 (this test's
+first version), DDPO trained on the negated reward raised the redness more (+0.24) than DDPO trained on the reward
+(+0.16): the weights drifted towards red whatever the reward said (measured 2026-11-27). The model is the embedded world's (shipped weights, 1.7 M UNet parameters), not a random tiny pipeline: a
 randomly initialised VAE decodes every latent to nearly the same image (measured: redness std 0.003 over samples),
 so no reward on images can teach it anything. The reward is defined here: how red the image is.
 """
@@ -12,6 +17,7 @@ import torch
 
 from b2lib import TrainerConfig
 from b2lib.evaluate import generate
+from b2lib.rewards import Negated
 from b2lib.trainer import RLTrainer
 from b2lib.world.models import load_pipeline
 
@@ -24,11 +30,14 @@ def redness(images, prompts):
 
 
 def _config(method: str, seed: int) -> TrainerConfig:
-    common = dict(num_steps=STEPS, num_stages=5, split_start=3, train_batch_size=4, grad_accum=1, epochs_per_stage=1,
+    # one optimizer step per stage (grad_accum covers the whole stage): with several small steps the drift of the
+    # weights outgrew the signal (see the module docstring)
+    common = dict(num_steps=STEPS, num_stages=5, split_start=3, grad_accum=64, epochs_per_stage=1,
                   timestep_chunk=0, lr=1e-2, lora_rank=8, lora_targets="all", seed=seed, progress=False)
     if method == "b2":
-        return TrainerConfig.b2(num_branches=4, prompts_per_stage=8, sample_batch_size=8, **common)
-    return TrainerConfig.ddpo(prompts_per_stage=16, sample_batch_size=16, **common)
+        return TrainerConfig.b2(num_branches=4, prompts_per_stage=8, sample_batch_size=8, train_batch_size=4,
+                                **common)
+    return TrainerConfig.ddpo(prompts_per_stage=48, sample_batch_size=16, train_batch_size=8, **common)
 
 
 def _eval_reward(pipe, seed: int = 7) -> np.ndarray:
@@ -38,22 +47,22 @@ def _eval_reward(pipe, seed: int = 7) -> np.ndarray:
 
 
 @pytest.mark.parametrize("method", ["ddpo", "b2"])
-def test_rl_raises_a_dense_reward(method):
+def test_rl_follows_the_sign_of_a_dense_reward(method):
     base_pipe = load_pipeline()
-    base = _eval_reward(base_pipe)
     # the spread of the measured mean reward from one sampling seed to the next (the measurement's own noise)
     spread = float(np.std([_eval_reward(base_pipe, seed).mean() for seed in (7, 8, 9, 10)], ddof=1))
-    gains, logs = [], []
+    signals, logs = [], []
     for seed in (0, 1):
-        pipe = load_pipeline()
-        trainer = RLTrainer(pipe, redness, PROMPTS, _config(method, seed))
-        logs.append(trainer.train())
-        gains.append(float((_eval_reward(pipe) - base).mean()))
-    assert min(gains) > 3 * spread, (gains, spread)  # every training seed learns
-    assert np.mean(gains) > 6 * spread, (gains, spread)
-    # the policy moved, visibly in the health metrics (approx KL needs a second optimizer step within the stage:
-    # the first step's log-probs are computed before any update)
+        scores = {}
+        for sign in (1, -1):
+            pipe = load_pipeline()
+            trainer = RLTrainer(pipe, redness if sign > 0 else Negated(redness), PROMPTS, _config(method, seed))
+            logs.append(trainer.train())
+            scores[sign] = _eval_reward(pipe)  # the real redness, same noise for both models
+        signals.append(float((scores[1] - scores[-1]).mean() / 2))
+    assert min(signals) > 3 * spread, (signals, spread)  # every training seed follows the reward's sign
+    assert np.mean(signals) > 4 * spread, (signals, spread)
+    # the weights moved at every stage (approx KL stays 0 here: with one step per stage the ratio is computed before
+    # the stage's only update)
     for log in logs:
-        trained = [m for m in log if m["optimizer_steps"] > 1]
-        assert trained and max(m["approx_kl"] for m in trained) > 1e-5, [m["approx_kl"] for m in log]
-        assert all(m["rel_update"] > 0 for m in log if m["optimizer_steps"] > 0)
+        assert all(m["optimizer_steps"] == 1 and m["rel_update"] > 0 for m in log)

@@ -47,11 +47,11 @@ def test_paper_preset_fails_only_at_the_hub_with_a_clear_message(monkeypatch, tm
 
 
 def test_bad_run_config():
-    with pytest.raises(ValueError, match="Unknown method"):
+    with pytest.raises(ValueError, match=r"methods: unknown \['ppo'\]"):
         RunConfig(methods=("ppo",))
-    with pytest.raises(ValueError, match="Unknown template"):
+    with pytest.raises(ValueError, match="template: unknown 'animals'"):
         RunConfig(template="animals")
-    with pytest.raises(ValueError, match="Unknown preset"):
+    with pytest.raises(ValueError, match="preset: unknown 'huge'"):
         RunConfig(preset="huge")
 
 

@@ -1,0 +1,130 @@
+"""Run folders: settings fingerprint, OS lock, moving an old run aside; RunConfig validation before any model loads;
+the command line's messages name the flags."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from b2lib.experiment import ConfigError, RunConfig
+from b2lib.rundir import RunLock, RunLockedError, RunSettingsError, check_fingerprint, fingerprint, move_aside
+
+
+def test_fingerprint_ignores_key_order_and_tuple_vs_list():
+    assert fingerprint({"a": 1, "b": (1, 2)}) == fingerprint({"b": [1, 2], "a": 1})
+    assert fingerprint({"a": 1}) != fingerprint({"a": 2})
+
+
+def test_changed_settings_on_an_existing_folder_name_every_differing_field(tmp_path):
+    first = RunConfig(template="counting", stages=4, overrides={"lr": 1e-3}).settings()
+    check_fingerprint(tmp_path, first)
+    check_fingerprint(tmp_path, first)  # the same settings resume
+    other = RunConfig(template="binding", stages=4, overrides={"lr": 5e-4}).settings()
+    with pytest.raises(RunSettingsError) as err:
+        check_fingerprint(tmp_path, other)
+    msg = str(err.value)
+    assert "run.template: folder has 'counting', asked for 'binding'" in msg
+    assert "trainer.b2_seed0.lr: folder has 0.001, asked for 0.0005" in msg
+    assert "run.overrides.lr" in msg and "resume=False" in msg and "another output folder" in msg
+    assert "run.stages" not in msg  # unchanged fields are not listed
+
+
+def test_settings_hold_the_resolved_schedule_of_every_method_and_seed():
+    s = RunConfig(seeds=(0, 1), stages=4, images_per_stage=32).settings()
+    assert set(s["trainer"]) == {"ddpo_seed0", "b2_seed0", "ddpo_seed1", "b2_seed1"}
+    assert s["trainer"]["b2_seed1"]["num_stages"] == 4 and s["trainer"]["b2_seed1"]["seed"] == 1
+    assert "output_dir" not in s["run"] and "resume" not in s["run"]
+
+
+def test_move_aside_keeps_everything(tmp_path):
+    run = tmp_path / "run"
+    (run / "b2_seed0").mkdir(parents=True)
+    (run / "metrics.csv").write_text("x")
+    moved = move_aside(run)
+    assert moved.name.startswith("run.replaced-") and (moved / "metrics.csv").read_text() == "x"
+    assert list(run.iterdir()) == [] and move_aside(run) is None
+
+
+def _holder(folder):
+    code = ("import sys, time\nfrom b2lib.rundir import RunLock\nwith RunLock(sys.argv[1]):\n"
+            "    print('locked', flush=True)\n    time.sleep(60)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(folder)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "locked"
+    return proc
+
+
+def test_a_second_process_on_a_locked_folder_stops_at_once_naming_the_holder(tmp_path):
+    proc = _holder(tmp_path)
+    try:
+        start = time.perf_counter()
+        with pytest.raises(RunLockedError, match=f"pid {proc.pid} on "):
+            with RunLock(tmp_path):
+                pass
+        assert time.perf_counter() - start < 2
+    finally:
+        proc.send_signal(signal.SIGKILL)  # a crash: the OS releases the lock
+        proc.wait()
+    with RunLock(tmp_path):  # free again
+        assert f"pid {os.getpid()}" in (tmp_path / ".lock").read_text()
+    assert (tmp_path / ".lock").read_text() == ""
+
+
+def test_every_bad_setting_is_reported_at_once_before_any_model_loads(tmp_path):
+    with pytest.raises(ConfigError) as err:
+        RunConfig(stages=1.5, seeds=0, images_per_stage=-16, branches=1, model_dir=str(tmp_path / "missing"),
+                  train_prompts=[], methods=("b2", "dppo"), eval_n_per_prompt=-1)
+    fields = [f for f, _ in err.value.problems]
+    assert fields == ["stages", "images_per_stage", "eval_n_per_prompt", "branches", "methods", "seeds", "model_dir",
+                      "train_prompts"]
+    msg = str(err.value)
+    assert "stages: must be an integer >= 0 (0 = the preset's default); got 1.5" in msg
+    assert "seeds: must be a non-empty list of integers >= 0, e.g. [0, 1]; got 0" in msg
+    assert "does not exist" in msg and "regenerate" not in msg
+
+
+def test_overrides_are_checked_against_the_trainer_config():
+    with pytest.raises(ConfigError, match=r"lr must be a float like .*got 'fast'"):
+        RunConfig(overrides={"lr": "fast"})
+    with pytest.raises(ConfigError, match=r"unknown TrainerConfig field\(s\) \['lr_rate'\]"):
+        RunConfig(overrides={"lr_rate": 1e-3})
+    with pytest.raises(ConfigError, match="multiple of branches"):
+        RunConfig(images_per_stage=30)
+    assert RunConfig(overrides={"lr": 1}).overrides == {"lr": 1}  # an int where a float is expected is fine
+
+
+def _cli(*args):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    return subprocess.run([sys.executable, "-m", "b2lib.train", *args], capture_output=True, text=True, env=env,
+                          timeout=120)
+
+
+def test_the_command_line_names_the_flags_as_typed():
+    r = _cli("--stages", "-1", "--images-per-stage", "-16", "--model-dir", "/no/such/folder")
+    assert r.returncode == 2
+    assert "--stages: must be an integer >= 0" in r.stderr and "--images-per-stage: must be" in r.stderr
+    assert "--model-dir: '/no/such/folder' does not exist" in r.stderr
+    r = _cli("--overrides", "{lr: 1}")
+    assert r.returncode == 2 and "--overrides: not valid JSON" in r.stderr
+
+
+def test_a_finished_folder_refuses_other_settings_and_a_full_fine_tune_exports_its_unet(tmp_path):
+    from diffusers import UNet2DConditionModel
+
+    from b2lib.experiment import run_experiment
+
+    tiny = dict(methods=("b2",), stages=1, images_per_stage=4, branches=2, eval_images=2, eval_max_prompts=1,
+                bertscore=False, grid_prompts=0, output_dir=str(tmp_path),
+                overrides={"num_steps": 2, "split_start": 1, "use_lora": False, "lr": 1e-5})
+    run_experiment(RunConfig(**tiny), progress=False)
+    unet = UNet2DConditionModel.from_pretrained(tmp_path / "b2_seed0" / "unet")
+    assert sum(p.numel() for p in unet.parameters()) > 0
+    assert json.loads((tmp_path / "run.json").read_text())["settings"]["run"]["template"] == "counting"
+    with pytest.raises(RunSettingsError, match="run.template: folder has 'counting', asked for 'binding'"):
+        run_experiment(RunConfig(**{**tiny, "template": "binding"}), progress=False)
+    run_experiment(RunConfig(**{**tiny, "template": "binding", "resume": False}), progress=False)
+    assert json.loads((tmp_path / "run.json").read_text())["settings"]["run"]["template"] == "binding"
+    assert len(list(tmp_path.parent.glob(f"{tmp_path.name}.replaced-*"))) == 1
