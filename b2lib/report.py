@@ -278,12 +278,12 @@ def _recipe_note(study: Path) -> str:
 
 
 def _devices(runs_csv: Path, study: str) -> str:
-    """", run on <device>" for a study's runs when they did not all run on the CPU (from notebook 09's runs.csv)."""
+    """"; run on cpu and cuda" for a study's runs when they did not all run on the CPU (from notebook 09's runs.csv)."""
     if not runs_csv.exists():
         return ""
     runs = pd.read_csv(runs_csv)
-    devices = sorted(set(runs.loc[runs["study"] == study, "device"]) - {"cpu"})
-    return f"; run on {', '.join(devices)}" if devices else ""
+    devices = sorted(set(runs.loc[runs["study"] == study, "device"]))
+    return f"; run on {' and '.join(devices)}" if devices != ["cpu"] and devices else ""
 
 
 def readme_table(results: str | Path) -> str:
