@@ -172,10 +172,25 @@ def sign_control(run_dirs: Iterable[str | Path], split: str = "train", metrics: 
     return pd.DataFrame(rows)
 
 
+def _paired_gain(run_dir: Path, split: str):
+    """The run's CLIPScore gain over the base model with its prompt-bootstrap interval (one seed: no seed level)."""
+    from .stats import bootstrap_difference
+
+    path = run_dir / "eval_images.csv"
+    if not path.exists():
+        return None
+    im = pd.read_csv(path)
+    im = im[im["split"] == split].sort_values("image")
+    a, b = im[im["method"] != "base"], im[im["method"] == "base"]
+    return bootstrap_difference(a["reward"].to_numpy(float)[None], b["reward"].to_numpy(float)[None],
+                                pd.factorize(b["prompt"])[0])
+
+
 def run_table(run_dirs: Iterable[str | Path], split: str = "train") -> pd.DataFrame:
     """One row per single-method run folder: what it was (method, seed, images per stage, overrides, reward sign, the
     device it ran on), its paired gain over the base model on ``split`` (CLIPScore and judge) and its training health
-    (means over stages; total optimizer steps; the first and last five stages' train reward)."""
+    (means over stages; total optimizer steps; the first and last five stages' train reward). ``gain_low``/``gain_high``:
+    the gain's 95 % interval, prompts resampled (per-image scores of the same noise for both models)."""
     rows = []
     for d in map(Path, run_dirs):
         cfg = json.loads((d / "config.json").read_text())
@@ -183,12 +198,14 @@ def run_table(run_dirs: Iterable[str | Path], split: str = "train") -> pd.DataFr
         ev = ev[ev["split"] == split]
         base, tuned = ev[ev["method"] == "base"].iloc[0], ev[ev["method"] != "base"].iloc[0]
         m = pd.read_csv(d / "metrics.csv")
+        gain_iv = _paired_gain(d, split)
         rows.append({
             "study": d.parent.name, "run": d.name, "method": tuned["method"], "seed": int(tuned["seed"]),
             "images_per_stage": int(m["images"].iloc[0]), "stages": int(m["stage"].max() + 1),
             "reward_sign": int(cfg.get("reward_sign", 1)), "device": cfg.get("device") or "cpu",
             "overrides": json.dumps(cfg.get("overrides", {}), sort_keys=True),
             "gain": float(tuned["reward_mean"] - base["reward_mean"]),
+            "gain_low": gain_iv.low if gain_iv else np.nan, "gain_high": gain_iv.high if gain_iv else np.nan,
             "judge_gain": float(tuned.get("judge_all_ok", np.nan) - base.get("judge_all_ok", np.nan)),
             "optimizer_steps": int(m["optimizer_steps"].sum()),
             **{f"mean_{k}": float(m[k].mean()) for k in ("approx_kl", "clipfrac", "grad_norm", "rel_update") if k in m},

@@ -16,7 +16,7 @@ import pandas as pd
 from .experiment import RunConfig
 from .presets import trainer_config
 
-__all__ = ["SENSITIVITY", "reusable_runs", "strategy_runs", "sensitivity_runs", "compat_runs", "sensitivity_table"]
+__all__ = ["SENSITIVITY", "BUDGET_SCALES", "sign_control_runs", "budget_runs", "reusable_runs", "strategy_runs", "sensitivity_runs", "compat_runs", "sensitivity_table"]
 
 #: factor -> values tried (the preset default is included as a point of every factor). Branch counts divide the
 #: embedded budget of 32 images per stage; "stages" keeps the total budget (stages x images per stage = 640) fixed.
@@ -118,3 +118,41 @@ def sensitivity_table(runs: list[tuple[str, object, RunConfig]]) -> pd.DataFrame
             rows.append({"factor": factor, "value": value, "run": Path(cfg.output_dir).name,
                          "wall_s": summary.get("wall_s"), **{k: r[k] for k in r.index if k not in ("model",)}})
     return pd.DataFrame(rows)
+
+
+#: notebook 09's budget study: images per stage as multiples of the preset's (4x, 16x of the embedded 32)
+BUDGET_SCALES = (4, 16)
+
+
+def sign_control_runs(out: str | Path, methods, seeds, **common) -> list:
+    """Notebook 09's sign control: per seed and method, one run on the reward and one on its negation
+    (``reward_sign=-1``), in ``out/signs/<method>_<pos|neg>_seed<s>``; ``common``: shared RunConfig fields."""
+    from .experiment import RunConfig
+
+    return [RunConfig(**{**common, "methods": (m,), "seeds": (s,), "reward_sign": sign,
+                         "output_dir": str(Path(out) / "signs" / f"{m}_{'pos' if sign > 0 else 'neg'}_seed{s}")})
+            for s in seeds for m in methods for sign in (1, -1)]
+
+
+def budget_runs(out: str | Path, methods, seeds, scales=BUDGET_SCALES, **common) -> list:
+    """Notebook 09's budget study: each method's tuned recipe with ``scales`` x the preset's images per stage and its
+    optimizer settings unchanged (so more steps: ``out/scale/<m>_n<images>_seed<s>``), and with the first scale's
+    images *and* ``grad_accum`` (so the same number of steps, each on more samples: ``out/batch<images>/<m>_seed<s>``)."""
+    from .experiment import RunConfig
+    from .presets import trainer_config
+
+    runs = []
+    for s in seeds:
+        for m in methods:
+            tuned = trainer_config(common.get("preset", "embedded"), m, **common.get("overrides", {}))
+            base_images = tuned.prompts_per_stage * tuned.num_branches if common.get("images_per_stage", 0) == 0 \
+                else common["images_per_stage"]
+            for k in scales:
+                runs.append(RunConfig(**{**common, "methods": (m,), "seeds": (s,), "images_per_stage": base_images * k,
+                                         "eval_splits": ("train", "test"),
+                                         "output_dir": str(Path(out) / "scale" / f"{m}_n{base_images * k}_seed{s}")}))
+            k = scales[0]
+            runs.append(RunConfig(**{**common, "methods": (m,), "seeds": (s,), "images_per_stage": base_images * k,
+                                     "overrides": {**common.get("overrides", {}), "grad_accum": tuned.grad_accum * k},
+                                     "output_dir": str(Path(out) / f"batch{base_images * k}" / f"{m}_seed{s}")}))
+    return runs

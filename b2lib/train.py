@@ -30,9 +30,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", nargs="+", default=list(d["methods"]), choices=METHODS)
     p.add_argument("--template", default=d["template"])
     p.add_argument("--preset", default=d["preset"], choices=["embedded", "paper"])
-    helps = {"stages": "0: the preset's default (embedded 20, paper 100)",
-             "images_per_stage": "0: the preset's default (embedded 32, paper 1280)",
-             "branches": "0: the preset's default (embedded 4, paper 5)",
+    helps = {"stages": "0: the preset's default", "images_per_stage": "0: the preset's default",
+             "branches": "0: the preset's default",
              "eval_n_per_prompt": "0: enough images per prompt for --eval-images",
              "eval_max_prompts": "0: every prompt of the split", "eval_images": "evaluation images per model and split"}
     for name, text in helps.items():

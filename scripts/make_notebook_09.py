@@ -28,11 +28,12 @@ run_budget = False     # also run the missing budget-study runs (hours on 2 CPU 
 
 import pandas as pd
 
-from b2lib.experiment import RunConfig, run_many
+from b2lib.experiment import run_many
 from b2lib.notebook import setup
 from b2lib.paths import is_smoke, results_dir
 from b2lib.plots import save_figure, sign_control_plot, training_curves
 from b2lib.report import run_table, sign_control
+from b2lib.studies import budget_runs, sign_control_runs
 
 setup()
 small = {}
@@ -43,9 +44,7 @@ if is_smoke():  # CI / test suite: the same code path at toy size
 out = results_dir(run_name)
 common = dict(template=template, eval_images=eval_images, eval_splits=("train",), bertscore=False, save_lora=False,
               grid_prompts=0, device=device, **small)
-signs = [RunConfig(methods=(m,), seeds=(s,), reward_sign=sign, **common,
-                   output_dir=str(out / "signs" / f"{m}_{'pos' if sign > 0 else 'neg'}_seed{s}"))
-         for s in seeds for m in methods for sign in (1, -1)]
+signs = sign_control_runs(out, methods, seeds, **common)
 run_many(signs, workers=workers)
 table = sign_control([c.output_dir for c in signs])
 table.to_csv(out / "sign_control.csv", index=False)
@@ -53,26 +52,17 @@ display(table.round(4))"""),
     nbf.v4.new_code_cell("""fig = sign_control_plot(table)
 save_figure(fig, out / "sign_control.png")"""),
     nbf.v4.new_markdown_cell("""## Budget: more images per stage, with and without larger optimizer steps"""),
-    nbf.v4.new_code_cell("""budget = []
-for s in seeds:
-    for m in methods:
-        for n in (128, 512):  # the tuned recipe's optimizer settings: more images -> more steps
-            budget.append(RunConfig(**{**common, "methods": (m,), "seeds": (s,), "images_per_stage": n,
-                                       "eval_splits": ("train", "test"),
-                                       "output_dir": str(out / "scale" / f"{m}_n{n}_seed{s}")}))
-        accum = {"b2": 4, "ddpo": 16}[m]  # 4x the images and 4x the samples per step: the same number of steps
-        budget.append(RunConfig(**{**common, "methods": (m,), "seeds": (s,), "images_per_stage": 128,
-                                   "overrides": {**common.get("overrides", {}), "grad_accum": accum},
-                                   "output_dir": str(out / "batch128" / f"{m}_seed{s}")}))
+    nbf.v4.new_code_cell("""budget = budget_runs(out, methods, seeds, **{**common, "images_per_stage": 4} if is_smoke() else common)
 if is_smoke():
-    budget = [RunConfig(**{**c.__dict__, **small, "images_per_stage": 16}) for c in budget[:2]]
+    budget = budget[:2]
 if run_budget or is_smoke():
     run_many(budget, workers=workers)
 done = [Path(c.output_dir) for c in budget if (Path(c.output_dir) / "summary.json").exists()]
 runs = run_table(done + [Path(c.output_dir) for c in signs])
 runs.to_csv(out / "runs.csv", index=False)
-cols = ["study", "run", "device", "images_per_stage", "overrides", "reward_sign", "gain", "judge_gain", "optimizer_steps",
-        "mean_approx_kl", "mean_clipfrac", "mean_rel_update", "reward_first5", "reward_last5"]
+cols = ["study", "run", "device", "images_per_stage", "overrides", "reward_sign", "gain", "gain_low", "gain_high",
+        "judge_gain", "optimizer_steps", "mean_approx_kl", "mean_clipfrac", "mean_rel_update", "reward_first5",
+        "reward_last5"]
 display(runs[cols].round(4))"""),
     nbf.v4.new_code_cell("""metrics = []
 for d in done:
