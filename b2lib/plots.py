@@ -10,7 +10,7 @@ import numpy as np
 import seaborn as sns
 import torch
 
-__all__ = ["image_grid", "save_figure", "set_style", "training_curves", "comparison_grid", "ratio_bars", "curves_grid",
+__all__ = ["snr_plot", "image_grid", "save_figure", "set_style", "training_curves", "comparison_grid", "ratio_bars", "curves_grid",
            "tradeoff", "factor_lines", "health_curves", "sweep_plot", "interval_plot", "sign_control_plot", "HEALTH_COLUMNS", "X_LABELS"]
 
 
@@ -123,6 +123,35 @@ def sign_control_plot(table, metric: str = "reward"):
     ax.set_yticks(np.arange(len(t)), [f"{m} ({s} seeds)" for m, s in zip(t["method"], t["seeds"])])
     ax.invert_yaxis()
     ax.set_xlabel(f"{metric} change vs base (95 % bootstrap interval)")
+    ax.legend(loc="best", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def snr_plot(table):
+    """Per-image gradient SNR with its 95 % interval for every estimator and step subset of
+    :func:`b2lib.gradient_snr.snr_study` (selection on and off as two markers): the estimator that trains on a budget
+    of N images with the least drift is the one furthest right."""
+    import numpy as np
+
+    t = table.reset_index(drop=True)
+    labels = [f"{e} · {s} ({n} steps)" for e, s, n in zip(t["estimator"], t["steps"], t["n_steps"])]
+    order = list(dict.fromkeys(labels))
+    fig, ax = plt.subplots(figsize=(7.5, 0.38 * len(order) + 1.4))
+    for sel, colour, shift in ((True, "tab:blue", -0.12), (False, "tab:orange", 0.12)):
+        part = t[t["selection"] == sel]
+        if part.empty:
+            continue
+        y = np.array([order.index(labels[i]) for i in part.index]) + shift
+        per = part["snr_per_image"].to_numpy()
+        low = part["snr_low"].to_numpy() / part["images"].to_numpy()
+        high = part["snr_high"].to_numpy() / part["images"].to_numpy()
+        ax.errorbar(per, y, xerr=[per - low, high - per], fmt="o", capsize=3, color=colour,
+                    label="kept samples (selection)" if sel else "all samples")
+    ax.axvline(0.0, color="grey", lw=0.8, ls="--")
+    ax.set_yticks(np.arange(len(order)), order, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("gradient SNR per image generated (95 % jackknife interval)")
     ax.legend(loc="best", fontsize=8)
     fig.tight_layout()
     return fig

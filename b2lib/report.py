@@ -336,6 +336,17 @@ def readme_table(results: str | Path) -> str:
             add(f"Learning vs drift · {r['method']}, counting, train prompts: {label} ({r['seeds']} seed pairs, "
                 f"{r['images']} paired images{device})", "09_learning_vs_drift", " · ".join(parts),
                 "signal resolved" if r["signal_low"] > 0 else "signal not resolved")
+    snr = results / "snr" / "snr.csv"
+    if snr.exists():
+        t = pd.read_csv(snr)
+        t = t[t["steps"] == "interval"]
+        for _, r in t.iterrows():
+            resolved = r["snr_low"] > 0 or r["snr_high"] < 0
+            add(f"Gradient SNR · {r['estimator']} ({r['reward']} reward, {r['n_steps']} trained step"
+                f"{'s' if r['n_steps'] > 1 else ''}, {'kept' if r['selection'] else 'all'} samples; {r['images']} "
+                f"images per stage, {r['draws']} stages)", "10_gradient_snr",
+                f"stage SNR {r['snr']:+.4f} [{r['snr_low']:+.4f}, {r['snr_high']:+.4f}]; per image ≤ "
+                f"{max(r['snr_high'], 0) / r['images']:.1e}", "signal resolved" if resolved else "no signal resolved")
     main = results / "templates" / "main_table.csv"
     if main.exists():
         t = pd.read_csv(main, index_col=[0, 1])

@@ -14,7 +14,7 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-__all__ = ["RewardFn", "ClipScore", "Negated", "check_reward_output"]
+__all__ = ["RewardFn", "ClipScore", "Negated", "Redness", "check_reward_output"]
 
 RewardFn = Callable[[torch.Tensor, Sequence[str]], torch.Tensor]
 
@@ -49,6 +49,19 @@ class Negated:
 
     def __call__(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
         return -self.reward_fn(images, prompts)
+
+
+class Redness:
+    """A dense, prompt-free reward: the image's mean red channel minus the mean of its green and blue channels.
+
+    Why it exists: a *positive control*. A global colour shift that any update can make raises every sample's score,
+    so RL learns it in a few stages (``tests/test_learning.py``) and its policy gradient has a signal that a
+    measurement must find (notebook 10). A method or a measurement that fails on it is broken, not starved of signal.
+    """
+
+    def __call__(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
+        _check_images(images, prompts)
+        return images[:, 0].mean((1, 2)) - images[:, 1:].mean((1, 2, 3))
 
 
 class ClipScore:

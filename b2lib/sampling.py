@@ -184,10 +184,16 @@ def denoise(
     if not 0 <= start <= end <= len(timesteps):
         raise ValueError(f"step range [{start}, {end}) is outside the chain of {len(timesteps)} steps.")
     states, nexts, ts, logps = [], [], [], []
+    if eta == 0 and record:
+        raise ValueError("Recorded (trainable) steps need eta > 0: eta=0 steps are deterministic and have no "
+                         "log-probability. Run them with record=False.")
     for i in tqdm(range(start, end), desc="denoise", leave=False, disable=not progress):
         t = timesteps[i]
         model_input = scheduler.scale_model_input(latents, t)
         noise_pred = predict_noise(pipe.unet, model_input, t, prompt_embeds, negative_prompt_embeds, guidance_scale)
+        if eta == 0:  # deterministic DDIM (the stock scheduler step): no noise drawn, nothing recorded
+            latents = scheduler.step(noise_pred, t, latents, eta=0.0).prev_sample
+            continue
         prev, log_prob = ddim_step_with_logprob(scheduler, noise_pred, t, latents, eta, generator=generator)
         if record:
             states.append(latents)
@@ -252,8 +258,11 @@ def _sample(
     generator: torch.Generator | None,
     prompt_embeds: tuple[torch.Tensor, torch.Tensor | None] | None,
     branch_loop: bool = False,
+    window: int | None = None,
 ) -> Trajectories:
     _prepare(pipe, num_steps, trained_steps)
+    if window is not None and window < 1:
+        raise ValueError(f"window must be >= 1 (stochastic steps after the split) or None (all of them), got {window}.")
     if prompt_embeds is None:
         cond, uncond = encode_prompts(pipe, prompts, guidance_scale)
     else:
@@ -264,12 +273,16 @@ def _sample(
             )
     n = len(prompts)
     split = num_steps - trained_steps
+    # the stochastic, recorded steps: [split, stop); after stop the chain runs deterministically (eta = 0)
+    stop = num_steps if window is None else min(num_steps, split + window)
     with torch.inference_mode():
         latents = initial_noise(pipe, n, generator, cond.dtype)
         latents, _ = denoise(pipe, latents, cond, uncond, 0, split, guidance_scale, eta, generator, record=False)
         cond_b = cond.repeat_interleave(num_branches, dim=0)
         uncond_b = uncond.repeat_interleave(num_branches, dim=0) if uncond is not None else None
         if branch_loop and num_branches > 1:
+            if window is not None:
+                raise ValueError("branch_loop (the benchmark's reference loop) does not support window.")
             # The reference implementation's way, kept for benchmarks: one chain (and UNet call per step) per branch.
             parts = [denoise(pipe, latents, cond, uncond, split, num_steps, guidance_scale, eta, generator)
                      for _ in range(num_branches)]
@@ -279,7 +292,10 @@ def _sample(
         else:
             # Branch: every prompt's shared x_{T-s} continues as B independent stochastic chains, in one batch.
             latents = latents.repeat_interleave(num_branches, dim=0)
-            latents, rec = denoise(pipe, latents, cond_b, uncond_b, split, num_steps, guidance_scale, eta, generator)
+            latents, rec = denoise(pipe, latents, cond_b, uncond_b, split, stop, guidance_scale, eta, generator)
+            if stop < num_steps:
+                latents, _ = denoise(pipe, latents, cond_b, uncond_b, stop, num_steps, guidance_scale, 0.0,
+                                     record=False)
         images = decode_latents(pipe, latents)
     # Leave inference mode: stored tensors become ordinary tensors, usable as inputs of the training forward pass.
     return Trajectories(
@@ -304,14 +320,17 @@ def sample_trajectories(
     generator: torch.Generator | None = None,
     trained_steps: int | None = None,
     prompt_embeds: tuple[torch.Tensor, torch.Tensor | None] | None = None,
+    window: int | None = None,
 ) -> Trajectories:
     """One independent trajectory per prompt (DDPO's sampler), storing the last ``trained_steps`` transitions (all by default).
 
     Under the same ``generator`` the images equal ``pipe(prompts, num_inference_steps=num_steps, eta=eta,
-    guidance_scale=guidance_scale, generator=generator, output_type="pt").images``.
+    guidance_scale=guidance_scale, generator=generator, output_type="pt").images``. ``window``: see
+    :func:`sample_branches`.
     """
     return _sample(
-        pipe, prompts, 1, num_steps if trained_steps is None else trained_steps, num_steps, guidance_scale, eta, generator, prompt_embeds
+        pipe, prompts, 1, num_steps if trained_steps is None else trained_steps, num_steps, guidance_scale, eta,
+        generator, prompt_embeds, window=window,
     )
 
 
@@ -326,6 +345,7 @@ def sample_branches(
     generator: torch.Generator | None = None,
     prompt_embeds: tuple[torch.Tensor, torch.Tensor | None] | None = None,
     branch_loop: bool = False,
+    window: int | None = None,
 ) -> Trajectories:
     """Branch-based sampling: a shared prefix per prompt down to step ``num_steps - split_step``, then
     ``num_branches`` continuations, batched. Returns ``len(prompts) * num_branches`` samples, prompt-major
@@ -334,6 +354,13 @@ def sample_branches(
 
     ``branch_loop=True`` runs the branches one after another (the reference code's loop, one UNet call per branch
     and step): same distribution, slower; it exists so the benchmark can measure what batching saves.
+
+    ``window``: only the first ``window`` steps after the split are stochastic (and stored); the rest of the chain
+    runs deterministically (DDIM with eta = 0). Why: the branches of a group then differ *only* by the noise of those
+    steps, so the reward differences within a group are credited to the steps being trained, not to the noise of
+    every later step: B²'s credit-assignment idea taken to its limit. Whether that raises the gradient's
+    signal-to-noise ratio is measured by :mod:`b2lib.gradient_snr` (notebook 10: on the embedded world's counting
+    template it did not, measurably). ``None``: every step after the split is stochastic, the paper's B².
     """
     if num_branches < 2:
         raise ValueError(
@@ -341,7 +368,7 @@ def sample_branches(
             "at least 2 branches (the paper uses 5). For plain sampling use `sample_trajectories`."
         )
     return _sample(pipe, prompts, num_branches, split_step, num_steps, guidance_scale, eta, generator, prompt_embeds,
-                   branch_loop)
+                   branch_loop, window)
 
 
 def transition_policy(

@@ -56,6 +56,9 @@ class TrainerConfig:
     sample_batch_size: int = 8
     # B² strategies
     progressive: bool = True
+    # stochastic (and trained) steps after the split; the rest of the chain runs with eta = 0 (deterministic), so the
+    # reward differences within a branch group come from the trained steps alone. None: the whole interval, the paper.
+    window: int | None = None
     split_start: int = 14
     split_end: int | None = None  # None: the whole chain (num_steps)
     num_branches: int = 5
@@ -138,6 +141,8 @@ class TrainerConfig:
             )
         if self.lora_targets not in LORA_TARGETS:
             raise ValueError(f"lora_targets must be one of {sorted(LORA_TARGETS)}, got {self.lora_targets!r}.")
+        if self.window is not None and self.window < 1:
+            raise ValueError(f"window must be >= 1 or None (every step after the split stochastic), got {self.window}.")
         if self.kl_coef < 0:
             raise ValueError(f"kl_coef must be >= 0, got {self.kl_coef}.")
         if self.keep_checkpoints < 1:
@@ -240,11 +245,17 @@ class RLTrainer:
         return torch.Generator().manual_seed(seed + self.accelerator.process_index)
 
     # ------------------------------------------------------------------------------------------------------ sample
-    def sample_stage(self, stage: int) -> tuple[Trajectories, torch.Tensor]:
-        """Sample this stage's trajectories (branched or plain) and their rewards."""
+    def sample_stage(self, stage: int, trained_steps: int | None = None,
+                     draw: int = 0) -> tuple[Trajectories, torch.Tensor]:
+        """Sample this stage's trajectories (branched or plain) and their rewards.
+
+        ``trained_steps`` (default: the schedule's interval at ``stage``) and ``draw`` are for measurements outside
+        training (:mod:`b2lib.gradient_snr`): draw ``d > 0`` takes prompts and noise from streams of its own, so
+        repeated draws at one stage are independent; draw 0 is what training samples.
+        """
         cfg = self.config
-        split = self.schedule(stage)
-        prompt_gen, noise_gen = self._generator(stage, 0), self._generator(stage, 1)
+        split = self.schedule(stage) if trained_steps is None else trained_steps
+        prompt_gen, noise_gen = self._generator(stage, 100 * draw), self._generator(stage, 100 * draw + 1)
         n_prompts = math.ceil(cfg.prompts_per_stage / self.accelerator.num_processes)
         if cfg.samples_per_prompt > 1:
             draws = math.ceil(n_prompts / cfg.samples_per_prompt)
@@ -257,7 +268,8 @@ class RLTrainer:
                    disable=not cfg.progress or not self.accelerator.is_local_main_process)
         for start in bar:
             prompts = [self.prompts[i] for i in picks[start : start + cfg.sample_batch_size]]
-            kwargs = dict(num_steps=cfg.num_steps, guidance_scale=cfg.guidance_scale, eta=cfg.eta, generator=noise_gen)
+            kwargs = dict(num_steps=cfg.num_steps, guidance_scale=cfg.guidance_scale, eta=cfg.eta, generator=noise_gen,
+                          window=cfg.window)
             if cfg.num_branches >= 2:
                 traj = sample_branches(self.pipe, prompts, cfg.num_branches, split, **kwargs)
             else:
@@ -437,7 +449,8 @@ class RLTrainer:
         stats = self.update(kept, kept_adv, stage)
         t2 = time.perf_counter()
         self.images_seen += len(traj) * self.accelerator.num_processes
-        cost = unet_rows(self.config, len(traj), len(kept), traj.num_steps, self.accelerator.num_processes)
+        cost = unet_rows(self.config, len(traj), len(kept), traj.num_steps, self.accelerator.num_processes,
+                         interval=self.schedule(stage))
         self.unet_rows_seen += cost["unet_rows_sample"] + cost["unet_rows_train"]
         metrics = {
             "stage": stage,
@@ -520,18 +533,21 @@ def flat_groups(rewards: torch.Tensor, group_ids: torch.Tensor) -> int:
     return int(sum(bool((rewards[group_ids == g] == rewards[group_ids == g][0]).all()) for g in groups))
 
 
-def unet_rows(cfg: TrainerConfig, n_images: int, n_trained: int, trained_steps: int, processes: int = 1) -> dict[str, int]:
+def unet_rows(cfg: TrainerConfig, n_images: int, n_trained: int, trained_steps: int, processes: int = 1,
+              interval: int | None = None) -> dict[str, int]:
     """One stage's UNet work, in sample-rows of a forward (a CFG step counts 2 rows), over all processes.
 
     ``unet_rows_sample``: the prefix once per branch group and the interval once per image (B²), the whole chain per
-    image (plain sampling). ``unet_rows_train``: forward rows of the update, ``epochs x trained samples x interval
+    image (plain sampling); ``interval`` is the number of steps after the split (default ``trained_steps``; larger
+    under a ``window``, whose deterministic tail is sampled but not trained). ``unet_rows_train``: forward rows of the update, ``epochs x trained samples x interval
     steps`` (a backward costs about two forwards more; the same factor for every method). Why: B² trains only the kept
     samples on the interval, so at an equal image budget it does less UNet work; this is the compute view of the
     curves, next to images generated.
     """
     cfg_rows = 2 if cfg.guidance_scale > 1.0 else 1
     groups = n_images // cfg.num_branches
-    sample = groups * (cfg.num_steps - trained_steps) + n_images * trained_steps if cfg.num_branches >= 2 \
+    interval = trained_steps if interval is None else interval  # steps after the split (> trained ones with a window)
+    sample = groups * (cfg.num_steps - interval) + n_images * interval if cfg.num_branches >= 2 \
         else n_images * cfg.num_steps
     train = cfg.epochs_per_stage * n_trained * trained_steps_per_sample(trained_steps, cfg.timestep_fraction)
     return {"unet_rows_sample": sample * cfg_rows * processes, "unet_rows_train": train * cfg_rows * processes}

@@ -74,3 +74,15 @@ def test_score_and_embed_equals_separate_passes(tiny_clip):
     s, f = score.score_and_embed(images, prompts)
     torch.testing.assert_close(s, score(images, prompts))
     torch.testing.assert_close(f, score.embed_images(images))
+
+
+def test_redness_closed_form():
+    from b2lib.rewards import Redness
+
+    images = torch.zeros(3, 3, 4, 4)
+    images[0, 0] = 1.0  # pure red
+    images[1] = 0.5  # grey
+    images[2, 1:] = 1.0  # cyan
+    torch.testing.assert_close(Redness()(images, ["", "", ""]), torch.tensor([1.0, 0.0, -1.0]))
+    with pytest.raises(ValueError, match="one prompt per image"):
+        Redness()(images, [""])

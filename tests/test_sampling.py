@@ -133,3 +133,36 @@ def test_chunked_decode_matches_one_batch(tiny_pipe):
     torch.testing.assert_close(chunked, whole, atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="batch_size"):
         decode_latents(tiny_pipe, latents, batch_size=0)
+
+
+@pytest.mark.parametrize("window", [1, 2])
+def test_window_keeps_noise_on_the_trained_steps_only(tiny_pipe, window):
+    """With a window, only ``window`` steps after the split are stochastic and stored; the images are the stored last
+    state continued by the stock deterministic DDIM step (eta = 0), so branches differ only by the window's noise."""
+    from b2lib.sampling import denoise
+
+    b, split, steps = 3, 4, 6
+    traj = sample_branches(tiny_pipe, PROMPTS[:2], b, split, num_steps=steps, window=window,
+                           generator=torch.Generator().manual_seed(0))
+    assert traj.num_steps == window and traj.latents.shape[1] == window
+    assert torch.equal(traj.timesteps[0], tiny_pipe.scheduler.timesteps[steps - split : steps - split + window])
+    cond, uncond = encode_prompts(tiny_pipe, traj.prompts, 5.0)
+    last = traj.next_latents[:, -1]
+    manual = last.clone()
+    for t in tiny_pipe.scheduler.timesteps[steps - split + window :]:
+        from b2lib.sampling import predict_noise
+
+        with torch.no_grad():
+            eps = predict_noise(tiny_pipe.unet, tiny_pipe.scheduler.scale_model_input(manual, t), t, cond, uncond, 5.0)
+        manual = tiny_pipe.scheduler.step(eps, t, manual, eta=0.0).prev_sample
+    torch.testing.assert_close(traj.images, decode_latents(tiny_pipe, manual), atol=1e-5, rtol=1e-5)
+    # the deterministic tail adds no noise: rerunning it from the same state gives the same image
+    again, _ = denoise(tiny_pipe, last, cond, uncond, steps - split + window, steps, 5.0, 0.0, record=False)
+    torch.testing.assert_close(decode_latents(tiny_pipe, again), traj.images, atol=1e-5, rtol=1e-5)
+    # the prefix is unchanged by the window: the same shared state as without one
+    full = sample_branches(tiny_pipe, PROMPTS[:2], b, split, num_steps=steps, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(full.latents[:, 0], traj.latents[:, 0])
+    with pytest.raises(ValueError, match="window"):
+        sample_branches(tiny_pipe, PROMPTS[:1], b, split, num_steps=steps, window=0)
+    with pytest.raises(ValueError, match="record=False"):
+        denoise(tiny_pipe, last, cond, uncond, 0, 1, 5.0, 0.0)

@@ -121,3 +121,20 @@ def test_code_version_names_the_commit():
     v = code_version()
     if v is not None:  # a git checkout (CI clones one); None for an installed wheel
         assert len(v["commit"]) == 40 and isinstance(v["dirty"], bool)
+
+
+def test_readme_table_snr_rows(tmp_path):
+    (tmp_path / "snr").mkdir()
+    base = dict(reward="clip", selection=True, images=32, draws=40, signal=0.0, noise=1.0)
+    pd.DataFrame([
+        {**base, "estimator": "ddpo", "steps": "interval", "n_steps": 20, "snr": 0.002, "snr_low": -0.004,
+         "snr_high": 0.008},
+        {**base, "estimator": "ddpo", "steps": "late half", "n_steps": 10, "snr": 0.5, "snr_low": 0.4, "snr_high": 0.6},
+        {**base, "estimator": "b2_first_window1", "steps": "interval", "n_steps": 1, "snr": 0.05, "snr_low": 0.02,
+         "snr_high": 0.08},
+    ]).to_csv(tmp_path / "snr" / "snr.csv", index=False)
+    lines = [x for x in readme_table(tmp_path).splitlines() if "Gradient SNR" in x]
+    assert len(lines) == 2  # whole intervals only
+    assert "ddpo (clip reward, 20 trained steps" in lines[0] and "no signal resolved" in lines[0]
+    assert "per image ≤ 2.5e-04" in lines[0]
+    assert "1 trained step," in lines[1] and "| signal resolved |" in lines[1]

@@ -252,6 +252,11 @@ def test_unet_rows_closed_form():
     assert unet_rows(b2, 32, 12, 10) == {"unet_rows_sample": (8 * 10 + 32 * 10) * 2, "unet_rows_train": 12 * 10 * 2}
     ddpo = TrainerConfig.ddpo(num_steps=20, prompts_per_stage=32, epochs_per_stage=2, guidance_scale=1.0)
     assert unet_rows(ddpo, 32, 32, 20) == {"unet_rows_sample": 32 * 20, "unet_rows_train": 2 * 32 * 20}
+    # a window of 2 trained steps in an interval of 10: the whole interval is sampled, 2 steps are trained
+    assert unet_rows(b2, 32, 12, 2, interval=10) == {"unet_rows_sample": (8 * 10 + 32 * 10) * 2,
+                                                     "unet_rows_train": 12 * 2 * 2}
+    with pytest.raises(ValueError, match="window"):
+        TrainerConfig.b2(window=0)
 
 
 def test_update_size():
