@@ -49,7 +49,7 @@ import torch
 from tqdm.auto import tqdm
 
 __all__ = ["SNR_ARMS", "GradientDraws", "snr_from_gram", "jackknife_snr", "measure_gradients", "snr_rows",
-           "snr_difference", "snr_study"]
+           "snr_difference", "snr_comparisons", "snr_study"]
 
 
 def snr_from_gram(gram: np.ndarray) -> dict[str, float]:
@@ -259,6 +259,28 @@ def snr_difference(a: dict, b: dict, level: float = 0.95) -> dict[str, float]:
     d = a["snr_per_image"] - b["snr_per_image"]
     se = math.hypot(a["snr_se"] / a["images"], b["snr_se"] / b["images"])
     return {"difference": d, "low": d - z * se, "high": d + z * se}
+
+
+def snr_comparisons(table, pairs, steps: str = "interval"):
+    """``a - b`` in SNR per image (:func:`snr_difference`) for each ``(a, b)`` pair of estimators of a
+    :func:`snr_study` table: ``a`` with selection on and off, ``b`` with selection on (its training setting). Pairs
+    with an estimator missing from the table are skipped. Returns a DataFrame with ``resolved`` (interval excludes 0)."""
+    import pandas as pd
+
+    def row(estimator, selection=True):
+        hit = table[(table["estimator"] == estimator) & (table["steps"] == steps) & (table["selection"] == selection)]
+        return hit.iloc[0].to_dict() if len(hit) else None
+
+    out = []
+    for a, b in pairs:
+        rb = row(b)
+        for sel in (True, False):
+            ra = row(a, sel)
+            if ra is None or rb is None:
+                continue
+            d = snr_difference(ra, rb)
+            out.append({"a": a, "b": b, "a_selection": sel, **d, "resolved": d["low"] > 0 or d["high"] < 0})
+    return pd.DataFrame(out)
 
 
 #: The estimators measured by default (notebook 10), each a method of :func:`b2lib.presets.trainer_config` at one

@@ -33,7 +33,7 @@ seed = 0              # the LoRA adapter's initialisation
 run_name = "snr\"""", metadata={"tags": ["parameters"]}),
     nbf.v4.new_code_cell("""import pandas as pd
 
-from b2lib.gradient_snr import SNR_ARMS, snr_difference, snr_study
+from b2lib.gradient_snr import SNR_ARMS, snr_comparisons, snr_study
 from b2lib.notebook import setup
 from b2lib.paths import is_smoke, results_dir
 from b2lib.plots import save_figure, snr_plot
@@ -51,24 +51,11 @@ display(table[cols].round(5))"""),
     nbf.v4.new_code_cell("""fig = snr_plot(table)
 save_figure(fig, out / "snr.png")"""),
     nbf.v4.new_markdown_cell("""## B² against DDPO, per image generated (the equal-budget view)"""),
-    nbf.v4.new_code_cell("""def row(estimator, steps="interval", selection=True):
-    hit = table[(table["estimator"] == estimator) & (table["steps"] == steps) & (table["selection"] == selection)]
-    return hit.iloc[0].to_dict() if len(hit) else None
-
-pairs = [("b2_first", "ddpo"), ("b2_last", "ddpo"), ("b2_first_judge", "ddpo_judge"), ("b2_first_window1", "ddpo"),
-         ("b2_first_window1", "b2_first"), ("b2_last_window1", "b2_last"), ("b2_first_window2", "b2_first"),
-         ("ddpo_redness", "ddpo"), ("b2_last_window1_n128_redness", "b2_last_window1_n128"),
-         ("b2_last_window1_n128", "b2_last_window1")]
-comparisons = []
-for a, b in pairs:
-    for sel in (True, False):
-        ra, rb = row(a, selection=sel), row(b)
-        if ra is None or rb is None:
-            continue
-        d = snr_difference(ra, rb)
-        comparisons.append({"a": a, "b": b, "a_selection": sel, **d,
-                            "resolved": d["low"] > 0 or d["high"] < 0})
-comparisons = pd.DataFrame(comparisons)
+    nbf.v4.new_code_cell("""pairs = [("b2_first", "ddpo"), ("b2_last", "ddpo"), ("b2_first_judge", "ddpo_judge"),
+         ("b2_first_window1", "ddpo"), ("b2_first_window1", "b2_first"), ("b2_last_window1", "b2_last"),
+         ("b2_first_window2", "b2_first"), ("ddpo_redness", "ddpo"),
+         ("b2_last_window1_n128_redness", "b2_last_window1_n128"), ("b2_last_window1_n128", "b2_last_window1")]
+comparisons = snr_comparisons(table, pairs)
 comparisons.to_csv(out / "comparisons.csv", index=False)
 display(comparisons.round(6))"""),
     nbf.v4.new_code_cell("""# checks: every interval holds its estimate; the per-image view is the stage SNR over the stage's images

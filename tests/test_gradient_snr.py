@@ -161,3 +161,19 @@ def test_save_load_round_trip(tmp_path):
     np.testing.assert_allclose(back.gram, draws.gram, rtol=1e-6, atol=1e-5)
     assert back.gram.shape == draws.gram.shape and np.array_equal(back.counts, draws.counts)
     assert (back.images, back.first_step, back.num_steps, back.reward_mean) == (3, 4, 6, 0.5)
+
+
+def test_snr_comparisons_pairs_and_skips():
+    import pandas as pd
+
+    from b2lib.gradient_snr import snr_comparisons
+
+    base = dict(steps="interval", images=10, snr_se=0.001)
+    table = pd.DataFrame([
+        {**base, "estimator": "a", "selection": True, "snr_per_image": 0.01},
+        {**base, "estimator": "a", "selection": False, "snr_per_image": 0.0},
+        {**base, "estimator": "b", "selection": True, "snr_per_image": 0.0},
+    ])
+    c = snr_comparisons(table, [("a", "b"), ("a", "missing")])
+    assert len(c) == 2 and c["a_selection"].tolist() == [True, False]
+    assert c["difference"].tolist() == pytest.approx([0.01, 0.0]) and c["resolved"].tolist() == [True, False]
