@@ -1,35 +1,47 @@
-"""b2lib: B²-DiffuRL (backward progressive training + branch-based sampling) on diffusers pipelines."""
+"""b2lib: B²-DiffuRL (backward progressive training + branch-based sampling) on diffusers pipelines.
 
-from .advantages import (HistoryNormalizer, PerPromptStatTracker, group_relative_advantages, select_in_groups,
-                         weighted_advantages)
-from .bertscore import BertScore
-from .ddim import ddim_step_with_logprob
-from .losses import gaussian_kl, policy_loss, ppo_clip_loss
-from .rewards import ClipScore
-from .sampling import Trajectories, sample_branches, sample_trajectories
-from .schedule import ProgressiveSchedule
-from .trainer import B2Trainer, DDPOTrainer, RLTrainer, TrainerConfig
+The names below are imported on first use (PEP 562), so ``import b2lib.notebook`` (or ``b2lib.paths``) does not load
+torch, diffusers or huggingface_hub: a notebook can set ``HF_HUB_OFFLINE`` before huggingface_hub reads it at import.
+"""
+
+from __future__ import annotations
+
+import importlib
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "B2Trainer",
-    "BertScore",
-    "ClipScore",
-    "DDPOTrainer",
-    "HistoryNormalizer",
-    "PerPromptStatTracker",
-    "ProgressiveSchedule",
-    "RLTrainer",
-    "TrainerConfig",
-    "Trajectories",
-    "ddim_step_with_logprob",
-    "gaussian_kl",
-    "group_relative_advantages",
-    "policy_loss",
-    "ppo_clip_loss",
-    "sample_branches",
-    "sample_trajectories",
-    "select_in_groups",
-    "weighted_advantages",
-]
+_EXPORTS = {
+    "HistoryNormalizer": "advantages",
+    "PerPromptStatTracker": "advantages",
+    "group_relative_advantages": "advantages",
+    "select_in_groups": "advantages",
+    "weighted_advantages": "advantages",
+    "BertScore": "bertscore",
+    "ddim_step_with_logprob": "ddim",
+    "gaussian_kl": "losses",
+    "policy_loss": "losses",
+    "ppo_clip_loss": "losses",
+    "ClipScore": "rewards",
+    "Trajectories": "sampling",
+    "sample_branches": "sampling",
+    "sample_trajectories": "sampling",
+    "ProgressiveSchedule": "schedule",
+    "B2Trainer": "trainer",
+    "DDPOTrainer": "trainer",
+    "RLTrainer": "trainer",
+    "TrainerConfig": "trainer",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'b2lib' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -27,7 +27,9 @@ def _as_float_tensor(x) -> torch.Tensor:
 
 def _check(prompts: Sequence[str], rewards: torch.Tensor) -> None:
     if rewards.ndim != 1 or rewards.shape[0] != len(prompts):
-        raise ValueError(f"Need one reward per prompt: {len(prompts)} prompts, rewards of shape {tuple(rewards.shape)}.")
+        raise ValueError(
+            f"Need one reward per prompt: {len(prompts)} prompts, rewards of shape {tuple(rewards.shape)}."
+        )
 
 
 class HistoryNormalizer:
@@ -101,8 +103,11 @@ class PerPromptStatTracker:
         return out.float()
 
     def state_dict(self) -> dict:
-        return {"buffer_size": self.buffer_size, "min_count": self.min_count,
-                "stats": {k: list(v) for k, v in self._stats.items()}}
+        return {
+            "buffer_size": self.buffer_size,
+            "min_count": self.min_count,
+            "stats": {k: list(v) for k, v in self._stats.items()},
+        }
 
     def load_state_dict(self, state: dict) -> None:
         self.__init__(state["buffer_size"], state["min_count"])
@@ -110,7 +115,9 @@ class PerPromptStatTracker:
             self._stats[k] = deque(v, maxlen=self.buffer_size)
 
 
-def _first_index_of(values: torch.Tensor, group_ids: torch.Tensor, num_groups: int, target: torch.Tensor) -> torch.Tensor:
+def _first_index_of(
+    values: torch.Tensor, group_ids: torch.Tensor, num_groups: int, target: torch.Tensor
+) -> torch.Tensor:
     """Per group, the smallest sample index whose value equals the group's target (ties go to the first sample)."""
     hits = values == target[group_ids]
     idx = torch.arange(values.shape[0])

@@ -148,7 +148,9 @@ class BlipCaptioner:
 
     @classmethod
     def from_pretrained(
-        cls, name_or_dir: str | os.PathLike = "Salesforce/blip-image-captioning-base", device: str | torch.device = "cpu",
+        cls,
+        name_or_dir: str | os.PathLike = "Salesforce/blip-image-captioning-base",
+        device: str | torch.device = "cpu",
         **kwargs: Any,
     ) -> "BlipCaptioner":
         """Load a BLIP captioner from the hub or a local folder (the hub is checked first: offline, a clear
@@ -228,10 +230,15 @@ class BertScore:
                     "(rescale_with_baseline=False)."
                 )
         scorer = BERTScorer(
-            model_type=model_type, num_layers=num_layers, lang=lang, idf=idf_sents is not None,
-            idf_sents=list(idf_sents) if idf_sents is not None else None, device=str(device),
+            model_type=model_type,
+            num_layers=num_layers,
+            lang=lang,
+            idf=idf_sents is not None,
+            idf_sents=list(idf_sents) if idf_sents is not None else None,
+            device=str(device),
             rescale_with_baseline=rescale_with_baseline,
-            baseline_path=str(baseline_path) if baseline_path is not None else None, batch_size=batch_size,
+            baseline_path=str(baseline_path) if baseline_path is not None else None,
+            batch_size=batch_size,
         )
         return scorer
 
@@ -256,8 +263,14 @@ class BertScore:
         from .world.captioner import caption_images
 
         scorer = cls.make_scorer(
-            str(world_text_model_dir()), _MINILM_LAYERS, "en", idf_sents, rescale_with_baseline, baseline_path,
-            device, batch_size,
+            str(world_text_model_dir()),
+            _MINILM_LAYERS,
+            "en",
+            idf_sents,
+            rescale_with_baseline,
+            baseline_path,
+            device,
+            batch_size,
         )
         return cls(caption_images, scorer, prompt_aware=True, batch_size=batch_size)
 
@@ -294,7 +307,9 @@ class BertScore:
                     "whose embeddings are compared; e.g. 17 for roberta-large, see bert_score.utils.model2layers)."
                 )
         model_type = _resolve_pretrained(requested, "bert-score text model", fix)
-        shipped = Path(importlib.util.find_spec("bert_score").origin).parent / "rescale_baseline" / "en" / f"{known}.tsv"
+        shipped = (
+            Path(importlib.util.find_spec("bert_score").origin).parent / "rescale_baseline" / "en" / f"{known}.tsv"
+        )
         baseline_path = shipped if rescale_with_baseline and shipped.is_file() else None
         if callable(captioner):
             blip = captioner
@@ -333,8 +348,9 @@ class BertScore:
         out = torch.zeros(len(candidates), dtype=torch.float32)
         keep = [i for i, (c, r) in enumerate(zip(candidates, references)) if c.strip() and r.strip()]
         if keep:
-            f1 = self.scorer.score([candidates[i] for i in keep], [references[i] for i in keep],
-                                   batch_size=self.batch_size)[2]
+            f1 = self.scorer.score(
+                [candidates[i] for i in keep], [references[i] for i in keep], batch_size=self.batch_size
+            )[2]
             out[keep] = torch.nan_to_num(f1.float().cpu(), nan=0.0)
         return out
 

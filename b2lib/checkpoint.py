@@ -20,8 +20,15 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-__all__ = ["save_checkpoint", "load_checkpoint", "latest_checkpoint", "verify_checkpoint", "checkpoint_stages",
-           "save_lora", "CHECKPOINT_FILES"]
+__all__ = [
+    "save_checkpoint",
+    "load_checkpoint",
+    "latest_checkpoint",
+    "verify_checkpoint",
+    "checkpoint_stages",
+    "save_lora",
+    "CHECKPOINT_FILES",
+]
 
 CHECKPOINT_FILES = ("trainable.safetensors", "optimizer.safetensors", "trainer.json")
 
@@ -41,8 +48,8 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
-def _optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
-    state = opt.state_dict()
+def _split_optimizer(state: dict) -> tuple[dict[str, torch.Tensor], dict]:
+    """An optimizer ``state_dict`` as ``(tensors for safetensors, the rest for JSON)``."""
     tensors, scalars = {}, {}
     for pid, st in state["state"].items():
         for key, value in st.items():
@@ -53,37 +60,26 @@ def _optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tens
     return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
 
 
-def _restore_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+def _join_optimizer(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
+    """The inverse of :func:`_split_optimizer`."""
     state: dict[int, dict] = {}
-    for name, value in tensors.items():
+    for name, value in list(tensors.items()) + list(meta["scalars"].items()):
         pid, key = name.split(".", 1)
         state.setdefault(int(pid), {})[key] = value
-    for name, value in meta["scalars"].items():
-        pid, key = name.split(".", 1)
-        state.setdefault(int(pid), {})[key] = value
-    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    return {"state": state, "param_groups": meta["param_groups"]}
 
 
 def save_checkpoint(trainer, folder: str | os.PathLike) -> Path:
-    """Write ``trainer``'s resumable state to ``folder`` (replaced atomically)."""
+    """Write ``trainer.state_dict()`` to ``folder`` (replaced atomically)."""
     folder = Path(folder)
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    named = trainer.named_trainable()
-    save_file({k: v.detach().contiguous().cpu() for k, v in named.items()}, str(tmp / "trainable.safetensors"))
-    opt_tensors, opt_meta = _optimizer_tensors(trainer.optimizer)
+    state = trainer.state_dict()
+    save_file({k: v.contiguous().cpu() for k, v in state.pop("trainable").items()}, str(tmp / "trainable.safetensors"))
+    opt_tensors, state["optimizer"] = _split_optimizer(state["optimizer"])
     save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
-    meta = {
-        "stage": trainer.stage,
-        "images_seen": trainer.images_seen,
-        "unet_rows_seen": trainer.unet_rows_seen,
-        "log": trainer.log,
-        "normalizer": trainer.normalizer.state_dict(),
-        "optimizer": opt_meta,
-        "config": trainer.config.to_dict(),
-    }
-    (tmp / "trainer.json").write_text(json.dumps(meta))
+    (tmp / "trainer.json").write_text(json.dumps(state))
     for name in CHECKPOINT_FILES:
         _fsync(tmp / name)
     _fsync(tmp)
@@ -103,7 +99,9 @@ def _read(folder: Path) -> tuple[dict, dict[str, torch.Tensor], dict[str, torch.
         meta = json.loads((folder / "trainer.json").read_text())
         meta["stage"], meta["optimizer"], meta["normalizer"]
     except (json.JSONDecodeError, KeyError, TypeError) as err:
-        raise ValueError(f"{folder / 'trainer.json'} is unreadable or incomplete ({type(err).__name__}: {err}).") from None
+        raise ValueError(
+            f"{folder / 'trainer.json'} is unreadable or incomplete ({type(err).__name__}: {err})."
+        ) from None
     tensors = []
     for name in CHECKPOINT_FILES[:2]:
         try:
@@ -113,8 +111,10 @@ def _read(folder: Path) -> tuple[dict, dict[str, torch.Tensor], dict[str, torch.
     for name, values in zip(CHECKPOINT_FILES[:2], tensors):
         bad = [k for k, v in values.items() if v.is_floating_point() and not torch.isfinite(v).all()]
         if bad:
-            raise ValueError(f"{folder / name} holds non-finite values (in {', '.join(bad[:3])}"
-                             f"{', ...' if len(bad) > 3 else ''}): the run had diverged when it was written.")
+            raise ValueError(
+                f"{folder / name} holds non-finite values (in {', '.join(bad[:3])}"
+                f"{', ...' if len(bad) > 3 else ''}): the run had diverged when it was written."
+            )
     return meta, tensors[0], tensors[1]
 
 
@@ -129,30 +129,16 @@ def verify_checkpoint(folder: str | os.PathLike) -> str | None:
 
 
 def load_checkpoint(trainer, folder: str | os.PathLike) -> None:
-    """Restore a state written by :func:`save_checkpoint` into a freshly built trainer of the same configuration.
-
-    The optimizer's hyper-parameters (lr, betas, weight decay, eps) are the trainer's *current* configuration's, not the
-    checkpoint's: resuming with a lower lr after a divergence trains at that lr (its moment estimates are kept)."""
+    """Restore a state written by :func:`save_checkpoint` into a freshly built trainer of the same configuration
+    (``trainer.load_state_dict``: the optimizer keeps the trainer's *current* lr, betas, eps and weight decay)."""
     folder = Path(folder)
     meta, weights, opt_tensors = _read(folder)
-    named = trainer.named_trainable()
-    if set(weights) != set(named) or any(weights[k].shape != p.shape for k, p in named.items()):
-        raise ValueError(
-            f"Checkpoint {folder} holds different trainable parameters than this trainer "
-            "(was it written with another LoRA rank / use_lora setting?)."
+    try:
+        trainer.load_state_dict(
+            {**meta, "trainable": weights, "optimizer": _join_optimizer(opt_tensors, meta["optimizer"])}
         )
-    with torch.no_grad():
-        for name, param in named.items():
-            param.copy_(weights[name].to(param.device, param.dtype))
-    _restore_optimizer(trainer.optimizer, opt_tensors, meta["optimizer"])
-    cfg = trainer.config
-    for group in trainer.optimizer.param_groups:
-        group.update(lr=cfg.lr, betas=tuple(cfg.adam_betas), eps=cfg.adam_eps, weight_decay=cfg.weight_decay)
-    trainer.normalizer.load_state_dict(meta["normalizer"])
-    trainer.stage = meta["stage"]
-    trainer.images_seen = meta["images_seen"]
-    trainer.unet_rows_seen = meta.get("unet_rows_seen", 0)
-    trainer.log = meta["log"]
+    except ValueError as err:
+        raise ValueError(f"Checkpoint {folder}: {err}") from None
 
 
 def checkpoint_stages(checkpoint_dir: str | os.PathLike) -> list[Path]:
@@ -174,8 +160,11 @@ def latest_checkpoint(run_dir: str | os.PathLike, subdir: str = "checkpoints") -
             return folder
         problems.append(problem)
     if problems:
-        raise ValueError(f"No usable checkpoint in {run_dir}: " + " ".join(problems) +
-                         " Repair or remove the broken folders, or start over (resume=False moves them aside).")
+        raise ValueError(
+            f"No usable checkpoint in {run_dir}: "
+            + " ".join(problems)
+            + " Repair or remove the broken folders, or start over (resume=False moves them aside)."
+        )
     return None
 
 

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 from diffusers import StableDiffusionPipeline
 from tqdm.auto import tqdm
 
 from .sampling import sample_trajectories
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = ["generate", "evaluate_images", "evaluate_prompts", "subset", "sampling_throughput"]
 
@@ -33,8 +36,15 @@ def generate(
     starts = range(0, len(prompts), batch_size)
     for b, start in enumerate(tqdm(starts, desc="generate", leave=False, disable=not progress)):
         gen = torch.Generator().manual_seed(seed * 100_003 + b)
-        traj = sample_trajectories(pipe, list(prompts[start : start + batch_size]), num_steps=num_steps,
-                                   guidance_scale=guidance_scale, eta=eta, generator=gen, trained_steps=1)
+        traj = sample_trajectories(
+            pipe,
+            list(prompts[start : start + batch_size]),
+            num_steps=num_steps,
+            guidance_scale=guidance_scale,
+            eta=eta,
+            generator=gen,
+            trained_steps=1,
+        )
         out.append(traj.images)
     return torch.cat(out)
 
@@ -51,7 +61,8 @@ def evaluate_images(
     (reward mean/std, judge alignment and per-attribute rates, semantic and pixel diversity).
 
     ``reward_fn(images, prompts) -> (N,)``; ``judge_fn(images, prompts) -> list`` of objects/dicts with boolean fields
-    (e.g. ``b2lib.world.judge_batch``); ``embed_fn(images) -> (N, D)`` for semantic diversity; without it, a reward with ``score_and_embed`` (a
+    (e.g. ``b2lib.world.judge_batch``); ``embed_fn(images) -> (N, D)`` for semantic diversity; without it, a reward
+    with ``score_and_embed`` (a
     :class:`~b2lib.rewards.ClipScore`) supplies both from one image pass; ``text_metric(images, prompts) -> (N,)``
     a caption-based score such as :class:`~b2lib.bertscore.BertScore` (logged as ``bertscore``). Each is optional.
     """
@@ -97,7 +108,10 @@ def evaluate_images(
 
 
 def sampling_throughput(
-    pipe: StableDiffusionPipeline, n_images: int = 32, num_steps: int = 20, guidance_scale: float = 5.0,
+    pipe: StableDiffusionPipeline,
+    n_images: int = 32,
+    num_steps: int = 20,
+    guidance_scale: float = 5.0,
     repeats: int = 3,
 ) -> dict:
     """Images/s of ``n_images`` sampled in one batch with ``num_steps`` CFG steps (decode included): min/median/max
@@ -113,9 +127,14 @@ def sampling_throughput(
         t = time.perf_counter()
         generate(pipe, prompts, num_steps=num_steps, guidance_scale=guidance_scale, seed=r, batch_size=n_images)
         rates.append(n_images / (time.perf_counter() - t))
-    return {"images_per_s_min": float(np.min(rates)), "images_per_s_median": float(np.median(rates)),
-            "images_per_s_max": float(np.max(rates)), "batch": n_images, "steps": num_steps,
-            "threads": torch.get_num_threads()}
+    return {
+        "images_per_s_min": float(np.min(rates)),
+        "images_per_s_median": float(np.median(rates)),
+        "images_per_s_max": float(np.max(rates)),
+        "batch": n_images,
+        "steps": num_steps,
+        "threads": torch.get_num_threads(),
+    }
 
 
 def subset(prompts: Sequence[str], k: int) -> list[str]:
@@ -145,7 +164,8 @@ def evaluate_prompts(
     :func:`evaluate_images`; ``reward`` is a :class:`~b2lib.rewards.ClipScore` (also used for semantic diversity),
     ``text_metric`` an optional caption-based score (BERTScore). Returns ``(table, summary, images)``."""
     batch = [p for p in prompts for _ in range(n_per_prompt)]
-    images = generate(pipe, batch, num_steps=num_steps, guidance_scale=guidance_scale, eta=eta, seed=seed,
-                      batch_size=batch_size)
+    images = generate(
+        pipe, batch, num_steps=num_steps, guidance_scale=guidance_scale, eta=eta, seed=seed, batch_size=batch_size
+    )
     table, summary = evaluate_images(images, batch, reward, judge_fn, text_metric=text_metric)
     return table, summary, images

@@ -3,7 +3,8 @@ prompts with the same seeds, and write everything under ``results/<run>/``. The 
 
 Files written (``<m>`` = method, ``<s>`` = seed):
 ``config.json`` · ``metrics.csv`` (per stage, method, seed) · ``eval.csv`` (base and every trained model) ·
-``eval_images.csv`` (per image, for paired bootstrap intervals) · ``summary.json`` · ``<m>_seed<s>/lora`` (diffusers LoRA: ``pipe.load_lora_weights(dir)``) ·
+``eval_images.csv`` (per image, for paired bootstrap intervals) · ``summary.json`` · ``<m>_seed<s>/lora`` (diffusers
+LoRA: ``pipe.load_lora_weights(dir)``) ·
 ``<m>_seed<s>/checkpoints/stage_XXXX`` (resumable) · figures (``*.png``) from the notebook.
 """
 
@@ -22,12 +23,29 @@ import torch
 from .checkpoint import latest_checkpoint, save_lora
 from .evaluate import evaluate_prompts, subset
 from .paths import code_version, results_dir
+from .presets import (
+    METHOD_NAMES,
+    PRESETS,
+    TEMPLATE_ALIASES,
+    canonical_template,
+    get_preset,
+    load_models,
+    load_prompts,
+    trainer_config,
+)
 from .rundir import RunLock, check_fingerprint, move_aside
-from .presets import (METHOD_NAMES, PRESETS, TEMPLATE_ALIASES, canonical_template, get_preset, load_models,
-                      load_prompts, trainer_config)
 from .trainer import RLTrainer
 
-__all__ = ["ConfigError", "RunConfig", "RunResult", "run_experiment", "run_many", "write_eval_images", "EVAL_IMAGE_COLUMNS", "METHODS"]
+__all__ = [
+    "ConfigError",
+    "RunConfig",
+    "RunResult",
+    "run_experiment",
+    "run_many",
+    "write_eval_images",
+    "EVAL_IMAGE_COLUMNS",
+    "METHODS",
+]
 
 METHODS = METHOD_NAMES
 #: what a run trains unless told otherwise: the paper's comparison (the ablation variants are opt-in)
@@ -99,11 +117,15 @@ class RunConfig:
         def listed(v) -> bool:
             return isinstance(v, (list, tuple))
 
-        for name, low, meaning in (("stages", 0, "0 = the preset's default"),
-                                   ("images_per_stage", 0, "0 = the preset's default"),
-                                   ("eval_n_per_prompt", 0, "0 = enough for eval_images"),
-                                   ("eval_max_prompts", 0, "0 = every prompt"), ("eval_images", 1, ""),
-                                   ("grid_prompts", 0, ""), ("eval_seed", 0, "")):
+        for name, low, meaning in (
+            ("stages", 0, "0 = the preset's default"),
+            ("images_per_stage", 0, "0 = the preset's default"),
+            ("eval_n_per_prompt", 0, "0 = enough for eval_images"),
+            ("eval_max_prompts", 0, "0 = every prompt"),
+            ("eval_images", 1, ""),
+            ("grid_prompts", 0, ""),
+            ("eval_seed", 0, ""),
+        ):
             v = getattr(self, name)
             if not is_int(v) or v < low:
                 out.append((name, f"must be an integer >= {low}{f' ({meaning})' if meaning else ''}; got {v!r}"))
@@ -112,7 +134,9 @@ class RunConfig:
         if not listed(self.methods) or not self.methods:
             out.append(("methods", f"must be a non-empty list of {list(METHODS)}; got {self.methods!r}"))
         elif [m for m in self.methods if m not in METHODS]:
-            out.append(("methods", f"unknown {[m for m in self.methods if m not in METHODS]}; use any of {list(METHODS)}"))
+            out.append(
+                ("methods", f"unknown {[m for m in self.methods if m not in METHODS]}; use any of {list(METHODS)}")
+            )
         if not listed(self.seeds) or not self.seeds or not all(is_int(x) and x >= 0 for x in self.seeds):
             out.append(("seeds", f"must be a non-empty list of integers >= 0, e.g. [0, 1]; got {self.seeds!r}"))
         elif len(set(self.seeds)) != len(self.seeds):
@@ -125,7 +149,9 @@ class RunConfig:
             v = getattr(self, name)
             if not isinstance(v, str):
                 out.append((name, f"must be a folder path or '' (the preset's); got {v!r}"))
-            elif v and (self.preset == "embedded" or v.startswith(("/", ".", "~"))) and not Path(v).expanduser().is_dir():
+            elif (
+                v and (self.preset == "embedded" or v.startswith(("/", ".", "~"))) and not Path(v).expanduser().is_dir()
+            ):
                 out.append((name, f"{v!r} does not exist (or is not a folder); '' uses the preset's model"))
         for name in ("resume", "bertscore", "save_lora"):
             if not isinstance(getattr(self, name), bool):
@@ -141,13 +167,17 @@ class RunConfig:
         elif self.reward == "judge" and self.preset != "embedded":
             out.append(("reward", "'judge' needs the embedded world's programmatic judge: use preset='embedded'"))
         if self.reward_sign not in (1, -1) or isinstance(self.reward_sign, bool):
-            out.append(("reward_sign", f"use 1 (train on the reward) or -1 (its sign control); got {self.reward_sign!r}"))
+            out.append(
+                ("reward_sign", f"use 1 (train on the reward) or -1 (its sign control); got {self.reward_sign!r}")
+            )
         if self.device not in ("", "cpu", "cuda"):
             out.append(("device", f"use '' (the preset's), 'cpu' or 'cuda'; got {self.device!r}"))
         elif self.device == "cuda" and not torch.cuda.is_available():
             out.append(("device", "'cuda' but torch sees no GPU: leave it empty to run on the CPU"))
         if not isinstance(self.overrides, dict):
-            out.append(("overrides", f"must be a dict of TrainerConfig fields, e.g. {{'lr': 3e-4}}; got {self.overrides!r}"))
+            out.append(
+                ("overrides", f"must be a dict of TrainerConfig fields, e.g. {{'lr': 3e-4}}; got {self.overrides!r}")
+            )
         elif not out:  # the trainer settings each method would get: only once the rest is sound
             from .trainer import TrainerConfig
 
@@ -155,21 +185,26 @@ class RunConfig:
             unknown = sorted(set(self.overrides) - set(known))
             for key, value in self.overrides.items():
                 default = known[key].default if key in known else None
-                wrong = (isinstance(default, bool) and not isinstance(value, bool)) or \
-                    (isinstance(default, float) and (isinstance(value, bool) or not isinstance(value, (int, float)))) or \
-                    (isinstance(default, int) and not isinstance(default, bool) and
-                     (isinstance(value, bool) or not isinstance(value, int))) or \
-                    (isinstance(default, str) and not isinstance(value, str))
+                wrong = (
+                    (isinstance(default, bool) and not isinstance(value, bool))
+                    or (isinstance(default, float) and (isinstance(value, bool) or not isinstance(value, (int, float))))
+                    or (
+                        isinstance(default, int)
+                        and not isinstance(default, bool)
+                        and (isinstance(value, bool) or not isinstance(value, int))
+                    )
+                    or (isinstance(default, str) and not isinstance(value, str))
+                )
                 if wrong:
-                    out.append(("overrides", f"{key} must be a {type(default).__name__} like {default!r}; got {value!r}"))
+                    out.append(
+                        ("overrides", f"{key} must be a {type(default).__name__} like {default!r}; got {value!r}")
+                    )
             if unknown:
                 out.append(("overrides", f"unknown TrainerConfig field(s) {unknown}"))
             elif not any(f == "overrides" for f, _ in out):
                 for method in self.methods:
                     try:
-                        trainer_config(self.preset, method, stages=self.stages or None,
-                                       images_per_stage=self.images_per_stage or None, branches=self.branches or None,
-                                       seed=self.seeds[0], **self.overrides)
+                        self.trainer_config(method, self.seeds[0])
                     except (TypeError, ValueError) as err:
                         out.append(("overrides" if self.overrides else "images_per_stage", f"{method}: {err}"))
         return out
@@ -182,12 +217,23 @@ class RunConfig:
         trainers = {}
         for seed in self.seeds:
             for method in self.methods:
-                tcfg = trainer_config(self.preset, method, stages=self.stages or None,
-                                      images_per_stage=self.images_per_stage or None, branches=self.branches or None,
-                                      seed=seed, **self.overrides).to_dict()
+                tcfg = self.trainer_config(method, seed).to_dict()
                 tcfg.pop("progress", None)
                 trainers[f"{method}_seed{seed}"] = tcfg
         return {"run": own, "trainer": trainers}
+
+    def trainer_config(self, method: str, seed: int, **extra):
+        """``method``'s trainer settings in this run: the preset's, this run's sizes (0 = the preset's) and
+        ``overrides``, then ``extra`` (e.g. ``progress``). The one place a run turns into trainer settings."""
+        return trainer_config(
+            self.preset,
+            method,
+            stages=self.stages,
+            images_per_stage=self.images_per_stage,
+            branches=self.branches,
+            seed=seed,
+            **{**self.overrides, **extra},
+        )
 
     def n_per_prompt(self, n_prompts: int) -> int:
         """Eval images per prompt: ``eval_n_per_prompt``, or the fewest that give ``eval_images`` over the prompts."""
@@ -268,7 +314,9 @@ def _run(cfg: RunConfig, acc, out: Path, t0: float, progress: bool) -> RunResult
     template = canonical_template(cfg.template)
     train_prompts = list(cfg.train_prompts) if cfg.train_prompts else load_prompts(cfg.preset, template, "train")
     split_prompts = {
-        "test": list(cfg.eval_prompts) if cfg.eval_prompts else subset(load_prompts(cfg.preset, template, "test"), cfg.eval_max_prompts),
+        "test": list(cfg.eval_prompts)
+        if cfg.eval_prompts
+        else subset(load_prompts(cfg.preset, template, "test"), cfg.eval_max_prompts),
         "train": subset(train_prompts, cfg.eval_max_prompts),
     }
     eval_prompts = split_prompts[cfg.eval_splits[0]]
@@ -279,8 +327,14 @@ def _run(cfg: RunConfig, acc, out: Path, t0: float, progress: bool) -> RunResult
     pipe, reward = load_models(cfg.preset, cfg.model_dir, cfg.clip_dir, device=device)
     text_metric = _text_metric(cfg.preset, device) if (cfg.bertscore and main) else None
     chain = trainer_config(cfg.preset, "ddpo", **cfg.overrides)  # evaluate with the chain the models are trained on
-    eval_kwargs = dict(judge_fn=judge, seed=cfg.eval_seed, text_metric=text_metric,
-                       num_steps=chain.num_steps, guidance_scale=chain.guidance_scale, eta=chain.eta)
+    eval_kwargs = dict(
+        judge_fn=judge,
+        seed=cfg.eval_seed,
+        text_metric=text_metric,
+        num_steps=chain.num_steps,
+        guidance_scale=chain.guidance_scale,
+        eta=chain.eta,
+    )
     rows, images, per_image = [], {}, []
     n_first = cfg.n_per_prompt(len(eval_prompts))
     eval_batch = [p for p in eval_prompts for _ in range(n_first)]
@@ -295,11 +349,11 @@ def _run(cfg: RunConfig, acc, out: Path, t0: float, progress: bool) -> RunResult
     def evaluate(label: str, method: str, seed) -> None:
         for split in cfg.eval_splits:
             prompts = split_prompts[split]
-            table, summary, imgs = evaluate_prompts(pipe, prompts, reward, n_per_prompt=cfg.n_per_prompt(len(prompts)),
-                                                    **eval_kwargs)
+            table, summary, imgs = evaluate_prompts(
+                pipe, prompts, reward, n_per_prompt=cfg.n_per_prompt(len(prompts)), **eval_kwargs
+            )
             rows.append({"model": label, "method": method, "seed": seed, "split": split, **summary})
-            per_image.append(table.assign(model=label, method=method, seed=seed, split=split,
-                                          image=range(len(table))))
+            per_image.append(table.assign(model=label, method=method, seed=seed, split=split, image=range(len(table))))
             if split == cfg.eval_splits[0]:
                 images[label] = imgs
 
@@ -311,9 +365,7 @@ def _run(cfg: RunConfig, acc, out: Path, t0: float, progress: bool) -> RunResult
         for method in cfg.methods:
             label = f"{method}_seed{seed}"
             pipe, _ = load_models(cfg.preset, cfg.model_dir, cfg.clip_dir, device=device)  # fresh base weights
-            tcfg = trainer_config(cfg.preset, method, stages=cfg.stages or None,
-                                  images_per_stage=cfg.images_per_stage or None, branches=cfg.branches or None,
-                                  seed=seed, progress=progress, **cfg.overrides)
+            tcfg = cfg.trainer_config(method, seed, progress=progress)
             trainer = RLTrainer(pipe, train_reward, train_prompts, tcfg, accelerator=acc, metric_fn=metric_fn)
             ckpt_dir = out / label / "checkpoints"
             resume = latest_checkpoint(out / label) if cfg.resume else None
@@ -324,7 +376,9 @@ def _run(cfg: RunConfig, acc, out: Path, t0: float, progress: bool) -> RunResult
             if main:
                 if cfg.save_lora and tcfg.use_lora:
                     save_lora(pipe, out / label / "lora")
-                elif cfg.save_lora:  # a full fine-tune: the whole UNet, loadable with UNet2DConditionModel.from_pretrained
+                elif (
+                    cfg.save_lora
+                ):  # a full fine-tune: the whole UNet, loadable with UNet2DConditionModel.from_pretrained
                     pipe.unet.save_pretrained(out / label / "unet", safe_serialization=True)
                 evaluate(label, method, seed)
                 pd.DataFrame(metrics).to_csv(out / "metrics.csv", index=False)  # progress survives a crash
@@ -337,13 +391,25 @@ def _run(cfg: RunConfig, acc, out: Path, t0: float, progress: bool) -> RunResult
         metrics_df.to_csv(out / "metrics.csv", index=False)
         evals.to_csv(out / "eval.csv", index=False)
         write_eval_images(pd.concat(per_image, ignore_index=True), out)
-        (out / "summary.json").write_text(json.dumps({
-            "wall_s": wall, "template": template, "preset": cfg.preset, "processes": acc.num_processes,
-            "torch_threads": torch.get_num_threads(), "eval_prompts": eval_prompts, "device": str(acc.device),
-            "device_name": torch.cuda.get_device_name(acc.device) if acc.device.type == "cuda" else "cpu",
-            "grid_prompts": eval_prompts[: cfg.grid_prompts], "code": code_version(),
-            "eval": evals.to_dict(orient="records"),
-        }, indent=2, default=str))
+        (out / "summary.json").write_text(
+            json.dumps(
+                {
+                    "wall_s": wall,
+                    "template": template,
+                    "preset": cfg.preset,
+                    "processes": acc.num_processes,
+                    "torch_threads": torch.get_num_threads(),
+                    "eval_prompts": eval_prompts,
+                    "device": str(acc.device),
+                    "device_name": torch.cuda.get_device_name(acc.device) if acc.device.type == "cuda" else "cpu",
+                    "grid_prompts": eval_prompts[: cfg.grid_prompts],
+                    "code": code_version(),
+                    "eval": evals.to_dict(orient="records"),
+                },
+                indent=2,
+                default=str,
+            )
+        )
     return RunResult(out, metrics_df, evals, images, eval_batch, wall)
 
 
@@ -366,8 +432,13 @@ def _run_worker(cfg: RunConfig, threads: int) -> tuple[str, float]:
     return str(result.out), result.wall_s
 
 
-def run_many(configs: list[RunConfig], workers: int = 1, threads: int | None = None, skip_done: bool = True,
-             progress: bool = True) -> list[Path]:
+def run_many(
+    configs: list[RunConfig],
+    workers: int = 1,
+    threads: int | None = None,
+    skip_done: bool = True,
+    progress: bool = True,
+) -> list[Path]:
     """Run independent experiments (e.g. one per template x seed), ``workers`` at a time in separate processes.
 
     Why processes: the embedded world's models are small, so on a few CPU cores several single-threaded runs use the

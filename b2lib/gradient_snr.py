@@ -37,7 +37,6 @@ about *which* steps are credited.
 
 from __future__ import annotations
 
-import copy
 import math
 import time
 from dataclasses import dataclass, field
@@ -48,8 +47,19 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-__all__ = ["SNR_ARMS", "GradientDraws", "snr_from_gram", "jackknife_snr", "measure_gradients", "snr_rows",
-           "snr_difference", "snr_comparisons", "snr_study"]
+from .tables import write_table
+
+__all__ = [
+    "SNR_ARMS",
+    "GradientDraws",
+    "snr_from_gram",
+    "jackknife_snr",
+    "measure_gradients",
+    "snr_rows",
+    "snr_difference",
+    "snr_comparisons",
+    "snr_study",
+]
 
 
 def snr_from_gram(gram: np.ndarray) -> dict[str, float]:
@@ -148,9 +158,17 @@ class GradientDraws:
         # many entries, so float32's 1e-7 relative error is far below their intervals)
         n = int(np.prod(self.gram.shape[:3]))
         upper = self.gram.reshape(n, n)[np.triu_indices(n)].astype(np.float32)
-        np.savez_compressed(path, gram_upper=upper, gram_shape=np.array(self.gram.shape), counts=self.counts,
-                            images=self.images, first_step=self.first_step, num_steps=self.num_steps,
-                            reward_mean=self.reward_mean, seconds=self.seconds)
+        np.savez_compressed(
+            path,
+            gram_upper=upper,
+            gram_shape=np.array(self.gram.shape),
+            counts=self.counts,
+            images=self.images,
+            first_step=self.first_step,
+            num_steps=self.num_steps,
+            reward_mean=self.reward_mean,
+            seconds=self.seconds,
+        )
         return path
 
     @classmethod
@@ -164,17 +182,31 @@ class GradientDraws:
             flat = np.zeros((n, n))
             flat[np.triu_indices(n)] = z["gram_upper"]
             gram = (flat + np.triu(flat, 1).T).reshape(shape)
-        return cls(gram, z["counts"], int(z["images"]), int(z["first_step"]), int(z["num_steps"]),
-                   float(z["reward_mean"]), float(z["seconds"]))
+        return cls(
+            gram,
+            z["counts"],
+            int(z["images"]),
+            int(z["first_step"]),
+            int(z["num_steps"]),
+            float(z["reward_mean"]),
+            float(z["seconds"]),
+        )
 
 
 def _flat_grad(params: Sequence[torch.nn.Parameter]) -> torch.Tensor:
-    return torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).detach().flatten().float()
-                      for p in params])
+    return torch.cat(
+        [(p.grad if p.grad is not None else torch.zeros_like(p)).detach().flatten().float() for p in params]
+    )
 
 
-def measure_gradients(trainer, draws: int, trained_steps: int | None = None, stage: int = 0,
-                      batch_size: int | None = None, progress: bool = True) -> GradientDraws:
+def measure_gradients(
+    trainer,
+    draws: int,
+    trained_steps: int | None = None,
+    stage: int = 0,
+    batch_size: int | None = None,
+    progress: bool = True,
+) -> GradientDraws:
     """Sample ``draws`` independent stages with ``trainer`` at its current weights and collect their per-step,
     per-part gradient sums (:class:`GradientDraws`). The trainer is left as it was: weights, optimizer and the
     advantage normaliser's state (each draw normalises as a first stage would) are untouched.
@@ -196,9 +228,9 @@ def measure_gradients(trainer, draws: int, trained_steps: int | None = None, sta
     model.train()  # as the trainer's update (the embedded UNet has no dropout, so this is also sampling's mode)
     for r in tqdm(range(draws), desc="gradient draws", disable=not progress):
         traj, rewards = trainer.sample_stage(stage, trained_steps=trained_steps, draw=r + 1)
-        state = copy.deepcopy(trainer.normalizer)
+        state = trainer.normalizer.state_dict()  # advantages() updates the normaliser: measure, then restore
         adv, keep = trainer.advantages(traj, rewards)
-        trainer.normalizer = state
+        trainer.normalizer.load_state_dict(state)
         rewards_seen.append(float(rewards.mean()))
         images, steps = len(traj), traj.num_steps
         first = cfg.num_steps - (trainer.schedule(stage) if trained_steps is None else trained_steps)
@@ -208,9 +240,9 @@ def measure_gradients(trainer, draws: int, trained_steps: int | None = None, sta
             for rows in rows_by_part:
                 for p in params:
                     p.grad = None
-                for chunk in (rows.split(batch) if len(rows) else ()):
+                for chunk in rows.split(batch) if len(rows) else ():
                     cols = torch.full_like(chunk, t)
-                    log_prob = trainer.log_prob(traj, chunk, cols)
+                    log_prob = trainer.policy_terms(traj, chunk, cols)[0]
                     loss = -(adv[chunk].to(log_prob.device) * log_prob).sum()
                     loss.backward()
                 vectors.append(_flat_grad(params))
@@ -219,12 +251,17 @@ def measure_gradients(trainer, draws: int, trained_steps: int | None = None, sta
     model.train(was_training)
     v = torch.stack(vectors).double()
     gram = (v @ v.T).numpy().reshape(draws, steps, 2, draws, steps, 2)
-    return GradientDraws(gram, counts, images, first, cfg.num_steps, float(np.mean(rewards_seen)),
-                         time.perf_counter() - t0)
+    return GradientDraws(
+        gram, counts, images, first, cfg.num_steps, float(np.mean(rewards_seen)), time.perf_counter() - t0
+    )
 
 
-def snr_rows(draws: GradientDraws, label: str, intervals: dict[str, Sequence[int] | None] | None = None,
-             selections: Sequence[bool] = (True, False)) -> list[dict]:
+def snr_rows(
+    draws: GradientDraws,
+    label: str,
+    intervals: dict[str, Sequence[int] | None] | None = None,
+    selections: Sequence[bool] = (True, False),
+) -> list[dict]:
     """One row per (named step subset, selection on/off) of a measurement: ``snr`` with its interval, per image, the
     images a stage would need for ``snr = 1``, the cosine between draws, and the samples trained per draw.
 
@@ -240,15 +277,35 @@ def snr_rows(draws: GradientDraws, label: str, intervals: dict[str, Sequence[int
             n_steps = draws.trained_steps if steps is None else len(list(steps))
             trained = draws.counts[:, 0] if sel else draws.counts.sum(axis=1)
             per_image = s["snr"] / draws.images
-            out.append({
-                "estimator": label, "steps": name, "n_steps": n_steps, "selection": sel, "draws": draws.draws,
-                "images": draws.images, "trained_samples": float(trained.mean()),
-                **{k: s[k] for k in ("snr", "snr_low", "snr_high", "snr_se", "signal", "noise", "cosine",
-                                     "cosine_low", "cosine_high")},
-                "snr_per_image": per_image,
-                "images_for_snr1": 1.0 / per_image if per_image > 0 else float("inf"),
-                "reward_mean": draws.reward_mean, "seconds": draws.seconds,
-            })
+            out.append(
+                {
+                    "estimator": label,
+                    "steps": name,
+                    "n_steps": n_steps,
+                    "selection": sel,
+                    "draws": draws.draws,
+                    "images": draws.images,
+                    "trained_samples": float(trained.mean()),
+                    **{
+                        k: s[k]
+                        for k in (
+                            "snr",
+                            "snr_low",
+                            "snr_high",
+                            "snr_se",
+                            "signal",
+                            "noise",
+                            "cosine",
+                            "cosine_low",
+                            "cosine_high",
+                        )
+                    },
+                    "snr_per_image": per_image,
+                    "images_for_snr1": 1.0 / per_image if per_image > 0 else float("inf"),
+                    "reward_mean": draws.reward_mean,
+                    "seconds": draws.seconds,
+                }
+            )
     return out
 
 
@@ -264,7 +321,8 @@ def snr_difference(a: dict, b: dict, level: float = 0.95) -> dict[str, float]:
 def snr_comparisons(table, pairs, steps: str = "interval"):
     """``a - b`` in SNR per image (:func:`snr_difference`) for each ``(a, b)`` pair of estimators of a
     :func:`snr_study` table: ``a`` with selection on and off, ``b`` with selection on (its training setting). Pairs
-    with an estimator missing from the table are skipped. Returns a DataFrame with ``resolved`` (interval excludes 0)."""
+    with an estimator missing from the table are skipped. Returns a DataFrame with ``resolved`` (interval excludes
+    0)."""
     import pandas as pd
 
     def row(estimator, selection=True):
@@ -299,10 +357,12 @@ SNR_ARMS: dict[str, dict] = {
     # one stochastic step and 4x the images, every reward difference within a group comes from the trained step, and
     # the ceiling (module docstring) is ~0.09 per stage: there the measurement should find a signal.
     "ddpo_redness": dict(method="ddpo", stage="first", reward="redness"),
-    "b2_last_window1_n128_redness": dict(method="b2", stage="last", reward="redness", overrides={"window": 1},
-                                         images_per_stage=128),
-    "b2_last_window1_n128": dict(method="b2", stage="last", reward="clip", overrides={"window": 1},
-                                 images_per_stage=128),
+    "b2_last_window1_n128_redness": dict(
+        method="b2", stage="last", reward="redness", overrides={"window": 1}, images_per_stage=128
+    ),
+    "b2_last_window1_n128": dict(
+        method="b2", stage="last", reward="clip", overrides={"window": 1}, images_per_stage=128
+    ),
     # B² with a deterministic tail (sample_branches' window): the branches differ only by the trained steps' noise
     "b2_first_window1": dict(method="b2", stage="first", reward="clip", overrides={"window": 1}),
     "b2_last_window1": dict(method="b2", stage="last", reward="clip", overrides={"window": 1}),
@@ -325,9 +385,18 @@ def _step_subsets(end: int, first_step: int) -> dict[str, list[int] | None]:
     return subsets
 
 
-def snr_study(out: str | Path, template: str = "counting", arms: dict[str, dict] | None = None, draws: int = 32,
-              seed: int = 0, preset: str = "embedded", images_per_stage: int | None = None,
-              overrides: dict | None = None, device: str | None = None, progress: bool = True):
+def snr_study(
+    out: str | Path,
+    template: str = "counting",
+    arms: dict[str, dict] | None = None,
+    draws: int = 32,
+    seed: int = 0,
+    preset: str = "embedded",
+    images_per_stage: int | None = None,
+    overrides: dict | None = None,
+    device: str | None = None,
+    progress: bool = True,
+):
     """Measure every arm (see :data:`SNR_ARMS`) at the base model on the train prompts of ``template`` and return the
     table of :func:`snr_rows` (also written to ``out/snr.csv``). Each arm's draws are saved as
     ``out/draws_<arm>.npz`` as soon as they are done, and an arm whose file exists is read instead of measured
@@ -343,8 +412,10 @@ def snr_study(out: str | Path, template: str = "counting", arms: dict[str, dict]
     for name, arm in arms.items():
         unknown = set(arm) - {"method", "stage", "reward", "overrides", "images_per_stage"}
         if unknown or arm.get("stage", "first") not in ("first", "last") or arm.get("reward", "clip") not in _REWARDS:
-            raise ValueError(f"arm {name!r}: {arm} must have method, stage ('first'/'last'), reward {_REWARDS} "
-                             f"and optional overrides / images_per_stage; unknown keys {sorted(unknown)}.")
+            raise ValueError(
+                f"arm {name!r}: {arm} must have method, stage ('first'/'last'), reward {_REWARDS} "
+                f"and optional overrides / images_per_stage; unknown keys {sorted(unknown)}."
+            )
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     prompts = load_prompts(preset, template, "train")
@@ -363,16 +434,29 @@ def snr_study(out: str | Path, template: str = "counting", arms: dict[str, dict]
 
                 reward = Redness()
             ips = images_per_stage if images_per_stage is not None else arm.get("images_per_stage")
-            cfg = trainer_config(preset, arm["method"], images_per_stage=ips, seed=seed,
-                                 progress=False, **{**(overrides or {}), **arm.get("overrides", {})})
+            cfg = trainer_config(
+                preset,
+                arm["method"],
+                images_per_stage=ips,
+                seed=seed,
+                progress=False,
+                **{**(overrides or {}), **arm.get("overrides", {})},
+            )
             stage = 0 if arm.get("stage", "first") == "first" else cfg.num_stages - 1
             trainer = RLTrainer(pipe, reward, prompts, cfg)
             measured = measure_gradients(trainer, draws, stage=stage, progress=progress)
             measured.save(path)
         subsets = _step_subsets(measured.first_step + measured.trained_steps, measured.first_step)
         for row in snr_rows(measured, name, subsets):
-            rows.append({**row, "method": arm["method"], "stage": arm.get("stage", "first"),
-                         "reward": arm.get("reward", "clip"), "first_step": measured.first_step})
+            rows.append(
+                {
+                    **row,
+                    "method": arm["method"],
+                    "stage": arm.get("stage", "first"),
+                    "reward": arm.get("reward", "clip"),
+                    "first_step": measured.first_step,
+                }
+            )
     table = pd.DataFrame(rows)
-    table.to_csv(out / "snr.csv", index=False)
+    write_table(table, out, "snr")
     return table

@@ -15,13 +15,12 @@ from pathlib import Path
 from typing import Iterator
 
 import torch
-from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from diffusers import DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 __all__ = [
     "clip_bpe_tokenizer",
-    "build_tiny_pipeline",
-    "load_pipeline",
+    "load_sd_pipeline",
     "ensure_ddim",
     "add_lora",
     "adapters_disabled",
@@ -37,7 +36,13 @@ LORA_TARGET_MODULES = ("to_q", "to_k", "to_v", "to_out.0")
 #: attention, so an attention-only adapter barely changes its output (measured: approx KL ~1e-7 per stage on the
 #: embedded world). Stock diffusers loads such an adapter with ``load_lora_weights`` (conv LoRA included; tested).
 LORA_TARGET_MODULES_ALL = LORA_TARGET_MODULES + (
-    "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2", "conv1", "conv2", "time_emb_proj",
+    "proj_in",
+    "proj_out",
+    "ff.net.0.proj",
+    "ff.net.2",
+    "conv1",
+    "conv2",
+    "time_emb_proj",
 )
 #: ``TrainerConfig.lora_targets`` names -> module name lists
 LORA_TARGETS = {"attention": LORA_TARGET_MODULES, "all": LORA_TARGET_MODULES_ALL}
@@ -99,47 +104,9 @@ def _sd_scheduler(**overrides) -> DDIMScheduler:
     return DDIMScheduler(**config)
 
 
-def build_tiny_pipeline(
-    seed: int = 0,
-    image_size: int = 16,
-    text_dim: int = 32,
-    unet_channels: tuple[int, ...] = (32, 64),
-    max_length: int = 16,
-    tokenizer_dir: str | os.PathLike | None = None,
-) -> StableDiffusionPipeline:
-    """A Stable-Diffusion-architecture pipeline with random weights, built from config (no download).
-
-    For tests: every component is the real diffusers/transformers class, just small. The VAE halves the resolution
-    per extra block (``image_size`` 16 -> 8x8x4 latents with two blocks).
-    """
-    torch.manual_seed(seed)
-    unet = UNet2DConditionModel(
-        sample_size=image_size // 2,
-        in_channels=4,
-        out_channels=4,
-        block_out_channels=unet_channels,
-        layers_per_block=1,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=text_dim,
-        attention_head_dim=8,
-        norm_num_groups=8,
-    )
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-        block_out_channels=(8, 16),
-        latent_channels=4,
-        norm_num_groups=8,
-        sample_size=image_size,
-    )
-    text_encoder = clip_text_encoder(text_dim, 2 * text_dim, num_layers=2, max_length=max_length)
-    return assemble_pipeline(vae, unet, text_encoder, max_length, tokenizer_dir)
-
-
-def clip_text_encoder(hidden: int, intermediate: int, num_layers: int, max_length: int, heads: int = 4) -> CLIPTextModel:
+def clip_text_encoder(
+    hidden: int, intermediate: int, num_layers: int, max_length: int, heads: int = 4
+) -> CLIPTextModel:
     """A randomly initialised CLIP text transformer over CLIP's 49,408-token BPE vocabulary (SD's text encoder kind)."""
     return CLIPTextModel(
         CLIPTextConfig(
@@ -177,7 +144,7 @@ def ensure_ddim(pipe: StableDiffusionPipeline) -> StableDiffusionPipeline:
     return pipe
 
 
-def load_pipeline(
+def load_sd_pipeline(
     name_or_path: str | os.PathLike,
     torch_dtype: torch.dtype = torch.float32,
     device: str | torch.device = "cpu",
@@ -187,7 +154,9 @@ def load_pipeline(
     Errors say what to do: a local path that does not exist, or a hub name while the hub is unreachable/offline.
     """
     path = Path(name_or_path).expanduser()
-    is_hub_name = not path.exists() and str(name_or_path).count("/") == 1 and not str(name_or_path).startswith((".", "/", "~"))
+    is_hub_name = (
+        not path.exists() and str(name_or_path).count("/") == 1 and not str(name_or_path).startswith((".", "/", "~"))
+    )
     if not path.exists() and not is_hub_name:
         raise FileNotFoundError(
             f"No pipeline folder at {path}. Pass a folder written by `pipe.save_pretrained(...)` or a hub name such as "
@@ -195,7 +164,10 @@ def load_pipeline(
         )
     try:
         pipe = StableDiffusionPipeline.from_pretrained(
-            str(path) if path.exists() else str(name_or_path), torch_dtype=torch_dtype, safety_checker=None, requires_safety_checker=False
+            str(path) if path.exists() else str(name_or_path),
+            torch_dtype=torch_dtype,
+            safety_checker=None,
+            requires_safety_checker=False,
         )
     except (OSError, ValueError) as err:
         if path.exists():

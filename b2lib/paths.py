@@ -31,11 +31,18 @@ def code_version() -> dict | None:
     import subprocess
 
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True,
-                                timeout=10, check=True).stdout.strip()
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
         # only the library counts: notebooks and results/ change as runs write them
-        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "b2lib"],
-                                cwd=REPO_ROOT, capture_output=True, text=True, timeout=10, check=True).stdout
+        status = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", "b2lib"],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout
     except (OSError, subprocess.SubprocessError):
         return None
     return {"commit": commit, "dirty": bool(status.strip())}

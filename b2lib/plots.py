@@ -10,8 +10,24 @@ import numpy as np
 import seaborn as sns
 import torch
 
-__all__ = ["snr_plot", "image_grid", "save_figure", "set_style", "training_curves", "comparison_grid", "ratio_bars", "curves_grid",
-           "tradeoff", "factor_lines", "health_curves", "sweep_plot", "interval_plot", "sign_control_plot", "HEALTH_COLUMNS", "X_LABELS"]
+__all__ = [
+    "snr_plot",
+    "image_grid",
+    "save_figure",
+    "set_style",
+    "training_curves",
+    "comparison_grid",
+    "ratio_bars",
+    "curves_grid",
+    "tradeoff",
+    "factor_lines",
+    "health_curves",
+    "sweep_plot",
+    "interval_plot",
+    "sign_control_plot",
+    "HEALTH_COLUMNS",
+    "X_LABELS",
+]
 
 
 def set_style() -> None:
@@ -30,14 +46,18 @@ def _to_hwc(image) -> np.ndarray:
 
 
 def image_grid(
-    images: Sequence, titles: Sequence[str] | None = None, ncols: int = 8, scale: float = 1.3,
+    images: Sequence,
+    titles: Sequence[str] | None = None,
+    ncols: int = 8,
+    scale: float = 1.3,
     row_labels: Sequence[str] | None = None,
 ):
     """A grid of images (tensors ``(3, H, W)`` in [0, 1] or uint8 ``(H, W, 3)``) with optional titles."""
     n = len(images)
     nrows = max(1, -(-n // ncols))
-    fig, axes = plt.subplots(nrows, ncols, figsize=(ncols * scale, nrows * scale * (1.25 if titles else 1.0)),
-                             squeeze=False)
+    fig, axes = plt.subplots(
+        nrows, ncols, figsize=(ncols * scale, nrows * scale * (1.25 if titles else 1.0)), squeeze=False
+    )
     for i, ax in enumerate(axes.flat):
         ax.set_xticks([])
         ax.set_yticks([])
@@ -81,8 +101,9 @@ def health_curves(metrics, x: str = "images_seen", hue: str = "method"):
 def sweep_plot(table, x: str = "lr", hue: str = "grad_accum", y: str = "gain", col: str = "method"):
     """The tuning sweep: train-split reward gain over the base model per grid point, one panel per method; points are
     seeds, lines their mean."""
-    g = sns.catplot(data=table, x=x, y=y, hue=hue, col=col, kind="point", errorbar=None, height=3.0, aspect=1.2,
-                    dodge=0.2)
+    g = sns.catplot(
+        data=table, x=x, y=y, hue=hue, col=col, kind="point", errorbar=None, height=3.0, aspect=1.2, dodge=0.2
+    )
     g.map_dataframe(sns.stripplot, x=x, y=y, hue=hue, dodge=True, alpha=0.5, palette="dark:k")
     for ax in g.axes.flat:
         ax.axhline(0.0, color="grey", lw=0.8, ls="--")
@@ -97,8 +118,14 @@ def interval_plot(table, label_cols=("template", "metric", "a", "b")):
     labels = [" · ".join(f"{r[c]}" for c in label_cols[:2]) + f": {r['a']} − {r['b']}" for _, r in table.iterrows()]
     fig, ax = plt.subplots(figsize=(6.5, 0.32 * len(table) + 0.8))
     y = np.arange(len(table))
-    ax.errorbar(table["diff"], y, xerr=[table["diff"] - table["low"], table["high"] - table["diff"]], fmt="o",
-                color="k", capsize=3)
+    ax.errorbar(
+        table["diff"],
+        y,
+        xerr=[table["diff"] - table["low"], table["high"] - table["diff"]],
+        fmt="o",
+        color="k",
+        capsize=3,
+    )
     ax.axvline(0.0, color="grey", lw=0.8, ls="--")
     ax.set_yticks(y, labels, fontsize=8)
     ax.invert_yaxis()
@@ -117,8 +144,15 @@ def sign_control_plot(table, metric: str = "reward"):
     fig, ax = plt.subplots(figsize=(6.5, 0.9 * len(t) + 1.2))
     for k, (part, colour) in enumerate(zip(parts, ("k", "tab:green", "tab:red"))):
         y = np.arange(len(t)) + (k - 1) * 0.22
-        ax.errorbar(t[part], y, xerr=[t[part] - t[f"{part}_low"], t[f"{part}_high"] - t[part]], fmt="o", capsize=3,
-                    color=colour, label=part)
+        ax.errorbar(
+            t[part],
+            y,
+            xerr=[t[part] - t[f"{part}_low"], t[f"{part}_high"] - t[part]],
+            fmt="o",
+            capsize=3,
+            color=colour,
+            label=part,
+        )
     ax.axvline(0.0, color="grey", lw=0.8, ls="--")
     ax.set_yticks(np.arange(len(t)), [f"{m} ({s} seeds)" for m, s in zip(t["method"], t["seeds"])])
     ax.invert_yaxis()
@@ -146,8 +180,15 @@ def snr_plot(table):
         per = part["snr_per_image"].to_numpy()
         low = part["snr_low"].to_numpy() / part["images"].to_numpy()
         high = part["snr_high"].to_numpy() / part["images"].to_numpy()
-        ax.errorbar(per, y, xerr=[per - low, high - per], fmt="o", capsize=3, color=colour,
-                    label="kept samples (selection)" if sel else "all samples")
+        ax.errorbar(
+            per,
+            y,
+            xerr=[per - low, high - per],
+            fmt="o",
+            capsize=3,
+            color=colour,
+            label="kept samples (selection)" if sel else "all samples",
+        )
     ax.axvline(0.0, color="grey", lw=0.8, ls="--")
     ax.set_yticks(np.arange(len(order)), order, fontsize=8)
     ax.invert_yaxis()
@@ -205,8 +246,15 @@ def ratio_bars(table, value: str = "median", label: str = "measurement", goal: s
     colours = ["#4c72b0" if g is None or pd.isna(g) or v >= g else "#c44e52" for v, g in zip(table[value], table[goal])]
     ax.barh(y, table[value], color=colours, alpha=0.85)
     if {"min", "max"} <= set(table):
-        ax.errorbar(table[value], y, xerr=[table[value] - table["min"], table["max"] - table[value]], fmt="none",
-                    ecolor="black", capsize=3, lw=1)
+        ax.errorbar(
+            table[value],
+            y,
+            xerr=[table[value] - table["min"], table["max"] - table[value]],
+            fmt="none",
+            ecolor="black",
+            capsize=3,
+            lw=1,
+        )
     for yi, g in zip(y, table[goal]):
         if g is not None and not pd.isna(g):
             ax.plot([g, g], [yi - 0.4, yi + 0.4], color="black", lw=2, ls="--")
@@ -224,8 +272,13 @@ def ratio_bars(table, value: str = "median", label: str = "measurement", goal: s
     return fig
 
 
-def curves_grid(metrics, columns: Sequence[str] = ("reward_mean", "judge_all_ok"), row: str = "template",
-                x: str = "images_seen", hue: str = "method"):
+def curves_grid(
+    metrics,
+    columns: Sequence[str] = ("reward_mean", "judge_all_ok"),
+    row: str = "template",
+    x: str = "images_seen",
+    hue: str = "method",
+):
     """Training curves, one row of panels per ``row`` value (e.g. template), one column per metric; mean and a
     band of one std over seeds."""
     import pandas as pd
@@ -263,16 +316,21 @@ def tradeoff(evals, x: str = "clip_diversity", y: str = "judge_all_ok", hue: str
     return fig
 
 
-def factor_lines(table, factor_col: str = "factor", value_col: str = "value",
-                 metrics: Sequence[str] = ("judge_all_ok", "reward_mean", "clip_diversity")):
+def factor_lines(
+    table,
+    factor_col: str = "factor",
+    value_col: str = "value",
+    metrics: Sequence[str] = ("judge_all_ok", "reward_mean", "clip_diversity"),
+):
     """Sensitivity: one panel per (factor, metric), the metric against the factor's values."""
     import pandas as pd
 
     table = pd.DataFrame(table)
     factors = list(dict.fromkeys(table[factor_col]))
     metrics = [m for m in metrics if m in table]
-    fig, axes = plt.subplots(len(metrics), len(factors), figsize=(3.2 * len(factors), 2.6 * len(metrics)),
-                             squeeze=False)
+    fig, axes = plt.subplots(
+        len(metrics), len(factors), figsize=(3.2 * len(factors), 2.6 * len(metrics)), squeeze=False
+    )
     for c, f in enumerate(factors):
         data = table[table[factor_col] == f].sort_values(value_col)
         for r, m in enumerate(metrics):

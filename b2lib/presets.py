@@ -19,14 +19,29 @@ import torch
 
 from .trainer import TrainerConfig
 
-__all__ = ["METHOD_NAMES", "PRESETS", "TEMPLATE_ALIASES", "EMBEDDED", "EMBEDDED_TUNED", "Preset", "get_preset", "canonical_template", "load_prompts",
-           "load_models", "trainer_config"]
+__all__ = [
+    "METHOD_NAMES",
+    "PRESETS",
+    "TEMPLATE_ALIASES",
+    "EMBEDDED",
+    "EMBEDDED_TUNED",
+    "Preset",
+    "get_preset",
+    "canonical_template",
+    "load_prompts",
+    "load_models",
+    "trainer_config",
+    "method_config",
+]
 
 PRESETS = ("embedded", "paper")
 TEMPLATE_ALIASES = {
-    "counting": "counting", "template1": "counting",
-    "binding": "binding", "template2": "binding",
-    "relation": "relation", "template3": "relation",
+    "counting": "counting",
+    "template1": "counting",
+    "binding": "binding",
+    "template2": "binding",
+    "relation": "relation",
+    "template3": "relation",
 }
 #: trainable methods: B²-DiffuRL, the DDPO baseline, and each strategy alone (ablations)
 METHOD_NAMES = ("ddpo", "b2", "progressive", "branch")
@@ -47,8 +62,14 @@ class Preset:
 def get_preset(name: str) -> Preset:
     if name == "paper":
         cuda = torch.cuda.is_available()
-        return Preset("paper", "CompVis/stable-diffusion-v1-4", "ViT-H-14", "laion2b_s32b_b79k",
-                      "cuda" if cuda else "cpu", torch.float16 if cuda else torch.float32)
+        return Preset(
+            "paper",
+            "CompVis/stable-diffusion-v1-4",
+            "ViT-H-14",
+            "laion2b_s32b_b79k",
+            "cuda" if cuda else "cpu",
+            torch.float16 if cuda else torch.float32,
+        )
     if name == "embedded":
         return Preset("embedded", "", "b2-world-clip", "", "cpu", torch.float32)
     raise ValueError(f"Unknown preset {name!r}: use one of {PRESETS}.")
@@ -80,64 +101,80 @@ def load_models(preset: str, model_dir: str = "", clip_dir: str = "", device: st
     p = get_preset(preset)
     device = device or p.device
     if p.name == "embedded":
-        from .world.models import load_clip_score, load_pipeline
+        from .world.models import load_clip_score, load_world_pipeline
 
-        return load_pipeline(model_dir or None, device=device), load_clip_score(clip_dir or None, device=device)
-    from .models import load_pipeline
+        return load_world_pipeline(model_dir or None, device=device), load_clip_score(clip_dir or None, device=device)
+    from .models import load_sd_pipeline
     from .rewards import ClipScore
 
-    pipe = load_pipeline(model_dir or p.pipeline, torch_dtype=p.torch_dtype, device=device)
-    reward = ClipScore.from_pretrained(p.clip_model, clip_dir or p.clip_pretrained, device=device,
-                                       precision="fp16" if p.torch_dtype == torch.float16 else "fp32")
+    pipe = load_sd_pipeline(model_dir or p.pipeline, torch_dtype=p.torch_dtype, device=device)
+    reward = ClipScore.from_pretrained(
+        p.clip_model,
+        clip_dir or p.clip_pretrained,
+        device=device,
+        precision="fp16" if p.torch_dtype == torch.float16 else "fp32",
+    )
     return pipe, reward
 
 
 def trainer_config(
     preset: str,
     method: str,
-    stages: int | None = None,
-    images_per_stage: int | None = None,
-    branches: int | None = None,
+    stages: int | None = 0,
+    images_per_stage: int | None = 0,
+    branches: int | None = 0,
     seed: int = 0,
     **overrides,
 ) -> TrainerConfig:
-    """The ``TrainerConfig`` of ``method`` at a scale: "b2" (both strategies), "ddpo" (neither), or one strategy
-    alone for the ablations: "progressive" (backward progressive training, DDPO's sampling) and "branch"
-    (branch-based sampling and selection over the whole chain). Both methods get the same number of generated
-    images per stage: B² samples ``images_per_stage // branches`` prefixes with ``branches`` branches each, DDPO
-    ``images_per_stage`` independent trajectories. Everything else is shared, so they differ only where the paper
-    says they do."""
+    """The ``TrainerConfig`` of ``method`` at a scale, in three layers, later ones winning: the scale's trainer
+    settings (the paper's reference values, or :data:`EMBEDDED` with the method's tuned point :data:`EMBEDDED_TUNED`),
+    the sizes (``stages``, ``images_per_stage``, ``branches``; 0 or None = the scale's), then ``overrides`` (any
+    ``TrainerConfig`` field). :func:`method_config` then turns the method's name into its switches.
+
+    0 means "the scale's default" here as in :class:`~b2lib.experiment.RunConfig`, the CLI and the notebooks, so a
+    default changed in :data:`EMBEDDED` (or ``TrainerConfig``) is seen by every entry point."""
     if method not in METHOD_NAMES:
         raise ValueError(f"Unknown method {method!r}: use one of {METHOD_NAMES}.")
-    p = get_preset(preset)
-    if p.name == "paper":
-        base = dict(mixed_precision="fp16" if p.torch_dtype == torch.float16 else "no")  # the rest: reference defaults
+    if get_preset(preset).name == "paper":
+        mixed = "fp16" if get_preset(preset).torch_dtype == torch.float16 else "no"
+        fields: dict = {"mixed_precision": mixed}  # the rest: TrainerConfig's defaults, the reference values
+        scale_images = None  # the reference's prompts_per_stage prefixes x its branches
     else:
-        base = {**EMBEDDED, **EMBEDDED_TUNED.get(method, {})}
-    base.update(seed=seed)
-    stages = stages if stages is not None else base.pop("num_stages", None)
-    images_per_stage = images_per_stage if images_per_stage is not None else base.pop("images_per_stage", None)
-    base.pop("images_per_stage", None)
-    if stages is not None:
-        base["num_stages"] = stages
-    else:
-        base.pop("num_stages", None)
-    base.update(overrides)
-    b = branches if branches is not None else base.pop("num_branches", TrainerConfig.num_branches)
-    base.pop("num_branches", None)
-    ips = images_per_stage if images_per_stage is not None else TrainerConfig.prompts_per_stage * b
+        fields = {k: v for k, v in {**EMBEDDED, **EMBEDDED_TUNED.get(method, {})}.items() if k != "images_per_stage"}
+        scale_images = EMBEDDED["images_per_stage"]
+    fields["seed"] = seed
+    if stages:
+        fields["num_stages"] = stages
+    fields.update(overrides)
+    b = branches or fields.pop("num_branches", TrainerConfig.num_branches)
+    fields.pop("num_branches", None)
+    images = images_per_stage or scale_images or TrainerConfig.prompts_per_stage * b
+    if method == "ddpo" and "split_start" not in overrides:  # no interval to start: the field keeps its default
+        fields.pop("split_start", None)
+    return method_config(method, fields, images, b)
+
+
+def method_config(method: str, fields: dict, images_per_stage: int, branches: int) -> TrainerConfig:
+    """The one place a method's name becomes switches, at ``images_per_stage`` generated images per stage for every
+    method (the equal budget): "b2" (both strategies: ``images_per_stage // branches`` prefixes x ``branches``),
+    "ddpo" (neither: ``images_per_stage`` independent trajectories), and one strategy alone for the ablations:
+    "progressive" (backward progressive training, DDPO's sampling) and "branch" (branch-based sampling and selection
+    over the whole chain). ``fields`` (other ``TrainerConfig`` fields) is shared, so methods differ only where the
+    paper says they do. Pure: no defaults are read here."""
     if method in ("b2", "branch"):
-        if ips % b:
-            raise ValueError(f"images_per_stage={ips} must be a multiple of branches={b} for an equal budget.")
-        kwargs = dict(num_branches=b, prompts_per_stage=ips // b)
+        if images_per_stage % branches:
+            raise ValueError(
+                f"images_per_stage={images_per_stage} must be a multiple of branches={branches} for an equal budget."
+            )
+        switches = dict(num_branches=branches, prompts_per_stage=images_per_stage // branches)
         if method == "branch":  # branch-based sampling alone: the interval is the whole chain, branched at x_T
-            kwargs["progressive"] = False
-        return TrainerConfig.b2(**{**base, **kwargs})
+            switches["progressive"] = False
+        return TrainerConfig.b2(**{**fields, **switches})
     if method == "progressive":  # backward progressive training alone: DDPO's sampler and normaliser
-        return TrainerConfig.ddpo(**{**base, "prompts_per_stage": ips, "progressive": True})
-    if "split_start" not in overrides:
-        base.pop("split_start", None)
-    return TrainerConfig.ddpo(**{**base, "prompts_per_stage": ips})
+        return TrainerConfig.ddpo(**{**fields, "prompts_per_stage": images_per_stage, "progressive": True})
+    if method == "ddpo":
+        return TrainerConfig.ddpo(**{**fields, "prompts_per_stage": images_per_stage})
+    raise ValueError(f"Unknown method {method!r}: use one of {METHOD_NAMES}.")
 
 
 #: Embedded-scale hyper-parameters (CPU, minutes), shared by every method. The adapter wraps every linear and

@@ -15,7 +15,22 @@ import numpy as np
 import pandas as pd
 import torch
 
-__all__ = ["completed_runs", "collect", "load_eval_images", "paired_comparison", "sign_control", "run_table", "EVAL_IMAGE_METRICS", "mean_std", "format_mean_std", "load_samples", "METRIC_LABELS", "sample_grid_from_runs"]
+from .tables import read_table
+
+__all__ = [
+    "completed_runs",
+    "collect",
+    "load_eval_images",
+    "paired_comparison",
+    "sign_control",
+    "run_table",
+    "EVAL_IMAGE_METRICS",
+    "mean_std",
+    "format_mean_std",
+    "load_samples",
+    "METRIC_LABELS",
+    "sample_grid_from_runs",
+]
 
 #: evaluation columns shown in tables, with readable names
 METRIC_LABELS = {
@@ -49,14 +64,20 @@ def completed_runs(root: str | Path, pattern: str = "*") -> list[Path]:
 
 def collect(*roots: str | Path, tag: str | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Every run folder under ``roots`` (a run folder itself, or a folder of run folders) -> ``(evals, metrics)``,
-    with ``run`` (folder name), ``template`` and ``algorithm`` (the RL update; "ppo" unless overridden) added. ``tag`` is stored as a ``tag`` column."""
+    with ``run`` (folder name), ``template`` and ``algorithm`` (the RL update; "ppo" unless overridden) added.
+    ``tag`` is stored as a ``tag`` column."""
     evals, metrics = [], []
     for d in _run_dirs(roots):
         summary = json.loads((d / "summary.json").read_text())
         config = json.loads((d / "config.json").read_text()) if (d / "config.json").exists() else {}
         overrides = config.get("overrides", {})
-        extra = {"run": d.name, "template": summary.get("template"), "tag": tag,
-                 "algorithm": overrides.get("algorithm", "ppo"), "overrides": json.dumps(overrides, sort_keys=True)}
+        extra = {
+            "run": d.name,
+            "template": summary.get("template"),
+            "tag": tag,
+            "algorithm": overrides.get("algorithm", "ppo"),
+            "overrides": json.dumps(overrides, sort_keys=True),
+        }
         e = pd.read_csv(d / "eval.csv")
         if "split" not in e:
             e["split"] = "test"
@@ -64,8 +85,10 @@ def collect(*roots: str | Path, tag: str | None = None) -> tuple[pd.DataFrame, p
         if (d / "metrics.csv").exists() and (d / "metrics.csv").stat().st_size > 1:
             metrics.append(pd.read_csv(d / "metrics.csv").assign(**extra))
     if not evals:
-        raise FileNotFoundError(f"No run folders (with summary.json) under {[str(r) for r in roots]}: run the "
-                                "notebook that produces them first.")
+        raise FileNotFoundError(
+            f"No run folders (with summary.json) under {[str(r) for r in roots]}: run the "
+            "notebook that produces them first."
+        )
     ev = pd.concat(evals, ignore_index=True)
     me = pd.concat(metrics, ignore_index=True) if metrics else pd.DataFrame()
     return ev, me
@@ -81,8 +104,10 @@ def load_eval_images(*roots: str | Path) -> pd.DataFrame:
         template = json.loads((d / "summary.json").read_text()).get("template")
         frames.append(pd.read_csv(d / "eval_images.csv").assign(run=d.name, template=template))
     if not frames:
-        raise FileNotFoundError(f"No eval_images.csv under {[str(r) for r in roots]}: rerun the notebook that writes "
-                                "these runs (per-image scores are written since the paired-evaluation change).")
+        raise FileNotFoundError(
+            f"No eval_images.csv under {[str(r) for r in roots]}: rerun the notebook that writes "
+            "these runs (per-image scores are written since the paired-evaluation change)."
+        )
     df = pd.concat(frames, ignore_index=True)
     base = df[df["method"] == "base"].drop_duplicates(subset=["template", "split", "image"])
     return pd.concat([base, df[df["method"] != "base"]], ignore_index=True)
@@ -95,9 +120,13 @@ def _score_matrix(df: pd.DataFrame, metric: str) -> tuple:
     return wide.to_numpy(dtype=float), prompts
 
 
-def paired_comparison(images: pd.DataFrame, split: str = "test", metrics: Sequence[str] = tuple(EVAL_IMAGE_METRICS),
-                      pairs: Sequence[tuple[str, str]] = (("ddpo", "base"), ("b2", "base"), ("b2", "ddpo")),
-                      draws: int = 4000) -> pd.DataFrame:
+def paired_comparison(
+    images: pd.DataFrame,
+    split: str = "test",
+    metrics: Sequence[str] = tuple(EVAL_IMAGE_METRICS),
+    pairs: Sequence[tuple[str, str]] = (("ddpo", "base"), ("b2", "base"), ("b2", "ddpo")),
+    draws: int = 4000,
+) -> pd.DataFrame:
     """Per template, metric and pair ``(a, b)``: the means of ``a`` and ``b`` (over seeds and images), ``a - b`` with
     its 95 % two-level bootstrap interval (:func:`b2lib.stats.bootstrap_difference`: seeds of each side resampled
     independently, prompts jointly), the number of seeds and images per side, and the README verdict."""
@@ -119,15 +148,33 @@ def paired_comparison(images: pd.DataFrame, split: str = "test", metrics: Sequen
                 if sa.shape[1] != sb.shape[1]:
                     raise ValueError(f"{template}/{metric}: {a} and {b} were evaluated on different image sets.")
                 diff = bootstrap_difference(sa.astype(float), sb.astype(float), prompts, draws=draws)
-                rows.append({"template": template, "metric": metric, "a": a, "b": b, "mean_a": sa.mean(),
-                             "mean_b": sb.mean(), "diff": diff.estimate, "low": diff.low, "high": diff.high,
-                             "resolved": diff.resolved, "seeds_a": sa.shape[0], "seeds_b": sb.shape[0],
-                             "images": sa.shape[1], "verdict": verdict(diff, a, b)})
+                rows.append(
+                    {
+                        "template": template,
+                        "metric": metric,
+                        "a": a,
+                        "b": b,
+                        "mean_a": sa.mean(),
+                        "mean_b": sb.mean(),
+                        "diff": diff.estimate,
+                        "low": diff.low,
+                        "high": diff.high,
+                        "resolved": diff.resolved,
+                        "seeds_a": sa.shape[0],
+                        "seeds_b": sb.shape[0],
+                        "images": sa.shape[1],
+                        "verdict": verdict(diff, a, b),
+                    }
+                )
     return pd.DataFrame(rows)
 
 
-def sign_control(run_dirs: Iterable[str | Path], split: str = "train", metrics: Sequence[str] = ("reward", "judge_all_ok"),
-                 draws: int = 4000) -> pd.DataFrame:
+def sign_control(
+    run_dirs: Iterable[str | Path],
+    split: str = "train",
+    metrics: Sequence[str] = ("reward", "judge_all_ok"),
+    draws: int = 4000,
+) -> pd.DataFrame:
     """Learning vs drift, from runs trained on the reward (``reward_sign=1``) and on its negation (``-1``) with the same
     seeds and recipe, all evaluated on the same images (same prompts, same noise, the real reward).
 
@@ -163,8 +210,15 @@ def sign_control(run_dirs: Iterable[str | Path], split: str = "train", metrics: 
             pos = np.stack([models[(method, 1, s)][metric].to_numpy(float) for s in seeds])
             neg = np.stack([models[(method, -1, s)][metric].to_numpy(float) for s in seeds])
             ref = base[metric].to_numpy(float)[None]
-            row = {"method": method, "metric": metric, "seeds": len(seeds), "images": pos.shape[1],
-                   "base": float(ref.mean()), "trained_on_reward": float(pos.mean()), "trained_on_negated": float(neg.mean())}
+            row = {
+                "method": method,
+                "metric": metric,
+                "seeds": len(seeds),
+                "images": pos.shape[1],
+                "base": float(ref.mean()),
+                "trained_on_reward": float(pos.mean()),
+                "trained_on_negated": float(neg.mean()),
+            }
             for name, values in (("gain", pos - ref), ("signal", (pos - neg) / 2), ("drift", (pos + neg) / 2 - ref)):
                 iv = bootstrap_mean(values, prompt_ids, draws=draws)
                 row.update({name: iv.estimate, f"{name}_low": iv.low, f"{name}_high": iv.high})
@@ -182,14 +236,16 @@ def _paired_gain(run_dir: Path, split: str):
     im = pd.read_csv(path)
     im = im[im["split"] == split].sort_values("image")
     a, b = im[im["method"] != "base"], im[im["method"] == "base"]
-    return bootstrap_difference(a["reward"].to_numpy(float)[None], b["reward"].to_numpy(float)[None],
-                                pd.factorize(b["prompt"])[0])
+    return bootstrap_difference(
+        a["reward"].to_numpy(float)[None], b["reward"].to_numpy(float)[None], pd.factorize(b["prompt"])[0]
+    )
 
 
 def run_table(run_dirs: Iterable[str | Path], split: str = "train") -> pd.DataFrame:
     """One row per single-method run folder: what it was (method, seed, images per stage, overrides, reward sign, the
     device it ran on), its paired gain over the base model on ``split`` (CLIPScore and judge) and its training health
-    (means over stages; total optimizer steps; the first and last five stages' train reward). ``gain_low``/``gain_high``:
+    (means over stages; total optimizer steps; the first and last five stages' train reward).
+    ``gain_low``/``gain_high``:
     the gain's 95 % interval, prompts resampled (per-image scores of the same noise for both models)."""
     rows = []
     for d in map(Path, run_dirs):
@@ -199,23 +255,37 @@ def run_table(run_dirs: Iterable[str | Path], split: str = "train") -> pd.DataFr
         base, tuned = ev[ev["method"] == "base"].iloc[0], ev[ev["method"] != "base"].iloc[0]
         m = pd.read_csv(d / "metrics.csv")
         gain_iv = _paired_gain(d, split)
-        rows.append({
-            "study": d.parent.name, "run": d.name, "method": tuned["method"], "seed": int(tuned["seed"]),
-            "images_per_stage": int(m["images"].iloc[0]), "stages": int(m["stage"].max() + 1),
-            "reward_sign": int(cfg.get("reward_sign", 1)), "device": cfg.get("device") or "cpu",
-            "overrides": json.dumps(cfg.get("overrides", {}), sort_keys=True),
-            "gain": float(tuned["reward_mean"] - base["reward_mean"]),
-            "gain_low": gain_iv.low if gain_iv else np.nan, "gain_high": gain_iv.high if gain_iv else np.nan,
-            "judge_gain": float(tuned.get("judge_all_ok", np.nan) - base.get("judge_all_ok", np.nan)),
-            "optimizer_steps": int(m["optimizer_steps"].sum()),
-            **{f"mean_{k}": float(m[k].mean()) for k in ("approx_kl", "clipfrac", "grad_norm", "rel_update") if k in m},
-            "reward_first5": float(m["reward_mean"].head(5).mean()), "reward_last5": float(m["reward_mean"].tail(5).mean()),
-        })
+        rows.append(
+            {
+                "study": d.parent.name,
+                "run": d.name,
+                "method": tuned["method"],
+                "seed": int(tuned["seed"]),
+                "images_per_stage": int(m["images"].iloc[0]),
+                "stages": int(m["stage"].max() + 1),
+                "reward_sign": int(cfg.get("reward_sign", 1)),
+                "device": cfg.get("device") or "cpu",
+                "overrides": json.dumps(cfg.get("overrides", {}), sort_keys=True),
+                "gain": float(tuned["reward_mean"] - base["reward_mean"]),
+                "gain_low": gain_iv.low if gain_iv else np.nan,
+                "gain_high": gain_iv.high if gain_iv else np.nan,
+                "judge_gain": float(tuned.get("judge_all_ok", np.nan) - base.get("judge_all_ok", np.nan)),
+                "optimizer_steps": int(m["optimizer_steps"].sum()),
+                **{
+                    f"mean_{k}": float(m[k].mean())
+                    for k in ("approx_kl", "clipfrac", "grad_norm", "rel_update")
+                    if k in m
+                },
+                "reward_first5": float(m["reward_mean"].head(5).mean()),
+                "reward_last5": float(m["reward_mean"].tail(5).mean()),
+            }
+        )
     return pd.DataFrame(rows)
 
 
-def mean_std(evals: pd.DataFrame, by: Sequence[str], columns: Sequence[str] = tuple(METRIC_LABELS),
-             dedupe_base: bool = True) -> pd.DataFrame:
+def mean_std(
+    evals: pd.DataFrame, by: Sequence[str], columns: Sequence[str] = tuple(METRIC_LABELS), dedupe_base: bool = True
+) -> pd.DataFrame:
     """Mean and std over seeds (and runs) of each column, grouped by ``by``; ``n`` = number of models averaged.
 
     The base model is evaluated once per run folder with the same prompts and seeds, so its rows are identical copies:
@@ -232,13 +302,16 @@ def mean_std(evals: pd.DataFrame, by: Sequence[str], columns: Sequence[str] = tu
     return out.sort_index(key=lambda idx: idx.map(lambda v: rank.get(v, len(rank))) if idx.name == "method" else idx)
 
 
-def format_mean_std(table: pd.DataFrame, columns: Sequence[str] = tuple(METRIC_LABELS), digits: int = 3) -> pd.DataFrame:
+def format_mean_std(
+    table: pd.DataFrame, columns: Sequence[str] = tuple(METRIC_LABELS), digits: int = 3
+) -> pd.DataFrame:
     """``mean ± std`` strings for display, with readable column names."""
     out = pd.DataFrame(index=table.index)
     for c in columns:
         if f"{c}_mean" in table:
-            out[METRIC_LABELS.get(c, c)] = [f"{m:.{digits}f} ± {s:.{digits}f}"
-                                            for m, s in zip(table[f"{c}_mean"], table[f"{c}_std"])]
+            out[METRIC_LABELS.get(c, c)] = [
+                f"{m:.{digits}f} ± {s:.{digits}f}" for m, s in zip(table[f"{c}_mean"], table[f"{c}_std"])
+            ]
     if "n" in table:
         out["n"] = table["n"]
     return out
@@ -286,7 +359,7 @@ def _verdict(b2: float, ddpo: float, b2_std: float = 0.0, ddpo_std: float = 0.0)
 
 
 def _recipe_note(study: Path) -> str:
-    """" · earlier recipe" when a study's runs predate the training-health logging (and with it the tuned recipe of
+    """ " · earlier recipe" when a study's runs predate the training-health logging (and with it the tuned recipe of
     notebook 02): their metrics.csv lacks ``rel_update``. Read from the files, so a rerun clears it."""
     for metrics in sorted(study.glob("**/metrics.csv")):
         cols = pd.read_csv(metrics, nrows=0).columns
@@ -294,11 +367,11 @@ def _recipe_note(study: Path) -> str:
     return ""
 
 
-def _devices(runs_csv: Path, study: str) -> str:
-    """"; run on cpu and cuda" for a study's runs when they did not all run on the CPU (from notebook 09's runs.csv)."""
-    if not runs_csv.exists():
+def _devices(runs: pd.DataFrame | None, study: str) -> str:
+    """ "; run on cpu and cuda" for a study's runs when they did not all run on the CPU (from notebook 09's
+    runs table)."""
+    if runs is None:
         return ""
-    runs = pd.read_csv(runs_csv)
     devices = sorted(set(runs.loc[runs["study"] == study, "device"]))
     return f"; run on {' and '.join(devices)}" if devices != ["cpu"] and devices else ""
 
@@ -315,114 +388,176 @@ def readme_table(results: str | Path) -> str:
     tuning = results / "tuning" / "choice.json"
     if tuning.exists():
         choice = json.loads(tuning.read_text())
-        vals = " / ".join(f"{m}: " + ", ".join(f"{k} {v:g}" for k, v in c.items() if k != "mean_gain")
-                          + f" (gain {c['mean_gain']:+.3f})" for m, c in choice.items())
+        vals = " / ".join(
+            f"{m}: "
+            + ", ".join(f"{k} {v:g}" for k, v in c.items() if k != "mean_gain")
+            + f" (gain {c['mean_gain']:+.3f})"
+            for m, c in choice.items()
+        )
         add("Tuning: each method's chosen setting (train-split CLIPScore gain over base, 2 seeds)", "02_tuning", vals)
-    comp = results / "main" / "comparisons.csv"
-    if comp.exists():
-        c = pd.read_csv(comp)
+    c = read_table(results, "main_comparisons")
+    if c is not None:
         for _, r in c.iterrows():
             label = EVAL_IMAGE_METRICS.get(r["metric"], r["metric"])
-            add(f"Main job · {r['template']}, {r['split']} prompts: {label}, {r['a']} − {r['b']} "
-                f"({r['images']} paired images, {r['seeds_a']} seed{'s' if r['seeds_a'] > 1 else ''})", "03_train",
-                f"{r['a']} {r['mean_a']:.3f} / {r['b']} {r['mean_b']:.3f}", r["verdict"])
-    signs = results / "signal" / "sign_control.csv"
-    if signs.exists():
-        t = pd.read_csv(signs)
-        device = _devices(results / "signal" / "runs.csv", "signs")
+            add(
+                f"Main job · {r['template']}, {r['split']} prompts: {label}, {r['a']} − {r['b']} "
+                f"({r['images']} paired images, {r['seeds_a']} seed{'s' if r['seeds_a'] > 1 else ''})",
+                "03_train",
+                f"{r['a']} {r['mean_a']:.3f} / {r['b']} {r['mean_b']:.3f}",
+                r["verdict"],
+            )
+    c = read_table(results, "sparse_comparisons")
+    if c is not None:
+        for _, r in c[c["split"] == "test"].iterrows():
+            label = EVAL_IMAGE_METRICS.get(r["metric"], r["metric"])
+            add(
+                f"Sparse reward (trained on the judge's binary reward) · {r['template']}, test prompts: {label}, "
+                f"{r['a']} − {r['b']} ({r['images']} paired images, {r['seeds_a']} seed"
+                f"{'s' if r['seeds_a'] > 1 else ''})",
+                "03_train (`reward=judge`)",
+                f"{r['a']} {r['mean_a']:.3f} / {r['b']} {r['mean_b']:.3f}",
+                r["verdict"],
+            )
+    t = read_table(results, "sign_control")
+    if t is not None:
+        device = _devices(read_table(results, "signal_runs"), "signs")
         for _, r in t.iterrows():
             label = EVAL_IMAGE_METRICS.get(r["metric"], r["metric"])
-            parts = [f"{k} {r[k]:+.3f} [{r[f'{k}_low']:+.3f}, {r[f'{k}_high']:+.3f}]" for k in ("gain", "signal", "drift")]
-            add(f"Learning vs drift · {r['method']}, counting, train prompts: {label} ({r['seeds']} seed pairs, "
-                f"{r['images']} paired images{device})", "09_learning_vs_drift", " · ".join(parts),
-                "signal resolved" if r["signal_low"] > 0 else "signal not resolved")
-    snr = results / "snr" / "snr.csv"
-    if snr.exists():
-        t = pd.read_csv(snr)
+            parts = [
+                f"{k} {r[k]:+.3f} [{r[f'{k}_low']:+.3f}, {r[f'{k}_high']:+.3f}]" for k in ("gain", "signal", "drift")
+            ]
+            add(
+                f"Learning vs drift · {r['method']}, counting, train prompts: {label} ({r['seeds']} seed pairs, "
+                f"{r['images']} paired images{device})",
+                "09_learning_vs_drift",
+                " · ".join(parts),
+                "signal resolved" if r["signal_low"] > 0 else "signal not resolved",
+            )
+    t = read_table(results, "snr")
+    if t is not None:
         t = t[t["steps"] == "interval"]
         for _, r in t.iterrows():
             resolved = r["snr_low"] > 0 or r["snr_high"] < 0
-            add(f"Gradient SNR · {r['estimator']} ({r['reward']} reward, {r['n_steps']} trained step"
+            add(
+                f"Gradient SNR · {r['estimator']} ({r['reward']} reward, {r['n_steps']} trained step"
                 f"{'s' if r['n_steps'] > 1 else ''}, {'kept' if r['selection'] else 'all'} samples; {r['images']} "
-                f"images per stage, {r['draws']} stages)", "10_gradient_snr",
+                f"images per stage, {r['draws']} stages)",
+                "10_gradient_snr",
                 f"stage SNR {r['snr']:+.4f} [{r['snr_low']:+.4f}, {r['snr_high']:+.4f}]; per image ≤ "
-                f"{max(r['snr_high'], 0) / r['images']:.1e}", "signal resolved" if resolved else "no signal resolved")
-    main = results / "templates" / "main_table.csv"
-    if main.exists():
-        t = pd.read_csv(main, index_col=[0, 1])
+                f"{max(r['snr_high'], 0) / r['images']:.1e}",
+                "signal resolved" if resolved else "no signal resolved",
+            )
+    t = read_table(results, "main_table")
+    if t is not None:
         for template in dict.fromkeys(t.index.get_level_values(0)):
-            for col, name in (("reward_mean", "CLIPScore"), ("bertscore_mean", "BERTScore"),
-                              ("judge_all_ok", "judge aligned")):
+            for col, name in (
+                ("reward_mean", "CLIPScore"),
+                ("bertscore_mean", "BERTScore"),
+                ("judge_all_ok", "judge aligned"),
+            ):
                 if f"{col}_mean" not in t:
                     continue
-                vals = " / ".join(f"{m} {_ms(t, (template, m), col)}" for m in ("base", "ddpo", "b2")
-                                  if (template, m) in t.index)
+                vals = " / ".join(
+                    f"{m} {_ms(t, (template, m), col)}" for m in ("base", "ddpo", "b2") if (template, m) in t.index
+                )
                 n = int(t.loc[(template, "b2"), "n"]) if (template, "b2") in t.index else 0
-                verdict = _verdict(t.loc[(template, "b2"), f"{col}_mean"], t.loc[(template, "ddpo"), f"{col}_mean"],
-                                   t.loc[(template, "b2"), f"{col}_std"], t.loc[(template, "ddpo"), f"{col}_std"])
-                add(f"Table 1 · {template}: {name} (test prompts, {n} seeds){_recipe_note(results / 'templates')}",
-                    "04_templates", vals, verdict)
+                verdict = _verdict(
+                    t.loc[(template, "b2"), f"{col}_mean"],
+                    t.loc[(template, "ddpo"), f"{col}_mean"],
+                    t.loc[(template, "b2"), f"{col}_std"],
+                    t.loc[(template, "ddpo"), f"{col}_std"],
+                )
+                add(
+                    f"Table 1 · {template}: {name} (test prompts, {n} seeds){_recipe_note(results / 'templates')}",
+                    "04_templates",
+                    vals,
+                    verdict,
+                )
             for col, name in (("clip_diversity", "diversity, CLIP"), ("pixel_diversity", "diversity, pixel")):
-                vals = " / ".join(f"{m} {_ms(t, (template, m), col)}" for m in ("base", "ddpo", "b2")
-                                  if (template, m) in t.index)
-                verdict = _verdict(t.loc[(template, "b2"), f"{col}_mean"], t.loc[(template, "ddpo"), f"{col}_mean"],
-                                   t.loc[(template, "b2"), f"{col}_std"], t.loc[(template, "ddpo"), f"{col}_std"])
+                vals = " / ".join(
+                    f"{m} {_ms(t, (template, m), col)}" for m in ("base", "ddpo", "b2") if (template, m) in t.index
+                )
+                verdict = _verdict(
+                    t.loc[(template, "b2"), f"{col}_mean"],
+                    t.loc[(template, "ddpo"), f"{col}_mean"],
+                    t.loc[(template, "b2"), f"{col}_std"],
+                    t.loc[(template, "ddpo"), f"{col}_std"],
+                )
                 add(f"Diversity · {template}: {name}", "04_templates", vals, verdict)
     else:
         add("Table 1, diversity, curves", "04_templates", "not run yet")
-    gen = results / "templates" / "generalisation.csv"
-    if gen.exists():
-        g = pd.read_csv(gen, header=[0, 1], index_col=[0, 1])
+    g = read_table(results, "generalisation")
+    if g is not None:
         col = ("judge_all_ok_mean", "gap")
         for template in dict.fromkeys(g.index.get_level_values(0)):
-            vals = " / ".join(f"{m} {g.loc[(template, m), col]:+.3f}" for m in ("base", "ddpo", "b2")
-                              if (template, m) in g.index)
+            vals = " / ".join(
+                f"{m} {g.loc[(template, m), col]:+.3f}" for m in ("base", "ddpo", "b2") if (template, m) in g.index
+            )
             add(f"Generalisation · {template}: judge aligned, train − test", "04_templates", vals)
-    strat = results / "ablations" / "strategies.csv"
-    if strat.exists():
-        t = pd.read_csv(strat, index_col=0)
-        vals = " / ".join(f"{m} {_ms(t, m, 'judge_all_ok')}" for m in ("ddpo", "progressive", "branch", "b2")
-                          if m in t.index)
+    t = read_table(results, "strategies")
+    if t is not None:
+        vals = " / ".join(
+            f"{m} {_ms(t, m, 'judge_all_ok')}" for m in ("ddpo", "progressive", "branch", "b2") if m in t.index
+        )
         n = int(t["n"].max())
-        add(f"Ablation: judge aligned (neither / progressive only / branch only / both; {n} seed{'s' if n > 1 else ''})"
-            f"{_recipe_note(results / 'ablations')}", "06_ablations", vals)
-        vals = " / ".join(f"{m} {_ms(t, m, 'reward_mean')}" for m in ("ddpo", "progressive", "branch", "b2")
-                          if m in t.index)
+        add(
+            f"Ablation: judge aligned (neither / progressive only / branch only / both; {n} seed{'s' if n > 1 else ''})"
+            f"{_recipe_note(results / 'ablations')}",
+            "06_ablations",
+            vals,
+        )
+        vals = " / ".join(
+            f"{m} {_ms(t, m, 'reward_mean')}" for m in ("ddpo", "progressive", "branch", "b2") if m in t.index
+        )
         add("Ablation: CLIPScore (same order)", "06_ablations", vals)
-    sens = results / "ablations" / "sensitivity.csv"
-    if sens.exists():
-        s = pd.read_csv(sens)
+    s = read_table(results, "sensitivity")
+    if s is not None:
         for factor, rows in s.groupby("factor", sort=False):
             vals = ", ".join(f"{v:g}: {j:.3f}" for v, j in zip(rows["value"], rows["judge_all_ok"]))
             add(f"Sensitivity to {factor} (judge aligned, 1 seed)", "06_ablations", vals)
-    compat = results / "compat" / "compat.csv"
-    if compat.exists():
-        c = pd.read_csv(compat, index_col=[0, 1])
+    c = read_table(results, "compat")
+    if c is not None:
         for algo in dict.fromkeys(c.index.get_level_values(0)):
             if (algo, "ddpo") in c.index and (algo, "b2") in c.index:
-                vals = (f"without B² {_ms(c, (algo, 'ddpo'), 'judge_all_ok')} / with B² "
-                        f"{_ms(c, (algo, 'b2'), 'judge_all_ok')} (judge); CLIPScore "
-                        f"{c.loc[(algo, 'ddpo'), 'reward_mean_mean']:.3f} / {c.loc[(algo, 'b2'), 'reward_mean_mean']:.3f}")
-                verdict = _verdict(c.loc[(algo, "b2"), "judge_all_ok_mean"], c.loc[(algo, "ddpo"), "judge_all_ok_mean"],
-                                   c.loc[(algo, "b2"), "judge_all_ok_std"], c.loc[(algo, "ddpo"), "judge_all_ok_std"])
+                vals = (
+                    f"without B² {_ms(c, (algo, 'ddpo'), 'judge_all_ok')} / with B² "
+                    f"{_ms(c, (algo, 'b2'), 'judge_all_ok')} (judge); CLIPScore "
+                    f"{c.loc[(algo, 'ddpo'), 'reward_mean_mean']:.3f} / {c.loc[(algo, 'b2'), 'reward_mean_mean']:.3f}"
+                )
+                verdict = _verdict(
+                    c.loc[(algo, "b2"), "judge_all_ok_mean"],
+                    c.loc[(algo, "ddpo"), "judge_all_ok_mean"],
+                    c.loc[(algo, "b2"), "judge_all_ok_std"],
+                    c.loc[(algo, "ddpo"), "judge_all_ok_std"],
+                )
                 n = int(c.loc[(algo, "b2"), "n"])
-                add(f"Compatibility · {algo}: judge aligned ({n} seed{'s' if n > 1 else ''}){_recipe_note(results / 'compat')}",
+                add(
+                    f"Compatibility · {algo}: judge aligned ({n} seed{'s' if n > 1 else ''})"
+                    + _recipe_note(results / "compat"),
                     "07_compatibility",
-                    vals, verdict if n > 1 else f"{verdict} (1 seed: no spread)")
-    speed = results / "performance" / "speed.csv"
-    if speed.exists():
-        sp = pd.read_csv(speed)
+                    vals,
+                    verdict if n > 1 else f"{verdict} (1 seed: no spread)",
+                )
+    sp = read_table(results, "speed")
+    if sp is not None:
         for _, r in sp.iterrows():
-            goal = "" if pd.isna(r["goal"]) else (
-                f" (goal ≥ {r['goal']:.2f}: {'met' if r['median'] >= r['goal'] else '**missed**'})")
+            goal = (
+                ""
+                if pd.isna(r["goal"])
+                else (f" (goal ≥ {r['goal']:.2f}: {'met' if r['median'] >= r['goal'] else '**missed**'})")
+            )
             bound = "" if pd.isna(r.get("bound", float("nan"))) else f"; best reachable {r['bound']:.3f}"
-            add(f"Speed: {r['measurement']}", "05_performance",
-                f"{r['median']:.3f} [{r['min']:.3f}, {r['max']:.3f}]{goal}{bound}")
+            add(
+                f"Speed: {r['measurement']}",
+                "05_performance",
+                f"{r['median']:.3f} [{r['min']:.3f}, {r['max']:.3f}]{goal}{bound}",
+            )
     return "\n".join(lines)
 
 
-def update_readme(readme: str | Path, table: str, start: str = "<!-- results-table:start -->",
-                  end: str = "<!-- results-table:end -->") -> bool:
+def update_readme(
+    readme: str | Path, table: str, start: str = "<!-- results-table:start -->", end: str = "<!-- results-table:end -->"
+) -> bool:
     """Replace the text between the two markers in the README with ``table``; False if the markers are missing."""
     readme = Path(readme)
     text = readme.read_text()

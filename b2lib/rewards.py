@@ -73,7 +73,13 @@ class ClipScore:
     transform for square images without a PIL round trip.
     """
 
-    def __init__(self, model: torch.nn.Module, tokenizer: Callable, batch_size: int = 64, device: str | torch.device | None = None):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        tokenizer: Callable,
+        batch_size: int = 64,
+        device: str | torch.device | None = None,
+    ):
         import open_clip
 
         self.model = model.eval().requires_grad_(False)
@@ -157,8 +163,9 @@ class ClipScore:
         text = self.embed_texts(unique)  # each distinct prompt encoded once
         row = {p: i for i, p in enumerate(unique)}
         index = torch.tensor([row[p] for p in prompts], device=self.device)
-        feats = torch.cat([self.embed_images(images[i : i + self.batch_size])
-                           for i in range(0, images.shape[0], self.batch_size)])
+        feats = torch.cat(
+            [self.embed_images(images[i : i + self.batch_size]) for i in range(0, images.shape[0], self.batch_size)]
+        )
         return (feats * text[index]).sum(-1).cpu(), feats.cpu()
 
     def __call__(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:

@@ -19,8 +19,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-__all__ = ["RunSettingsError", "RunLockedError", "fingerprint", "check_fingerprint", "move_aside", "RunLock",
-           "flatten"]
+__all__ = ["RunSettingsError", "RunLockedError", "fingerprint", "check_fingerprint", "move_aside", "RunLock", "flatten"]
 
 FINGERPRINT_FILE = "run.json"
 LOCK_FILE = ".lock"
@@ -63,16 +62,22 @@ def check_fingerprint(folder: str | os.PathLike, settings: dict) -> str:
         try:
             saved = json.loads(path.read_text())
         except json.JSONDecodeError as err:
-            raise RunSettingsError(f"{path} is not valid JSON ({err}); it records which run the folder holds. "
-                                   "Restore it, or start over in a new output folder.") from None
+            raise RunSettingsError(
+                f"{path} is not valid JSON ({err}); it records which run the folder holds. "
+                "Restore it, or start over in a new output folder."
+            ) from None
         if saved.get("fingerprint") == digest:
             return digest
         old, new = flatten(json.loads(_canonical(saved.get("settings", {})))), flatten(json.loads(_canonical(settings)))
-        diffs = [f"  {k}: folder has {old.get(k, '(unset)')!r}, asked for {new.get(k, '(unset)')!r}"
-                 for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+        diffs = [
+            f"  {k}: folder has {old.get(k, '(unset)')!r}, asked for {new.get(k, '(unset)')!r}"
+            for k in sorted(set(old) | set(new))
+            if old.get(k) != new.get(k)
+        ]
         raise RunSettingsError(
-            f"{folder} holds a run with other settings, so resuming would mix two runs:\n" + "\n".join(diffs) +
-            "\nFix: use another output folder (run_name / --run-name, output_dir / --output-dir), or start over here "
+            f"{folder} holds a run with other settings, so resuming would mix two runs:\n"
+            + "\n".join(diffs)
+            + "\nFix: use another output folder (run_name / --run-name, output_dir / --output-dir), or start over here "
             "with resume=False (--no-resume): the folder's present content is then moved aside, not deleted."
         )
     folder.mkdir(parents=True, exist_ok=True)

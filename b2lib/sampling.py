@@ -1,4 +1,5 @@
-"""Sampling trajectories with per-step log-probabilities, plain (DDPO) or branched at a split step (B²-DiffuRL).
+"""Sampling trajectories with per-step log-probabilities, plain (DDPO) or branched where the trained interval
+begins (B²-DiffuRL).
 
 One loop, :func:`denoise`, serves both: it runs a slice ``[start, end)`` of the DDIM chain with one UNet call per step
 on the concatenated ``[uncond, cond]`` batch (classifier-free guidance) and optionally records the transitions.
@@ -28,7 +29,6 @@ __all__ = [
     "initial_noise",
     "sample_trajectories",
     "sample_branches",
-    "transition_log_prob",
     "transition_policy",
 ]
 
@@ -104,7 +104,8 @@ def _check_pipeline(pipe: StableDiffusionPipeline) -> DDIMScheduler:
     if not isinstance(pipe.scheduler, DDIMScheduler):
         raise ValueError(
             f"The pipeline's scheduler is {type(pipe.scheduler).__name__}; B²-DiffuRL needs DDIM's Gaussian step. "
-            "Use `b2lib.models.ensure_ddim(pipe)` or `pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)`."
+            "Use `b2lib.models.ensure_ddim(pipe)` or "
+            "`pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)`."
         )
     return pipe.scheduler
 
@@ -142,12 +143,15 @@ def predict_noise(
         return unet(latents, timesteps, encoder_hidden_states=prompt_embeds).sample
     if negative_prompt_embeds.shape != prompt_embeds.shape:
         raise ValueError(
-            f"negative_prompt_embeds {tuple(negative_prompt_embeds.shape)} != prompt_embeds {tuple(prompt_embeds.shape)}."
+            f"negative_prompt_embeds {tuple(negative_prompt_embeds.shape)} "
+            f"!= prompt_embeds {tuple(prompt_embeds.shape)}."
         )
     if timesteps.ndim == 1:
         timesteps = timesteps.repeat(2)
     out = unet(
-        torch.cat([latents, latents]), timesteps, encoder_hidden_states=torch.cat([negative_prompt_embeds, prompt_embeds])
+        torch.cat([latents, latents]),
+        timesteps,
+        encoder_hidden_states=torch.cat([negative_prompt_embeds, prompt_embeds]),
     ).sample
     uncond, cond = out.chunk(2)
     return uncond + guidance_scale * (cond - uncond)
@@ -175,7 +179,8 @@ def denoise(
     record: bool = True,
     progress: bool = False,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor] | None]:
-    """Run steps ``[start, end)`` of the scheduler's chain; return the final latents and, if ``record``, the transitions.
+    """Run steps ``[start, end)`` of the scheduler's chain; return the final latents and, if ``record``, the
+    transitions.
 
     The scheduler must already hold the chain (``set_timesteps``). Recorded tensors are stacked on dim 1.
     """
@@ -185,8 +190,10 @@ def denoise(
         raise ValueError(f"step range [{start}, {end}) is outside the chain of {len(timesteps)} steps.")
     states, nexts, ts, logps = [], [], [], []
     if eta == 0 and record:
-        raise ValueError("Recorded (trainable) steps need eta > 0: eta=0 steps are deterministic and have no "
-                         "log-probability. Run them with record=False.")
+        raise ValueError(
+            "Recorded (trainable) steps need eta > 0: eta=0 steps are deterministic and have no "
+            "log-probability. Run them with record=False."
+        )
     for i in tqdm(range(start, end), desc="denoise", leave=False, disable=not progress):
         t = timesteps[i]
         model_input = scheduler.scale_model_input(latents, t)
@@ -220,8 +227,9 @@ def denoise(
 DECODE_BATCH = 16
 
 
-def decode_latents(pipe: StableDiffusionPipeline, latents: torch.Tensor, batch_size: int | None = DECODE_BATCH
-                   ) -> torch.Tensor:
+def decode_latents(
+    pipe: StableDiffusionPipeline, latents: torch.Tensor, batch_size: int | None = DECODE_BATCH
+) -> torch.Tensor:
     """VAE-decode to float images in ``[0, 1]``, kept in memory for the reward (no PNG round trip).
 
     ``batch_size`` latents are decoded per call (``None``: all at once); each image's pixels do not depend on it.
@@ -241,7 +249,7 @@ def _prepare(pipe: StableDiffusionPipeline, num_steps: int, trained_steps: int) 
     if not 1 <= trained_steps <= num_steps:
         raise ValueError(
             f"The trained interval ({trained_steps} steps) must lie within the chain of {num_steps} steps: "
-            f"use 1 <= split_step <= num_steps."
+            f"use 1 <= trained_steps <= num_steps."
         )
     if pipe.scheduler.num_inference_steps != num_steps:
         pipe.scheduler.set_timesteps(num_steps, device=pipe.device)
@@ -272,30 +280,33 @@ def _sample(
                 f"{len(prompts)} prompts but prompt embeddings for {cond.shape[0]}: pass one embedding row per prompt."
             )
     n = len(prompts)
-    split = num_steps - trained_steps
-    # the stochastic, recorded steps: [split, stop); after stop the chain runs deterministically (eta = 0)
-    stop = num_steps if window is None else min(num_steps, split + window)
+    branch_at = num_steps - trained_steps  # the chain index where the prefix ends and the trained interval begins
+    # the stochastic, recorded steps: [branch_at, stop); after stop the chain runs deterministically (eta = 0)
+    stop = num_steps if window is None else min(num_steps, branch_at + window)
     with torch.inference_mode():
         latents = initial_noise(pipe, n, generator, cond.dtype)
-        latents, _ = denoise(pipe, latents, cond, uncond, 0, split, guidance_scale, eta, generator, record=False)
+        latents, _ = denoise(pipe, latents, cond, uncond, 0, branch_at, guidance_scale, eta, generator, record=False)
         cond_b = cond.repeat_interleave(num_branches, dim=0)
         uncond_b = uncond.repeat_interleave(num_branches, dim=0) if uncond is not None else None
         if branch_loop and num_branches > 1:
             if window is not None:
                 raise ValueError("branch_loop (the benchmark's reference loop) does not support window.")
             # The reference implementation's way, kept for benchmarks: one chain (and UNet call per step) per branch.
-            parts = [denoise(pipe, latents, cond, uncond, split, num_steps, guidance_scale, eta, generator)
-                     for _ in range(num_branches)]
+            parts = [
+                denoise(pipe, latents, cond, uncond, branch_at, num_steps, guidance_scale, eta, generator)
+                for _ in range(num_branches)
+            ]
             # branch-major -> prompt-major (sample i * B + b is branch b of prompt i)
             latents = torch.stack([p[0] for p in parts], dim=1).flatten(0, 1)
             rec = {key: torch.stack([p[1][key] for p in parts], dim=1).flatten(0, 1) for key in parts[0][1]}
         else:
             # Branch: every prompt's shared x_{T-s} continues as B independent stochastic chains, in one batch.
             latents = latents.repeat_interleave(num_branches, dim=0)
-            latents, rec = denoise(pipe, latents, cond_b, uncond_b, split, stop, guidance_scale, eta, generator)
+            latents, rec = denoise(pipe, latents, cond_b, uncond_b, branch_at, stop, guidance_scale, eta, generator)
             if stop < num_steps:
-                latents, _ = denoise(pipe, latents, cond_b, uncond_b, stop, num_steps, guidance_scale, 0.0,
-                                     record=False)
+                latents, _ = denoise(
+                    pipe, latents, cond_b, uncond_b, stop, num_steps, guidance_scale, 0.0, record=False
+                )
         images = decode_latents(pipe, latents)
     # Leave inference mode: stored tensors become ordinary tensors, usable as inputs of the training forward pass.
     return Trajectories(
@@ -322,15 +333,24 @@ def sample_trajectories(
     prompt_embeds: tuple[torch.Tensor, torch.Tensor | None] | None = None,
     window: int | None = None,
 ) -> Trajectories:
-    """One independent trajectory per prompt (DDPO's sampler), storing the last ``trained_steps`` transitions (all by default).
+    """One independent trajectory per prompt (DDPO's sampler), storing the last ``trained_steps`` transitions (all by
+    default).
 
     Under the same ``generator`` the images equal ``pipe(prompts, num_inference_steps=num_steps, eta=eta,
     guidance_scale=guidance_scale, generator=generator, output_type="pt").images``. ``window``: see
     :func:`sample_branches`.
     """
     return _sample(
-        pipe, prompts, 1, num_steps if trained_steps is None else trained_steps, num_steps, guidance_scale, eta,
-        generator, prompt_embeds, window=window,
+        pipe,
+        prompts,
+        1,
+        num_steps if trained_steps is None else trained_steps,
+        num_steps,
+        guidance_scale,
+        eta,
+        generator,
+        prompt_embeds,
+        window=window,
     )
 
 
@@ -338,7 +358,7 @@ def sample_branches(
     pipe: StableDiffusionPipeline,
     prompts: Sequence[str],
     num_branches: int,
-    split_step: int,
+    trained_steps: int,
     num_steps: int = 20,
     guidance_scale: float = 5.0,
     eta: float = 1.0,
@@ -347,10 +367,10 @@ def sample_branches(
     branch_loop: bool = False,
     window: int | None = None,
 ) -> Trajectories:
-    """Branch-based sampling: a shared prefix per prompt down to step ``num_steps - split_step``, then
-    ``num_branches`` continuations, batched. Returns ``len(prompts) * num_branches`` samples, prompt-major
-    (sample ``i * B + b`` is branch ``b`` of prompt ``i``; ``group_ids == i``), storing only the last ``split_step``
-    transitions: the trained interval.
+    """Branch-based sampling: a shared prefix per prompt down to chain index ``num_steps - trained_steps`` (the branch
+    point), then ``num_branches`` continuations, batched. Returns ``len(prompts) * num_branches`` samples, prompt-major
+    (sample ``i * B + b`` is branch ``b`` of prompt ``i``; ``group_ids == i``), storing only the last
+    ``trained_steps`` transitions: the trained interval.
 
     ``branch_loop=True`` runs the branches one after another (the reference code's loop, one UNet call per branch
     and step): same distribution, slower; it exists so the benchmark can measure what batching saves.
@@ -367,8 +387,19 @@ def sample_branches(
             f"num_branches={num_branches}: branch-based sampling compares samples within a branch group, so it needs "
             "at least 2 branches (the paper uses 5). For plain sampling use `sample_trajectories`."
         )
-    return _sample(pipe, prompts, num_branches, split_step, num_steps, guidance_scale, eta, generator, prompt_embeds,
-                   branch_loop, window)
+    return _sample(
+        pipe,
+        prompts,
+        num_branches,
+        trained_steps,
+        num_steps,
+        guidance_scale,
+        eta,
+        generator,
+        prompt_embeds,
+        branch_loop,
+        window,
+    )
 
 
 def transition_policy(
@@ -401,20 +432,3 @@ def transition_policy(
     noise_pred = predict_noise(unet, model_input, t, cond, uncond, guidance_scale)
     mean, std = ddim_posterior_mean_std(scheduler, noise_pred, t, latents, eta)
     return ddim_log_prob(nexts, mean, std), mean, std
-
-
-def transition_log_prob(
-    unet: torch.nn.Module,
-    scheduler: DDIMScheduler,
-    traj: Trajectories,
-    rows: torch.Tensor,
-    cols: torch.Tensor,
-    guidance_scale: float,
-    eta: float,
-    device: torch.device | str | None = None,
-) -> torch.Tensor:
-    """``log p_theta(x_{t-1} | x_t, c)`` of stored transitions (sample ``rows[i]``, interval step ``cols[i]``) under the
-    current weights, with CFG exactly as in sampling: the quantity the PPO ratio compares with ``traj.log_probs``.
-    Differentiable w.r.t. the UNet's parameters.
-    """
-    return transition_policy(unet, scheduler, traj, rows, cols, guidance_scale, eta, device)[0]

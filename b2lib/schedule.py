@@ -1,8 +1,13 @@
 """Backward progressive training: which last steps of the chain are trained at each stage.
 
-A pure, immutable object. ``schedule(stage)`` is the *split step* ``s``: the number of final denoising steps that form
-the trained interval (steps ``T - s .. T - 1`` of a ``T``-step chain). It starts small (late steps are easiest to credit
-with the final reward) and grows to ``end`` by the last stage.
+A pure, immutable object. ``schedule(stage)`` is ``s``, the number of *trained steps*: the final denoising steps that
+form the trained interval (steps ``T - s .. T - 1`` of a ``T``-step chain; B² branches at index ``T - s``). It starts
+small (late steps are easiest to credit with the final reward) and grows to ``end`` by the last stage.
+
+Vocabulary: "trained steps" is the interval's length, "branch point" its first chain index, and "split" only ever the
+data split (train/test prompts). Two persisted names keep the reference code's word: the config fields
+``split_start``/``split_end`` (trained steps at the first/last stage) and the metrics column ``split_step`` (trained
+steps of that stage); renaming them would orphan every recorded run folder.
 """
 
 from __future__ import annotations
@@ -69,5 +74,6 @@ class ProgressiveSchedule:
         return self.num_steps - s, self.num_steps
 
     @property
-    def splits(self) -> list[int]:
+    def trained_steps(self) -> list[int]:
+        """The trained steps of every stage, first to last."""
         return [self(i) for i in range(self.num_stages)]

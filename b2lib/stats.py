@@ -54,8 +54,9 @@ def _boot_weights(rng: np.random.Generator, n: int, draws: int) -> np.ndarray:
     return rng.multinomial(n, np.full(n, 1.0 / n), size=draws).astype(float)
 
 
-def bootstrap_difference(a: np.ndarray, b: np.ndarray, prompt_ids: np.ndarray, draws: int = 4000, level: float = 0.95,
-                         seed: int = 0) -> Interval:
+def bootstrap_difference(
+    a: np.ndarray, b: np.ndarray, prompt_ids: np.ndarray, draws: int = 4000, level: float = 0.95, seed: int = 0
+) -> Interval:
     """``mean(a) - mean(b)`` with a percentile interval; ``a`` and ``b`` are ``(seeds, images)`` score arrays on the
     same images (same prompts, same noise), ``prompt_ids`` the prompt of each image.
 
@@ -73,8 +74,9 @@ def bootstrap_difference(a: np.ndarray, b: np.ndarray, prompt_ids: np.ndarray, d
     return Interval(float(pa.mean() - pb.mean()), float(low), float(high), level)
 
 
-def bootstrap_mean(a: np.ndarray, prompt_ids: np.ndarray, draws: int = 4000, level: float = 0.95,
-                   seed: int = 0) -> Interval:
+def bootstrap_mean(
+    a: np.ndarray, prompt_ids: np.ndarray, draws: int = 4000, level: float = 0.95, seed: int = 0
+) -> Interval:
     """``mean(a)`` of a ``(seeds, images)`` array with the same two-level interval."""
     zero = np.zeros((1, np.atleast_2d(a).shape[1]))
     return bootstrap_difference(a, zero, prompt_ids, draws, level, seed)

@@ -16,7 +16,18 @@ import pandas as pd
 from .experiment import RunConfig
 from .presets import trainer_config
 
-__all__ = ["SENSITIVITY", "BUDGET_SCALES", "sign_control_runs", "budget_runs", "reusable_runs", "strategy_runs", "sensitivity_runs", "compat_runs", "sensitivity_table"]
+__all__ = [
+    "SENSITIVITY",
+    "sensitivity_defaults",
+    "BUDGET_SCALES",
+    "sign_control_runs",
+    "budget_runs",
+    "reusable_runs",
+    "strategy_runs",
+    "sensitivity_runs",
+    "compat_runs",
+    "sensitivity_table",
+]
 
 #: factor -> values tried (the preset default is included as a point of every factor). Branch counts divide the
 #: embedded budget of 32 images per stage; "stages" keeps the total budget (stages x images per stage = 640) fixed.
@@ -27,8 +38,19 @@ SENSITIVITY: dict[str, list] = {
     "stages": [10, 20],
     "threshold": [0.5, 0.7],
 }
-_DEFAULTS = {"branches": 4, "split_start": 10, "stages": 20, "threshold": 0.5}
-_BUDGET = 640  # embedded: 20 stages x 32 images
+
+
+def sensitivity_defaults(base: RunConfig) -> dict:
+    """The value each sensitivity factor has in ``base``'s B² run (read from its trainer settings, so a changed preset
+    default moves the default point with it) and the image budget that the "stages" factor keeps fixed."""
+    cfg = base.trainer_config("b2", base.seeds[0])
+    return {
+        "branches": cfg.num_branches,
+        "split_start": cfg.split_start,
+        "stages": cfg.num_stages,
+        "threshold": cfg.pos_threshold,
+        "budget": cfg.num_stages * cfg.images_per_stage,
+    }
 
 
 def reusable_runs(study: str, template: str, seeds, results: str | Path | None = None) -> list[Path]:
@@ -50,12 +72,16 @@ def reusable_runs(study: str, template: str, seeds, results: str | Path | None =
 def strategy_runs(base: RunConfig, out: str | Path, seeds, methods=("ddpo", "progressive", "branch", "b2")):
     """Neither strategy (DDPO), each strategy alone, both: one run folder per (method, seed)."""
     out = Path(out)
-    return [replace(base, methods=(m,), seeds=(s,), output_dir=str(out / f"{m}_seed{s}"), save_lora=False)
-            for m in methods for s in seeds]
+    return [
+        replace(base, methods=(m,), seeds=(s,), output_dir=str(out / f"{m}_seed{s}"), save_lora=False)
+        for m in methods
+        for s in seeds
+    ]
 
 
 def _variant(base: RunConfig, factor: str, value) -> RunConfig:
     overrides = dict(base.overrides)
+    budget = sensitivity_defaults(base)["budget"]
     kw: dict = {}
     if factor == "branches":
         kw["branches"] = int(value)
@@ -63,7 +89,7 @@ def _variant(base: RunConfig, factor: str, value) -> RunConfig:
         overrides["split_start"] = int(value)
     elif factor == "stages":
         kw["stages"] = int(value)
-        kw["images_per_stage"] = _BUDGET // int(value)
+        kw["images_per_stage"] = budget // int(value)
     elif factor == "threshold":
         overrides.update(pos_threshold=float(value), neg_threshold=-float(value))
     else:
@@ -71,17 +97,18 @@ def _variant(base: RunConfig, factor: str, value) -> RunConfig:
     return replace(base, overrides=overrides, **kw)
 
 
-def sensitivity_runs(base: RunConfig, out: str | Path, seed: int = 0, grid: dict | None = None,
-                     skip_defaults: bool = False) -> list[tuple[str, object, RunConfig]]:
+def sensitivity_runs(
+    base: RunConfig, out: str | Path, seed: int = 0, grid: dict | None = None, skip_defaults: bool = False
+) -> list[tuple[str, object, RunConfig]]:
     """``(factor, value, RunConfig)`` for every point of ``grid`` (default :data:`SENSITIVITY`), B² only. The default
     point is the same run for every factor, so it is run once (folder ``default``)."""
     out = Path(out)
     grid = grid or SENSITIVITY
-    runs, default = [], replace(base, methods=("b2",), seeds=(seed,), output_dir=str(out / "default"),
-                                save_lora=False)
+    runs, default = [], replace(base, methods=("b2",), seeds=(seed,), output_dir=str(out / "default"), save_lora=False)
+    defaults = sensitivity_defaults(default)
     for factor, values in grid.items():
         for value in values:
-            if value == _DEFAULTS.get(factor):
+            if value == defaults.get(factor):
                 if not skip_defaults:
                     runs.append((factor, value, default))
                 continue
@@ -90,8 +117,9 @@ def sensitivity_runs(base: RunConfig, out: str | Path, seed: int = 0, grid: dict
     return runs
 
 
-def compat_runs(base: RunConfig, out: str | Path, seeds, algorithms=("ppo", "dpok", "grpo"),
-                methods=("ddpo", "b2")) -> list[RunConfig]:
+def compat_runs(
+    base: RunConfig, out: str | Path, seeds, algorithms=("ppo", "dpok", "grpo"), methods=("ddpo", "b2")
+) -> list[RunConfig]:
     """Each RL update with and without B²: one run folder per (algorithm, method, seed). GRPO without B² samples
     each drawn prompt B times independently (its groups), at the same image budget."""
     out = Path(out)
@@ -100,10 +128,18 @@ def compat_runs(base: RunConfig, out: str | Path, seeds, algorithms=("ppo", "dpo
         for m in methods:
             overrides = {**base.overrides, "algorithm": a}
             if a == "grpo" and m == "ddpo":  # groups without branching: each drawn prompt sampled B times
-                overrides["samples_per_prompt"] = base.branches or trainer_config(base.preset, "b2").num_branches
+                overrides["samples_per_prompt"] = base.trainer_config("b2", base.seeds[0]).num_branches
             for s in seeds:
-                runs.append(replace(base, methods=(m,), seeds=(s,), overrides=overrides,
-                                    output_dir=str(out / f"{a}_{m}_seed{s}"), save_lora=False))
+                runs.append(
+                    replace(
+                        base,
+                        methods=(m,),
+                        seeds=(s,),
+                        overrides=overrides,
+                        output_dir=str(out / f"{a}_{m}_seed{s}"),
+                        save_lora=False,
+                    )
+                )
     return runs
 
 
@@ -115,8 +151,15 @@ def sensitivity_table(runs: list[tuple[str, object, RunConfig]]) -> pd.DataFrame
         ev = ev[(ev["method"] != "base") & (ev.get("split", "test") == "test")]
         summary = json.loads((Path(cfg.output_dir) / "summary.json").read_text())
         for _, r in ev.iterrows():
-            rows.append({"factor": factor, "value": value, "run": Path(cfg.output_dir).name,
-                         "wall_s": summary.get("wall_s"), **{k: r[k] for k in r.index if k not in ("model",)}})
+            rows.append(
+                {
+                    "factor": factor,
+                    "value": value,
+                    "run": Path(cfg.output_dir).name,
+                    "wall_s": summary.get("wall_s"),
+                    **{k: r[k] for k in r.index if k not in ("model",)},
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -129,30 +172,62 @@ def sign_control_runs(out: str | Path, methods, seeds, **common) -> list:
     (``reward_sign=-1``), in ``out/signs/<method>_<pos|neg>_seed<s>``; ``common``: shared RunConfig fields."""
     from .experiment import RunConfig
 
-    return [RunConfig(**{**common, "methods": (m,), "seeds": (s,), "reward_sign": sign,
-                         "output_dir": str(Path(out) / "signs" / f"{m}_{'pos' if sign > 0 else 'neg'}_seed{s}")})
-            for s in seeds for m in methods for sign in (1, -1)]
+    return [
+        RunConfig(
+            **{
+                **common,
+                "methods": (m,),
+                "seeds": (s,),
+                "reward_sign": sign,
+                "output_dir": str(Path(out) / "signs" / f"{m}_{'pos' if sign > 0 else 'neg'}_seed{s}"),
+            }
+        )
+        for s in seeds
+        for m in methods
+        for sign in (1, -1)
+    ]
 
 
 def budget_runs(out: str | Path, methods, seeds, scales=BUDGET_SCALES, **common) -> list:
     """Notebook 09's budget study: each method's tuned recipe with ``scales`` x the preset's images per stage and its
     optimizer settings unchanged (so more steps: ``out/scale/<m>_n<images>_seed<s>``), and with the first scale's
-    images *and* ``grad_accum`` (so the same number of steps, each on more samples: ``out/batch<images>/<m>_seed<s>``)."""
+    images *and* ``grad_accum`` (so the same number of steps, each on more samples:
+    ``out/batch<images>/<m>_seed<s>``)."""
     from .experiment import RunConfig
-    from .presets import trainer_config
 
     runs = []
     for s in seeds:
         for m in methods:
             tuned = trainer_config(common.get("preset", "embedded"), m, **common.get("overrides", {}))
-            base_images = tuned.prompts_per_stage * tuned.num_branches if common.get("images_per_stage", 0) == 0 \
+            base_images = (
+                tuned.prompts_per_stage * tuned.num_branches
+                if common.get("images_per_stage", 0) == 0
                 else common["images_per_stage"]
+            )
             for k in scales:
-                runs.append(RunConfig(**{**common, "methods": (m,), "seeds": (s,), "images_per_stage": base_images * k,
-                                         "eval_splits": ("train", "test"),
-                                         "output_dir": str(Path(out) / "scale" / f"{m}_n{base_images * k}_seed{s}")}))
+                runs.append(
+                    RunConfig(
+                        **{
+                            **common,
+                            "methods": (m,),
+                            "seeds": (s,),
+                            "images_per_stage": base_images * k,
+                            "eval_splits": ("train", "test"),
+                            "output_dir": str(Path(out) / "scale" / f"{m}_n{base_images * k}_seed{s}"),
+                        }
+                    )
+                )
             k = scales[0]
-            runs.append(RunConfig(**{**common, "methods": (m,), "seeds": (s,), "images_per_stage": base_images * k,
-                                     "overrides": {**common.get("overrides", {}), "grad_accum": tuned.grad_accum * k},
-                                     "output_dir": str(Path(out) / f"batch{base_images * k}" / f"{m}_seed{s}")}))
+            runs.append(
+                RunConfig(
+                    **{
+                        **common,
+                        "methods": (m,),
+                        "seeds": (s,),
+                        "images_per_stage": base_images * k,
+                        "overrides": {**common.get("overrides", {}), "grad_accum": tuned.grad_accum * k},
+                        "output_dir": str(Path(out) / f"batch{base_images * k}" / f"{m}_seed{s}"),
+                    }
+                )
+            )
     return runs

@@ -30,10 +30,14 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", nargs="+", default=list(d["methods"]), choices=METHODS)
     p.add_argument("--template", default=d["template"])
     p.add_argument("--preset", default=d["preset"], choices=["embedded", "paper"])
-    helps = {"stages": "0: the preset's default", "images_per_stage": "0: the preset's default",
-             "branches": "0: the preset's default",
-             "eval_n_per_prompt": "0: enough images per prompt for --eval-images",
-             "eval_max_prompts": "0: every prompt of the split", "eval_images": "evaluation images per model and split"}
+    helps = {
+        "stages": "0: the preset's default",
+        "images_per_stage": "0: the preset's default",
+        "branches": "0: the preset's default",
+        "eval_n_per_prompt": "0: enough images per prompt for --eval-images",
+        "eval_max_prompts": "0: every prompt of the split",
+        "eval_images": "evaluation images per model and split",
+    }
     for name, text in helps.items():
         p.add_argument(flag(name), type=int, default=d[name], help=f"{text} (default {d[name]})")
     p.add_argument("--seeds", type=int, nargs="+", default=list(d["seeds"]))
@@ -42,9 +46,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-splits", nargs="+", default=list(d["eval_splits"]), choices=["test", "train"])
     p.add_argument("--reward", default=d["reward"], choices=["clip", "judge"])
     p.add_argument("--reward-sign", type=int, default=d["reward_sign"], choices=[1, -1])
-    p.add_argument("--overrides", default="{}", help='TrainerConfig fields as JSON, e.g. \'{"lr": 3e-4}\'')
-    p.add_argument("--no-resume", action="store_true",
-                   help="start over: the output folder's earlier content is moved aside (not deleted)")
+    p.add_argument("--overrides", default="{}", help="TrainerConfig fields as JSON, e.g. '{\"lr\": 3e-4}'")
+    p.add_argument(
+        "--no-resume",
+        action="store_true",
+        help="start over: the output folder's earlier content is moved aside (not deleted)",
+    )
     p.add_argument("--no-progress", action="store_true")
     return p
 
@@ -56,14 +63,38 @@ def config_from_args(argv: list[str] | None = None) -> tuple[RunConfig, argparse
     try:
         overrides = json.loads(a.overrides)
     except json.JSONDecodeError as err:
-        p.error(f"--overrides: not valid JSON ({err.msg} at character {err.pos}); "
-                'write it like \'{"lr": 3e-4, "grad_accum": 1}\'')
-    names = {"methods", "template", "preset", "stages", "images_per_stage", "branches", "seeds", "model_dir", "clip_dir",
-             "run_name", "output_dir", "eval_n_per_prompt", "eval_max_prompts", "eval_images", "eval_splits", "reward",
-             "reward_sign", "device"}
+        p.error(
+            f"--overrides: not valid JSON ({err.msg} at character {err.pos}); "
+            'write it like \'{"lr": 3e-4, "grad_accum": 1}\''
+        )
+    names = {
+        "methods",
+        "template",
+        "preset",
+        "stages",
+        "images_per_stage",
+        "branches",
+        "seeds",
+        "model_dir",
+        "clip_dir",
+        "run_name",
+        "output_dir",
+        "eval_n_per_prompt",
+        "eval_max_prompts",
+        "eval_images",
+        "eval_splits",
+        "reward",
+        "reward_sign",
+        "device",
+    }
     kwargs = {n: getattr(a, n) for n in names}
-    kwargs.update(methods=tuple(a.methods), seeds=tuple(a.seeds), eval_splits=tuple(a.eval_splits),
-                  overrides=overrides, resume=not a.no_resume)
+    kwargs.update(
+        methods=tuple(a.methods),
+        seeds=tuple(a.seeds),
+        eval_splits=tuple(a.eval_splits),
+        overrides=overrides,
+        resume=not a.no_resume,
+    )
     try:
         cfg = RunConfig(**kwargs)
     except ConfigError as err:

@@ -31,15 +31,30 @@ from accelerate import Accelerator
 from diffusers import StableDiffusionPipeline
 from tqdm.auto import tqdm
 
-from .advantages import (HistoryNormalizer, PerPromptStatTracker, group_ids_of, group_relative_advantages,
-                         select_in_groups, weighted_advantages)
+from .advantages import (
+    HistoryNormalizer,
+    PerPromptStatTracker,
+    group_ids_of,
+    group_relative_advantages,
+    select_in_groups,
+    weighted_advantages,
+)
 from .losses import ALGORITHMS, gaussian_kl, needs_reference, policy_loss
 from .models import LORA_TARGETS, adapters_disabled, add_lora, ensure_ddim
 from .rewards import RewardFn, check_reward_output
-from .sampling import Trajectories, sample_branches, sample_trajectories, transition_log_prob, transition_policy
+from .sampling import Trajectories, sample_branches, sample_trajectories, transition_policy
 from .schedule import ProgressiveSchedule
 
-__all__ = ["TrainerConfig", "RLTrainer", "B2Trainer", "DDPOTrainer", "flat_groups", "unet_rows", "update_size"]
+__all__ = [
+    "TrainerConfig",
+    "RLTrainer",
+    "B2Trainer",
+    "DDPOTrainer",
+    "flat_groups",
+    "micro_batches",
+    "unet_rows",
+    "update_size",
+]
 
 
 @dataclass
@@ -155,7 +170,9 @@ class TrainerConfig:
         if not 0.0 < self.timestep_fraction <= 1.0:
             raise ValueError(f"timestep_fraction must be in (0, 1], got {self.timestep_fraction}.")
         if self.timestep_chunk < 0:
-            raise ValueError(f"timestep_chunk must be >= 0 (0 = all interval steps per forward), got {self.timestep_chunk}.")
+            raise ValueError(
+                f"timestep_chunk must be >= 0 (0 = all interval steps per forward), got {self.timestep_chunk}."
+            )
         self.schedule  # validates the interval against the chain
 
     @property
@@ -207,7 +224,9 @@ class RLTrainer:
         pipe.vae.requires_grad_(False)
         pipe.text_encoder.requires_grad_(False)
         if cfg.use_lora:
-            params = add_lora(pipe.unet, rank=cfg.lora_rank, target_modules=LORA_TARGETS[cfg.lora_targets], seed=cfg.seed)
+            params = add_lora(
+                pipe.unet, rank=cfg.lora_rank, target_modules=LORA_TARGETS[cfg.lora_targets], seed=cfg.seed
+            )
             for p in params:  # fp32 master weights for the adapter when the base model runs in fp16/bf16 (as DDPO)
                 p.data = p.data.float()
         else:
@@ -245,8 +264,9 @@ class RLTrainer:
         return torch.Generator().manual_seed(seed + self.accelerator.process_index)
 
     # ------------------------------------------------------------------------------------------------------ sample
-    def sample_stage(self, stage: int, trained_steps: int | None = None,
-                     draw: int = 0) -> tuple[Trajectories, torch.Tensor]:
+    def sample_stage(
+        self, stage: int, trained_steps: int | None = None, draw: int = 0
+    ) -> tuple[Trajectories, torch.Tensor]:
         """Sample this stage's trajectories (branched or plain) and their rewards.
 
         ``trained_steps`` (default: the schedule's interval at ``stage``) and ``draw`` are for measurements outside
@@ -254,7 +274,7 @@ class RLTrainer:
         repeated draws at one stage are independent; draw 0 is what training samples.
         """
         cfg = self.config
-        split = self.schedule(stage) if trained_steps is None else trained_steps
+        trained_steps = self.schedule(stage) if trained_steps is None else trained_steps
         prompt_gen, noise_gen = self._generator(stage, 100 * draw), self._generator(stage, 100 * draw + 1)
         n_prompts = math.ceil(cfg.prompts_per_stage / self.accelerator.num_processes)
         if cfg.samples_per_prompt > 1:
@@ -264,20 +284,30 @@ class RLTrainer:
         else:
             picks = torch.randint(len(self.prompts), (n_prompts,), generator=prompt_gen).tolist()
         batches, rewards = [], []
-        bar = tqdm(range(0, n_prompts, cfg.sample_batch_size), desc=f"stage {stage} sample", leave=False,
-                   disable=not cfg.progress or not self.accelerator.is_local_main_process)
+        bar = tqdm(
+            range(0, n_prompts, cfg.sample_batch_size),
+            desc=f"stage {stage} sample",
+            leave=False,
+            disable=not cfg.progress or not self.accelerator.is_local_main_process,
+        )
         for start in bar:
             prompts = [self.prompts[i] for i in picks[start : start + cfg.sample_batch_size]]
-            kwargs = dict(num_steps=cfg.num_steps, guidance_scale=cfg.guidance_scale, eta=cfg.eta, generator=noise_gen,
-                          window=cfg.window)
+            kwargs = dict(
+                num_steps=cfg.num_steps,
+                guidance_scale=cfg.guidance_scale,
+                eta=cfg.eta,
+                generator=noise_gen,
+                window=cfg.window,
+            )
             if cfg.num_branches >= 2:
-                traj = sample_branches(self.pipe, prompts, cfg.num_branches, split, **kwargs)
+                traj = sample_branches(self.pipe, prompts, cfg.num_branches, trained_steps, **kwargs)
             else:
-                traj = sample_trajectories(self.pipe, prompts, trained_steps=split, **kwargs)
+                traj = sample_trajectories(self.pipe, prompts, trained_steps=trained_steps, **kwargs)
             scores = check_reward_output(self.reward_fn(traj.images, traj.prompts), len(traj), "reward_fn")
             if not torch.isfinite(scores).all():
                 raise FloatingPointError(
-                    f"reward_fn returned NaN/inf at stage {stage}; the last good state is the previous stage's checkpoint."
+                    f"reward_fn returned NaN/inf at stage {stage}; "
+                    "the last good state is the previous stage's checkpoint."
                 )
             batches.append(traj)
             rewards.append(scores)
@@ -343,13 +373,6 @@ class RLTrainer:
         return Trajectories.cat([kept, filler]), torch.cat([adv, torch.zeros(missing)])
 
     # ------------------------------------------------------------------------------------------------------ update
-    def log_prob(self, traj: Trajectories, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
-        """``log p_theta`` of the stored transitions ``(rows[i], cols[i])`` under the current (prepared) model."""
-        return transition_log_prob(
-            self.model, self.pipe.scheduler, traj, rows, cols, self.config.guidance_scale, self.config.eta,
-            device=self.accelerator.device,
-        )
-
     def policy_terms(
         self, traj: Trajectories, rows: torch.Tensor, cols: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -360,9 +383,9 @@ class RLTrainer:
         wrapper untouched) before the differentiable forward.
         """
         cfg = self.config
-        if not needs_reference(cfg.algorithm):
-            return self.log_prob(traj, rows, cols), None
         args = (self.pipe.scheduler, traj, rows, cols, cfg.guidance_scale, cfg.eta, self.accelerator.device)
+        if not needs_reference(cfg.algorithm):
+            return transition_policy(self.model, *args)[0], None
         with torch.no_grad(), adapters_disabled(self.pipe.unet):
             ref_mean = transition_policy(self.pipe.unet, *args)[1]
         log_prob, mean, std = transition_policy(self.model, *args)
@@ -370,70 +393,136 @@ class RLTrainer:
 
     def update(self, traj: Trajectories, adv: torch.Tensor, stage: int) -> dict[str, float]:
         """``epochs_per_stage`` epochs of the algorithm's loss (PPO-clip, + KL for dpok/grpo) over every (sample,
-        interval step) of ``traj``. With a KL term every training forward is paired with a no-grad reference forward
-        (adapter off): twice the UNet forwards of ppo (the extra ones without backward); ``kl`` is then logged too."""
+        interval step) of ``traj``: per epoch, the plan of :func:`micro_batches`; each micro-batch's chunks are
+        back-propagated (:meth:`_backward`), each optimizer step's micro-batches accumulated, then one clipped step.
+        With a KL term every training forward is paired with a no-grad reference forward (adapter off): twice the UNet
+        forwards of ppo (the extra ones without backward); ``kl`` is then logged too."""
         cfg = self.config
         n, k = len(traj), traj.num_steps
         per_term = ("loss", "approx_kl", "clipfrac") + (("kl",) if needs_reference(cfg.algorithm) else ())
-        sums = dict.fromkeys(per_term + ("grad_norm",), 0.0)
-        counts = {"terms": 0, "steps": 0}
         if n == 0 or k == 0:
-            return {key: float("nan") for key in sums} | {"optimizer_steps": 0, "update_norm": 0.0, "rel_update": 0.0}
+            return {key: float("nan") for key in per_term + ("grad_norm",)} | {
+                "optimizer_steps": 0,
+                "update_norm": 0.0,
+                "rel_update": 0.0,
+                "backward_s": 0.0,
+            }
         gen = self._generator(stage, 2)
         k_used = trained_steps_per_sample(k, cfg.timestep_fraction)
+        sums, terms, grad_norms, backward_s = dict.fromkeys(per_term, 0.0), 0, [], 0.0
         before = [p.detach().clone() for p in self.trainable]
         self.model.train()
         for epoch in range(cfg.epochs_per_stage):
-            order = torch.randperm(n, generator=gen)
-            # Each sample visits its interval steps in its own random order (DDPO's time shuffle).
-            # With timestep_fraction < 1 each sample trains only the first k_used of its shuffled steps.
-            time_order = torch.argsort(torch.rand(n, k, generator=gen), dim=1)[:, :k_used]
-            micro = [order[i : i + cfg.train_batch_size] for i in range(0, n, cfg.train_batch_size)]
-            groups = [micro[i : i + cfg.grad_accum] for i in range(0, len(micro), cfg.grad_accum)]
-            chunk = k_used if cfg.timestep_chunk == 0 else min(cfg.timestep_chunk, k_used)
-            bar = tqdm(total=len(micro) * k_used, desc=f"stage {stage} train {epoch + 1}/{cfg.epochs_per_stage}",
-                       leave=False, disable=not cfg.progress or not self.accelerator.is_local_main_process)
-            for group in groups:
-                # The group's loss is the mean over its micro-batches and interval steps of each micro-batch's mean
-                # loss (DDPO's accumulation): a forward of c steps adds c shares, so how steps are packed into
-                # forwards changes speed, not the gradient.
-                scale = 1.0 / (len(group) * k_used)
-                for m, rows in enumerate(group):
-                    for j in range(0, k_used, chunk):
-                        last = m == len(group) - 1 and j + chunk >= k_used
-                        cols = time_order[rows, j : j + chunk]  # (rows, c): c interval steps per sample
-                        flat_rows = rows.repeat_interleave(cols.shape[1])
-                        flat_cols = cols.flatten()
-                        sync = contextlib.nullcontext() if last else self.accelerator.no_sync(self.model)
-                        with sync, self.accelerator.autocast():
-                            log_prob, kl = self.policy_terms(traj, flat_rows, flat_cols)
-                            old = traj.log_probs[flat_rows, flat_cols].to(log_prob.device)
-                            loss, stats = policy_loss(cfg.algorithm, log_prob, old, adv[flat_rows].to(log_prob.device),
-                                                      cfg.clip_range, kl, cfg.kl_coef)
-                            if not torch.isfinite(loss):
-                                raise FloatingPointError(
-                                    f"Non-finite loss at stage {stage}; the last good state is the previous stage's "
-                                    "checkpoint. Lower the learning rate or check the reward."
-                                )
-                            self.accelerator.backward(loss * (cols.shape[1] * scale))
+            plan = micro_batches(n, k, k_used, cfg.train_batch_size, cfg.grad_accum, cfg.timestep_chunk, gen)
+            bar = tqdm(
+                total=sum(map(len, plan)) * k_used,
+                desc=f"stage {stage} train {epoch + 1}/{cfg.epochs_per_stage}",
+                leave=False,
+                disable=not cfg.progress or not self.accelerator.is_local_main_process,
+            )
+            for step in plan:
+                for m, micro in enumerate(step):
+                    for c, (rows, cols) in enumerate(micro):
+                        # The step's loss is the mean over its micro-batches and trained steps of each micro-batch's
+                        # mean loss (DDPO's accumulation): a chunk of w steps weighs w shares, so how steps are packed
+                        # into forwards changes speed, not the gradient.
                         w = cols.shape[1]
-                        sums["loss"] += loss.item() * w
-                        for key in per_term[1:]:
-                            sums[key] += stats[key].item() * w
-                        counts["terms"] += w
+                        last = m == len(step) - 1 and c == len(micro) - 1
+                        stats = self._backward(traj, adv, rows, cols, w / (len(step) * k_used), last, stage)
+                        for key in per_term:
+                            sums[key] += stats[key] * w
+                        terms += w
+                        backward_s += stats["backward_s"]
                         bar.update(w)
-                grad_norm = self.accelerator.clip_grad_norm_(self.trainable, cfg.max_grad_norm)
-                self.optimizer.step()
-                self.optimizer.zero_grad(set_to_none=True)
-                sums["grad_norm"] += float(grad_norm)
-                counts["steps"] += 1
+                grad_norms.append(self._optimizer_step())
             bar.close()
         self.model.eval()
-        out = {key: sums[key] / counts["terms"] for key in per_term}
-        out["grad_norm"] = sums["grad_norm"] / max(counts["steps"], 1)
-        out["optimizer_steps"] = counts["steps"]
+        out = {key: sums[key] / terms for key in per_term}
+        out["grad_norm"] = sum(grad_norms) / max(len(grad_norms), 1)
+        out["optimizer_steps"] = len(grad_norms)
+        out["backward_s"] = backward_s
         out.update(update_size(before, self.trainable))
         return out
+
+    def _backward(
+        self,
+        traj: Trajectories,
+        adv: torch.Tensor,
+        rows: torch.Tensor,
+        cols: torch.Tensor,
+        weight: float,
+        sync: bool,
+        stage: int,
+    ) -> dict[str, float]:
+        """Back-propagate ``weight`` x the loss of the transitions ``(rows[i], cols[i, j])``; gradients are synchronised
+        across processes only when ``sync`` (the last chunk before an optimizer step). Returns the chunk's loss terms
+        and ``backward_s``, the wall time of its backward (not synchronised on GPU: exact on CPU, where the benchmark
+        reads it)."""
+        cfg = self.config
+        flat_rows, flat_cols = rows.repeat_interleave(cols.shape[1]), cols.flatten()
+        no_sync = contextlib.nullcontext() if sync else self.accelerator.no_sync(self.model)
+        with no_sync, self.accelerator.autocast():
+            log_prob, kl = self.policy_terms(traj, flat_rows, flat_cols)
+            old = traj.log_probs[flat_rows, flat_cols].to(log_prob.device)
+            loss, stats = policy_loss(
+                cfg.algorithm, log_prob, old, adv[flat_rows].to(log_prob.device), cfg.clip_range, kl, cfg.kl_coef
+            )
+            if not torch.isfinite(loss):
+                raise FloatingPointError(
+                    f"Non-finite loss at stage {stage}; the last good state is the previous stage's checkpoint. "
+                    "Lower the learning rate or check the reward."
+                )
+            t0 = time.perf_counter()
+            self.accelerator.backward(loss * weight)
+            backward_s = time.perf_counter() - t0
+        return {"loss": loss.item(), **{key: value.item() for key, value in stats.items()}, "backward_s": backward_s}
+
+    def _optimizer_step(self) -> float:
+        """Clip the accumulated gradient, step, clear; returns the gradient's norm before clipping."""
+        grad_norm = self.accelerator.clip_grad_norm_(self.trainable, self.config.max_grad_norm)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return float(grad_norm)
+
+    # ------------------------------------------------------------------------------------------------------- state
+    def state_dict(self) -> dict:
+        """What a resumed run needs: trained weights (by name), optimizer, normaliser, stage counters and the log. No
+        RNG state: every stage's randomness is derived from ``(seed, stage)``. :mod:`b2lib.checkpoint` writes it without
+        pickle (tensors to safetensors, the rest to JSON)."""
+        return {
+            "trainable": {name: p.detach() for name, p in self.named_trainable().items()},
+            "optimizer": self.optimizer.state_dict(),
+            "normalizer": self.normalizer.state_dict(),
+            "stage": self.stage,
+            "images_seen": self.images_seen,
+            "unet_rows_seen": self.unet_rows_seen,
+            "log": self.log,
+            "config": self.config.to_dict(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict` into this trainer (built with the same trained parameters).
+
+        The optimizer's hyper-parameters (lr, betas, eps, weight decay) stay this trainer's *current* configuration's:
+        resuming with a lower lr after a divergence trains at that lr (the moment estimates are kept)."""
+        named, weights = self.named_trainable(), state["trainable"]
+        if set(weights) != set(named) or any(weights[k].shape != p.shape for k, p in named.items()):
+            raise ValueError(
+                "The state holds different trainable parameters than this trainer (was it written with "
+                "another LoRA rank / use_lora setting?)."
+            )
+        with torch.no_grad():
+            for name, param in named.items():
+                param.copy_(weights[name].to(param.device, param.dtype))
+        self.optimizer.load_state_dict(state["optimizer"])
+        cfg = self.config
+        for group in self.optimizer.param_groups:
+            group.update(lr=cfg.lr, betas=tuple(cfg.adam_betas), eps=cfg.adam_eps, weight_decay=cfg.weight_decay)
+        self.normalizer.load_state_dict(state["normalizer"])
+        self.stage = state["stage"]
+        self.images_seen = state["images_seen"]
+        self.unet_rows_seen = state.get("unet_rows_seen", 0)
+        self.log = list(state["log"])
 
     # ------------------------------------------------------------------------------------------------------- stage
     def train_stage(self) -> dict:
@@ -449,8 +538,14 @@ class RLTrainer:
         stats = self.update(kept, kept_adv, stage)
         t2 = time.perf_counter()
         self.images_seen += len(traj) * self.accelerator.num_processes
-        cost = unet_rows(self.config, len(traj), len(kept), traj.num_steps, self.accelerator.num_processes,
-                         interval=self.schedule(stage))
+        cost = unet_rows(
+            self.config,
+            len(traj),
+            len(kept),
+            traj.num_steps,
+            self.accelerator.num_processes,
+            interval=self.schedule(stage),
+        )
         self.unet_rows_seen += cost["unet_rows_sample"] + cost["unet_rows_train"]
         metrics = {
             "stage": stage,
@@ -495,8 +590,11 @@ class RLTrainer:
                 path = latest_checkpoint(path, subdir="")
             load_checkpoint(self, path)
         end = self.config.num_stages if num_stages is None else min(self.stage + num_stages, self.config.num_stages)
-        bar = tqdm(range(self.stage, end), desc="stages",
-                   disable=not self.config.progress or not self.accelerator.is_local_main_process)
+        bar = tqdm(
+            range(self.stage, end),
+            desc="stages",
+            disable=not self.config.progress or not self.accelerator.is_local_main_process,
+        )
         for _ in bar:
             try:
                 m = self.train_stage()
@@ -516,14 +614,37 @@ class RLTrainer:
         good = [c for c in checkpoint_stages(checkpoint_dir) if verify_checkpoint(c) is None] if checkpoint_dir else []
         if not good:
             return "No finite checkpoint was written before it; start over with a lower lr (e.g. lr / 10)."
-        return (f"The last finite state is {good[-1]} (stages done: {int(good[-1].name.split('_')[1])}). To go on from it "
-                f"with a lower lr, copy that folder into a new run folder's <method>_seed<k>/checkpoints/ and run there "
-                f"with overrides {{'lr': {self.config.lr / 10:g}}}: a resumed optimizer takes the lr of the config.")
+        return (
+            f"The last finite state is {good[-1]} (stages done: {int(good[-1].name.split('_')[1])}). To go on from it "
+            f"with a lower lr, copy that folder into a new run folder's <method>_seed<k>/checkpoints/ and run there "
+            f"with overrides {{'lr': {self.config.lr / 10:g}}}: a resumed optimizer takes the lr of the config."
+        )
 
 
 def trained_steps_per_sample(interval_steps: int, fraction: float) -> int:
     """How many of a sample's ``interval_steps`` an epoch trains: ``ceil(fraction * steps)``, at least 1."""
     return max(1, math.ceil(fraction * interval_steps - 1e-9))
+
+
+def micro_batches(
+    n: int, steps: int, trained: int, batch_size: int, accum: int, chunk: int, generator: torch.Generator
+) -> list[list[list[tuple[torch.Tensor, torch.Tensor]]]]:
+    """One epoch's plan of the update: optimizer steps -> micro-batches -> chunks ``(rows, cols)``.
+
+    Samples are shuffled and cut into micro-batches of ``batch_size``, ``accum`` micro-batches per optimizer step. Each
+    sample visits its ``steps`` interval steps in its own random order (DDPO's time shuffle) and trains the first
+    ``trained`` of them; a micro-batch's steps go to the UNet ``chunk`` at a time (0: all at once), so ``cols`` is
+    ``(len(rows), c)``. Draws from ``generator`` in a fixed order (the permutation, then the time shuffle), so a stage's
+    update is reproducible from its seed.
+    """
+    order = torch.randperm(n, generator=generator)
+    time_order = torch.argsort(torch.rand(n, steps, generator=generator), dim=1)[:, :trained]
+    chunk = trained if chunk == 0 else min(chunk, trained)
+    micro = [order[i : i + batch_size] for i in range(0, n, batch_size)]
+    return [
+        [[(rows, time_order[rows, j : j + chunk]) for j in range(0, trained, chunk)] for rows in micro[g : g + accum]]
+        for g in range(0, len(micro), accum)
+    ]
 
 
 def flat_groups(rewards: torch.Tensor, group_ids: torch.Tensor) -> int:
@@ -533,13 +654,20 @@ def flat_groups(rewards: torch.Tensor, group_ids: torch.Tensor) -> int:
     return int(sum(bool((rewards[group_ids == g] == rewards[group_ids == g][0]).all()) for g in groups))
 
 
-def unet_rows(cfg: TrainerConfig, n_images: int, n_trained: int, trained_steps: int, processes: int = 1,
-              interval: int | None = None) -> dict[str, int]:
+def unet_rows(
+    cfg: TrainerConfig,
+    n_images: int,
+    n_trained: int,
+    trained_steps: int,
+    processes: int = 1,
+    interval: int | None = None,
+) -> dict[str, int]:
     """One stage's UNet work, in sample-rows of a forward (a CFG step counts 2 rows), over all processes.
 
     ``unet_rows_sample``: the prefix once per branch group and the interval once per image (B²), the whole chain per
     image (plain sampling); ``interval`` is the number of steps after the split (default ``trained_steps``; larger
-    under a ``window``, whose deterministic tail is sampled but not trained). ``unet_rows_train``: forward rows of the update, ``epochs x trained samples x interval
+    under a ``window``, whose deterministic tail is sampled but not trained). ``unet_rows_train``: forward rows of
+    the update, ``epochs x trained samples x interval
     steps`` (a backward costs about two forwards more; the same factor for every method). Why: B² trains only the kept
     samples on the interval, so at an equal image budget it does less UNet work; this is the compute view of the
     curves, next to images generated.
@@ -547,8 +675,9 @@ def unet_rows(cfg: TrainerConfig, n_images: int, n_trained: int, trained_steps: 
     cfg_rows = 2 if cfg.guidance_scale > 1.0 else 1
     groups = n_images // cfg.num_branches
     interval = trained_steps if interval is None else interval  # steps after the split (> trained ones with a window)
-    sample = groups * (cfg.num_steps - interval) + n_images * interval if cfg.num_branches >= 2 \
-        else n_images * cfg.num_steps
+    sample = (
+        groups * (cfg.num_steps - interval) + n_images * interval if cfg.num_branches >= 2 else n_images * cfg.num_steps
+    )
     train = cfg.epochs_per_stage * n_trained * trained_steps_per_sample(trained_steps, cfg.timestep_fraction)
     return {"unet_rows_sample": sample * cfg_rows * processes, "unet_rows_train": train * cfg_rows * processes}
 
@@ -563,7 +692,10 @@ def update_size(before: Sequence[torch.Tensor], after: Sequence[torch.Tensor]) -
     """
     sq_delta = sum(float(((a.detach().float() - b.float()) ** 2).sum()) for a, b in zip(after, before))
     sq_norm = sum(float((b.float() ** 2).sum()) for b in before)
-    return {"update_norm": math.sqrt(sq_delta), "rel_update": math.sqrt(sq_delta / sq_norm) if sq_norm > 0 else float("nan")}
+    return {
+        "update_norm": math.sqrt(sq_delta),
+        "rel_update": math.sqrt(sq_delta / sq_norm) if sq_norm > 0 else float("nan"),
+    }
 
 
 class B2Trainer(RLTrainer):

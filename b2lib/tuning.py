@@ -17,6 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 from .experiment import RunConfig
+from .tables import write_table
 
 __all__ = ["GRID", "PRUNE_MARGIN", "sweep_runs", "run_sweep", "sweep_table", "survivors", "choose", "write_choice"]
 
@@ -35,8 +36,9 @@ def _tag(point: dict) -> str:
     return "_".join(f"{k}{v:g}" if isinstance(v, float) else f"{k}{v}" for k, v in point.items())
 
 
-def sweep_runs(base: RunConfig, out: str | Path, methods=("ddpo", "b2"), seeds=(0, 1),
-               grid: dict | None = None) -> list[tuple[dict, RunConfig]]:
+def sweep_runs(
+    base: RunConfig, out: str | Path, methods=("ddpo", "b2"), seeds=(0, 1), grid: dict | None = None
+) -> list[tuple[dict, RunConfig]]:
     """``(grid point, RunConfig)`` for every method x grid point x seed, one run folder each. The runs evaluate on the
     training prompts only (``eval_splits=("train",)``), without BERTScore or LoRA export: what the choice needs."""
     out, grid = Path(out), grid or GRID
@@ -45,9 +47,17 @@ def sweep_runs(base: RunConfig, out: str | Path, methods=("ddpo", "b2"), seeds=(
         point = dict(zip(grid, values))
         for m in methods:
             for s in seeds:
-                cfg = replace(base, methods=(m,), seeds=(s,), overrides={**base.overrides, **point},
-                              output_dir=str(out / f"{m}_{_tag(point)}_seed{s}"), eval_splits=("train",),
-                              bertscore=False, save_lora=False, grid_prompts=0)
+                cfg = replace(
+                    base,
+                    methods=(m,),
+                    seeds=(s,),
+                    overrides={**base.overrides, **point},
+                    output_dir=str(out / f"{m}_{_tag(point)}_seed{s}"),
+                    eval_splits=("train",),
+                    bertscore=False,
+                    save_lora=False,
+                    grid_prompts=0,
+                )
                 runs.append((point, cfg))
     return runs
 
@@ -62,19 +72,32 @@ def sweep_table(runs: list[tuple[dict, RunConfig]]) -> pd.DataFrame:
         ev = pd.read_csv(out / "eval.csv")
         base, tuned = ev[ev["method"] == "base"].iloc[0], ev[ev["method"] != "base"].iloc[0]
         metrics = pd.read_csv(out / "metrics.csv")
-        health = {f"mean_{k}": float(metrics[k].mean()) for k in ("approx_kl", "clipfrac", "grad_norm", "rel_update",
-                                                                  "kept") if k in metrics}
-        rows.append({"method": tuned["method"], **point, "seed": int(tuned["seed"]),
-                     "train_reward": float(tuned["reward_mean"]), "base_train_reward": float(base["reward_mean"]),
-                     "gain": float(tuned["reward_mean"] - base["reward_mean"]),
-                     "train_judge": float(tuned.get("judge_all_ok", float("nan"))),
-                     "stages": int(metrics["stage"].max() + 1), "optimizer_steps": int(metrics["optimizer_steps"].sum()),
-                     "train_s": float(metrics["train_s"].sum() + metrics["sample_s"].sum()), **health})
+        health = {
+            f"mean_{k}": float(metrics[k].mean())
+            for k in ("approx_kl", "clipfrac", "grad_norm", "rel_update", "kept")
+            if k in metrics
+        }
+        rows.append(
+            {
+                "method": tuned["method"],
+                **point,
+                "seed": int(tuned["seed"]),
+                "train_reward": float(tuned["reward_mean"]),
+                "base_train_reward": float(base["reward_mean"]),
+                "gain": float(tuned["reward_mean"] - base["reward_mean"]),
+                "train_judge": float(tuned.get("judge_all_ok", float("nan"))),
+                "stages": int(metrics["stage"].max() + 1),
+                "optimizer_steps": int(metrics["optimizer_steps"].sum()),
+                "train_s": float(metrics["train_s"].sum() + metrics["sample_s"].sum()),
+                **health,
+            }
+        )
     return pd.DataFrame(rows)
 
 
-def survivors(runs: list[tuple[dict, RunConfig]], table: pd.DataFrame, margin: float = PRUNE_MARGIN,
-              grid: dict | None = None) -> list[tuple[dict, RunConfig]]:
+def survivors(
+    runs: list[tuple[dict, RunConfig]], table: pd.DataFrame, margin: float = PRUNE_MARGIN, grid: dict | None = None
+) -> list[tuple[dict, RunConfig]]:
     """The runs of later seeds worth running: those whose grid point's first-seed gain (in ``table``) is within
     ``margin`` of the best first-seed gain of its method. Runs of points not in ``table`` are kept."""
     keys = list(grid or GRID)
@@ -89,8 +112,15 @@ def survivors(runs: list[tuple[dict, RunConfig]], table: pd.DataFrame, margin: f
     return keep
 
 
-def run_sweep(base: RunConfig, out: str | Path, methods=("ddpo", "b2"), seeds=(0, 1), grid: dict | None = None,
-              workers: int = 1, margin: float = PRUNE_MARGIN) -> pd.DataFrame:
+def run_sweep(
+    base: RunConfig,
+    out: str | Path,
+    methods=("ddpo", "b2"),
+    seeds=(0, 1),
+    grid: dict | None = None,
+    workers: int = 1,
+    margin: float = PRUNE_MARGIN,
+) -> pd.DataFrame:
     """Run the search with successive halving and return its table: every grid point with the first seed, the later
     seeds only for the :func:`survivors` of the first. Finished runs are skipped, unfinished ones resume."""
     from .experiment import run_many
@@ -123,7 +153,7 @@ def write_choice(table: pd.DataFrame, out: str | Path, grid: dict | None = None)
     """Write ``sweep.csv`` (every run) and ``choice.json`` (per method: the chosen point) into ``out``."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    table.to_csv(out / "sweep.csv", index=False)
+    write_table(table, out, "tuning_sweep")
     best = choose(table, grid)
     (out / "choice.json").write_text(json.dumps(best, indent=2))
     return best

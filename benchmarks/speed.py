@@ -28,9 +28,17 @@ def main(argv: list[str] | None = None) -> int:
     from b2lib.bench import run_suite, save_json
     from b2lib.paths import REPO_ROOT
 
-    result = run_suite(size=args.size, repeats=args.repeats or None, paper_arch=args.paper_arch or args.paper_only,
-                       embedded=not args.paper_only, dtype=args.dtype, compile=args.compile)
-    out = args.out or REPO_ROOT / "results" / "performance" / ("speed.json" if not args.paper_only else "paper_arch.json")
+    result = run_suite(
+        size=args.size,
+        repeats=args.repeats or None,
+        paper_arch=args.paper_arch or args.paper_only,
+        embedded=not args.paper_only,
+        dtype=args.dtype,
+        compile=args.compile,
+    )
+    out = args.out or REPO_ROOT / "results" / "performance" / (
+        "speed.json" if not args.paper_only else "paper_arch.json"
+    )
     print(save_json(result, out))
     return 0
 

@@ -39,12 +39,26 @@ SMOKE = os.environ.get("STUDY_SMOKE") == "1"  # tiny sizes, to test this script 
 def _base(**kw):
     from b2lib.experiment import RunConfig
 
-    kw = {"template": "counting", "eval_images": 512, "eval_splits": ("train", "test"), "bertscore": False,
-          "save_lora": False, "grid_prompts": 0, **kw}
+    kw = {
+        "template": "counting",
+        "eval_images": 512,
+        "eval_splits": ("train", "test"),
+        "bertscore": False,
+        "save_lora": False,
+        "grid_prompts": 0,
+        **kw,
+    }
     cfg = RunConfig(**kw)
     if SMOKE:
-        cfg = replace(cfg, stages=2, images_per_stage=8, branches=2, eval_images=4, eval_max_prompts=2,
-                      overrides={"num_steps": 4, "split_start": 2})
+        cfg = replace(
+            cfg,
+            stages=2,
+            images_per_stage=8,
+            branches=2,
+            eval_images=4,
+            eval_max_prompts=2,
+            overrides={"num_steps": 4, "split_start": 2},
+        )
     return cfg
 
 
@@ -54,9 +68,18 @@ JOBS = os.environ.get("JOBS", "scale")  # "scale": the lease of 2026-11-27 02:10
 def sign_jobs() -> list:
     """The sign control at the main job's budget: each method's tuned recipe trained on CLIPScore and on its negation
     (same seeds), evaluated on every train prompt x 16 (512 images, paired)."""
-    jobs = [_base(methods=(m,), seeds=(s,), reward_sign=sign, eval_splits=("train",),
-                  output_dir=str(RUNS / "signs" / f"{m}_{'pos' if sign > 0 else 'neg'}_seed{s}"))
-            for s in (0, 1) for m in ("b2", "ddpo") for sign in (1, -1)]
+    jobs = [
+        _base(
+            methods=(m,),
+            seeds=(s,),
+            reward_sign=sign,
+            eval_splits=("train",),
+            output_dir=str(RUNS / "signs" / f"{m}_{'pos' if sign > 0 else 'neg'}_seed{s}"),
+        )
+        for s in (0, 1)
+        for m in ("b2", "ddpo")
+        for sign in (1, -1)
+    ]
     return jobs[:2] if SMOKE else jobs
 
 
@@ -72,8 +95,15 @@ def scale_jobs() -> list:
     for n in (128, 512):
         for seed in (0, 1):
             for m in ("b2", "ddpo"):
-                jobs.append(_base(methods=(m,), seeds=(seed,), stages=20, images_per_stage=n,
-                                  output_dir=str(RUNS / "scale" / f"{m}_n{n}_seed{seed}")))
+                jobs.append(
+                    _base(
+                        methods=(m,),
+                        seeds=(seed,),
+                        stages=20,
+                        images_per_stage=n,
+                        output_dir=str(RUNS / "scale" / f"{m}_n{n}_seed{seed}"),
+                    )
+                )
     if SMOKE:
         jobs = [replace(j, stages=2, images_per_stage=8) for j in jobs[:2]]
     return jobs
@@ -83,8 +113,11 @@ def cpu_jobs() -> list:
     """The main job's budget (counting, 20 stages x 32 images) for seeds 1-4, one method per run."""
     if JOBS == "signs":
         return []
-    jobs = [_base(methods=(m,), seeds=(s,), output_dir=str(RUNS / "seeds" / f"{m}_seed{s}"))
-            for s in (1, 2, 3, 4) for m in ("b2", "ddpo")]
+    jobs = [
+        _base(methods=(m,), seeds=(s,), output_dir=str(RUNS / "seeds" / f"{m}_seed{s}"))
+        for s in (1, 2, 3, 4)
+        for m in ("b2", "ddpo")
+    ]
     return jobs[:2] if SMOKE else jobs
 
 
@@ -105,8 +138,16 @@ def _worker(name: str, device: str, threads: int, jobs, t0: float, log) -> None:
             run_experiment(cfg, progress=False)
             log.put({"worker": name, "run": cfg.output_dir, "device": device, "s": time.time() - start, "ok": True})
         except Exception:  # keep draining: one failed run must not stop the lease's other work
-            log.put({"worker": name, "run": cfg.output_dir, "device": device, "s": time.time() - start, "ok": False,
-                     "error": traceback.format_exc()[-3000:]})
+            log.put(
+                {
+                    "worker": name,
+                    "run": cfg.output_dir,
+                    "device": device,
+                    "s": time.time() - start,
+                    "ok": False,
+                    "error": traceback.format_exc()[-3000:],
+                }
+            )
 
 
 def _cuda_smoke() -> dict:
@@ -118,10 +159,23 @@ def _cuda_smoke() -> dict:
         import torch
 
         name = torch.cuda.get_device_name(0)
-        run_experiment(RunConfig(methods=("b2", "ddpo"), stages=2, images_per_stage=16, branches=4,
-                                 eval_images=32, eval_max_prompts=4, eval_splits=("train",), bertscore=False,
-                                 save_lora=False, grid_prompts=0, device="cuda",
-                                 output_dir=str(RUNS / "cuda_smoke")), progress=False)
+        run_experiment(
+            RunConfig(
+                methods=("b2", "ddpo"),
+                stages=2,
+                images_per_stage=16,
+                branches=4,
+                eval_images=32,
+                eval_max_prompts=4,
+                eval_splits=("train",),
+                bertscore=False,
+                save_lora=False,
+                grid_prompts=0,
+                device="cuda",
+                output_dir=str(RUNS / "cuda_smoke"),
+            ),
+            progress=False,
+        )
         return {"ok": True, "gpu": name, "s": time.time() - start}
     except Exception:
         return {"ok": False, "s": time.time() - start, "error": traceback.format_exc()[-3000:]}
@@ -159,8 +213,10 @@ def main() -> None:
         try:
             e = log.get(timeout=5)
             events.append(e)
-            print(f"[{time.time() - t0:6.0f}s] {e['worker']} {'ok ' if e['ok'] else 'ERR'} {e['run']} {e['s']:.0f}s",
-                  flush=True)
+            print(
+                f"[{time.time() - t0:6.0f}s] {e['worker']} {'ok ' if e['ok'] else 'ERR'} {e['run']} {e['s']:.0f}s",
+                flush=True,
+            )
             if not e["ok"]:
                 print(e["error"], flush=True)
         except queue.Empty:
@@ -174,9 +230,15 @@ def main() -> None:
         except queue.Empty:
             break
     done = sorted(str(p.parent.relative_to(RUNS)) for p in RUNS.rglob("summary.json"))
-    status = {"smoke": smoke, "events": events, "done": done, "wall_s": time.time() - t0,
-              "gpu_jobs": [asdict(j) for j in gpu_jobs()], "cpu_jobs": [asdict(j) for j in cpu_jobs()],
-              "cores": os.cpu_count()}
+    status = {
+        "smoke": smoke,
+        "events": events,
+        "done": done,
+        "wall_s": time.time() - t0,
+        "gpu_jobs": [asdict(j) for j in gpu_jobs()],
+        "cpu_jobs": [asdict(j) for j in cpu_jobs()],
+        "cores": os.cpu_count(),
+    }
     (OUT / "status.json").write_text(json.dumps(status, indent=2, default=str))
     with tarfile.open(OUT / "runs.tar.gz", "w:gz") as tar:
         for d in done:

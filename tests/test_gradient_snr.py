@@ -66,13 +66,21 @@ def test_stage_gram_is_gram_of_the_trainer_means():
     sums = rng.standard_normal((r, t, 2, d))
     counts = np.array([[2, 1], [3, 0], [1, 2], [2, 2]])
     flat = sums.reshape(r * t * 2, d)
-    draws = GradientDraws((flat @ flat.T).reshape(r, t, 2, r, t, 2), counts, images=5, first_step=2, num_steps=5,
-                          reward_mean=0.0, seconds=0.0)
+    draws = GradientDraws(
+        (flat @ flat.T).reshape(r, t, 2, r, t, 2),
+        counts,
+        images=5,
+        first_step=2,
+        num_steps=5,
+        reward_mean=0.0,
+        seconds=0.0,
+    )
     for steps, sel in [(None, True), ([3, 4], True), ([2], False), (None, False)]:
         cols = [0, 1, 2] if steps is None else [s - 2 for s in steps]
         parts = [0] if sel else [0, 1]
-        means = np.stack([sums[i][cols][:, parts].sum(axis=(0, 1)) / (counts[i, parts].sum() * len(cols))
-                          for i in range(r)])
+        means = np.stack(
+            [sums[i][cols][:, parts].sum(axis=(0, 1)) / (counts[i, parts].sum() * len(cols)) for i in range(r)]
+        )
         np.testing.assert_allclose(draws.stage_gram(steps, selection=sel), means @ means.T, rtol=1e-12)
     with pytest.raises(ValueError, match="measured interval"):
         draws.stage_gram([1])
@@ -98,8 +106,18 @@ def test_measured_gradient_is_the_trainers_loss_gradient(make_pipe, branches, wi
     """The per-step, per-part sums add up to the gradient of the trainer's PPO loss at ratio 1 on the same draw,
     and measuring leaves weights and the advantage normaliser as they were."""
     torch.manual_seed(0)
-    kw = dict(num_steps=4, split_start=2, num_stages=2, prompts_per_stage=2, sample_batch_size=2, train_batch_size=2,
-              guidance_scale=3.0, progress=False, lora_rank=2, seed=0)
+    kw = dict(
+        num_steps=4,
+        split_start=2,
+        num_stages=2,
+        prompts_per_stage=2,
+        sample_batch_size=2,
+        train_batch_size=2,
+        guidance_scale=3.0,
+        progress=False,
+        lora_rank=2,
+        seed=0,
+    )
     cfg = TrainerConfig.b2(num_branches=2, window=window, **kw) if branches == 2 else TrainerConfig.ddpo(**kw)
     trainer = RLTrainer(make_pipe(), _redness, ["a red square", "a blue circle"], cfg)
     before = [p.detach().clone() for p in trainer.trainable]
@@ -117,7 +135,7 @@ def test_measured_gradient_is_the_trainers_loss_gradient(make_pipe, branches, wi
     rows = keep.nonzero().flatten()
     k = traj.num_steps
     flat_rows, flat_cols = rows.repeat_interleave(k), torch.arange(k).repeat(len(rows))
-    log_prob = trainer.log_prob(traj, flat_rows, flat_cols)
+    log_prob = trainer.policy_terms(traj, flat_rows, flat_cols)[0]
     loss, _ = policy_loss("ppo", log_prob, log_prob.detach(), adv[flat_rows], cfg.clip_range)
     grads = torch.autograd.grad(loss, trainer.trainable, allow_unused=True)
     g = torch.cat([(x if x is not None else torch.zeros_like(p)).flatten() for x, p in zip(grads, trainer.trainable)])
@@ -155,8 +173,15 @@ def test_score_function_ceiling_in_d_dimensions():
 def test_save_load_round_trip(tmp_path):
     rng = np.random.default_rng(4)
     v = rng.standard_normal((3 * 2 * 2, 50))
-    draws = GradientDraws((v @ v.T).reshape(3, 2, 2, 3, 2, 2), np.array([[2, 1], [1, 2], [3, 0]]), images=3,
-                          first_step=4, num_steps=6, reward_mean=0.5, seconds=1.0)
+    draws = GradientDraws(
+        (v @ v.T).reshape(3, 2, 2, 3, 2, 2),
+        np.array([[2, 1], [1, 2], [3, 0]]),
+        images=3,
+        first_step=4,
+        num_steps=6,
+        reward_mean=0.5,
+        seconds=1.0,
+    )
     back = GradientDraws.load(draws.save(tmp_path / "d.npz"))
     np.testing.assert_allclose(back.gram, draws.gram, rtol=1e-6, atol=1e-5)
     assert back.gram.shape == draws.gram.shape and np.array_equal(back.counts, draws.counts)
@@ -169,11 +194,13 @@ def test_snr_comparisons_pairs_and_skips():
     from b2lib.gradient_snr import snr_comparisons
 
     base = dict(steps="interval", images=10, snr_se=0.001)
-    table = pd.DataFrame([
-        {**base, "estimator": "a", "selection": True, "snr_per_image": 0.01},
-        {**base, "estimator": "a", "selection": False, "snr_per_image": 0.0},
-        {**base, "estimator": "b", "selection": True, "snr_per_image": 0.0},
-    ])
+    table = pd.DataFrame(
+        [
+            {**base, "estimator": "a", "selection": True, "snr_per_image": 0.01},
+            {**base, "estimator": "a", "selection": False, "snr_per_image": 0.0},
+            {**base, "estimator": "b", "selection": True, "snr_per_image": 0.0},
+        ]
+    )
     c = snr_comparisons(table, [("a", "b"), ("a", "missing")])
     assert len(c) == 2 and c["a_selection"].tolist() == [True, False]
     assert c["difference"].tolist() == pytest.approx([0.01, 0.0]) and c["resolved"].tolist() == [True, False]

@@ -6,20 +6,20 @@ then. It also fails when the reward moves for a reason other than the reward: ev
 on its negation (:class:`b2lib.rewards.Negated`, the sign control), and the *signal*, half the paired difference of the
 two models' rewards, must be positive. A gain alone is not enough: with 4-image optimizer steps at lr 1e-2 (this test's
 first version), DDPO trained on the negated reward raised the redness more (+0.24) than DDPO trained on the reward
-(+0.16): the weights drifted towards red whatever the reward said (measured 2026-11-27). The model is the embedded world's (shipped weights, 1.7 M UNet parameters), not a random tiny pipeline: a
+(+0.16): the weights drifted towards red whatever the reward said (measured 2026-11-27). The model is the embedded
+world's (shipped weights, 1.7 M UNet parameters), not a random tiny pipeline: a
 randomly initialised VAE decodes every latent to nearly the same image (measured: redness std 0.003 over samples),
 so no reward on images can teach it anything. The reward is defined here: how red the image is.
 """
 
 import numpy as np
 import pytest
-import torch
 
 from b2lib import TrainerConfig
 from b2lib.evaluate import generate
 from b2lib.rewards import Negated, Redness
 from b2lib.trainer import RLTrainer
-from b2lib.world.models import load_pipeline
+from b2lib.world.models import load_world_pipeline
 
 PROMPTS = ["one red circle", "two blue squares", "three green triangles"]
 STEPS = 6
@@ -31,11 +31,21 @@ redness = Redness()  # the library's positive-control reward
 def _config(method: str, seed: int) -> TrainerConfig:
     # one optimizer step per stage (grad_accum covers the whole stage): with several small steps the drift of the
     # weights outgrew the signal (see the module docstring)
-    common = dict(num_steps=STEPS, num_stages=5, split_start=3, grad_accum=64, epochs_per_stage=1,
-                  timestep_chunk=0, lr=1e-2, lora_rank=8, lora_targets="all", seed=seed, progress=False)
+    common = dict(
+        num_steps=STEPS,
+        num_stages=5,
+        split_start=3,
+        grad_accum=64,
+        epochs_per_stage=1,
+        timestep_chunk=0,
+        lr=1e-2,
+        lora_rank=8,
+        lora_targets="all",
+        seed=seed,
+        progress=False,
+    )
     if method == "b2":
-        return TrainerConfig.b2(num_branches=4, prompts_per_stage=8, sample_batch_size=8, train_batch_size=4,
-                                **common)
+        return TrainerConfig.b2(num_branches=4, prompts_per_stage=8, sample_batch_size=8, train_batch_size=4, **common)
     return TrainerConfig.ddpo(prompts_per_stage=48, sample_batch_size=16, train_batch_size=8, **common)
 
 
@@ -47,14 +57,14 @@ def _eval_reward(pipe, seed: int = 7) -> np.ndarray:
 
 @pytest.mark.parametrize("method", ["ddpo", "b2"])
 def test_rl_follows_the_sign_of_a_dense_reward(method):
-    base_pipe = load_pipeline()
+    base_pipe = load_world_pipeline()
     # the spread of the measured mean reward from one sampling seed to the next (the measurement's own noise)
     spread = float(np.std([_eval_reward(base_pipe, seed).mean() for seed in (7, 8, 9, 10)], ddof=1))
     signals, logs = [], []
     for seed in (0, 1):
         scores = {}
         for sign in (1, -1):
-            pipe = load_pipeline()
+            pipe = load_world_pipeline()
             trainer = RLTrainer(pipe, redness if sign > 0 else Negated(redness), PROMPTS, _config(method, seed))
             logs.append(trainer.train())
             scores[sign] = _eval_reward(pipe)  # the real redness, same noise for both models

@@ -3,7 +3,6 @@
 import pytest
 import torch
 
-from b2lib.advantages import group_ids_of, group_relative_advantages
 from b2lib.ddim import ddim_log_prob
 from b2lib.losses import gaussian_kl, kl_regularised_loss, needs_reference, policy_loss, ppo_clip_loss
 
@@ -21,9 +20,11 @@ def test_gaussian_kl_matches_torch_distributions():
     mean, ref, std = _normals()
     kl = gaussian_kl(mean, ref, std)
     s = std.reshape(-1, 1, 1, 1).expand_as(mean)
-    expected = torch.distributions.kl_divergence(
-        torch.distributions.Normal(mean, s), torch.distributions.Normal(ref, s)
-    ).flatten(1).mean(1)  # mean over latent dims, the log-prob convention
+    expected = (
+        torch.distributions.kl_divergence(torch.distributions.Normal(mean, s), torch.distributions.Normal(ref, s))
+        .flatten(1)
+        .mean(1)
+    )  # mean over latent dims, the log-prob convention
     assert kl.shape == (3,)
     torch.testing.assert_close(kl, expected, rtol=1e-10, atol=1e-12)
     # std already broadcastable gives the same
@@ -46,51 +47,6 @@ def test_gaussian_kl_half_precision_is_computed_in_float32():
     torch.testing.assert_close(kl16, gaussian_kl(mean, ref, std), rtol=2e-2, atol=1e-3)
     with pytest.raises(ValueError, match="equal"):
         gaussian_kl(mean, ref[:2], std)
-
-
-# ------------------------------------------------------------------------------------ group-relative advantages
-def test_group_relative_advantages_standardise_each_group():
-    g = torch.Generator().manual_seed(1)
-    rewards = torch.randn(12, generator=g) * 3 + 2
-    ids = torch.tensor([7, 7, 7, 2, 2, 2, 2, 9, 9, 9, 9, 9])  # arbitrary, unsorted ids
-    z = group_relative_advantages(rewards, ids)
-    assert z.shape == (12,) and z.dtype == torch.float32
-    for gid in ids.unique():
-        zg = z[ids == gid].double()
-        assert abs(zg.mean().item()) < 1e-6
-        assert zg.std(unbiased=False).item() == pytest.approx(1.0, rel=1e-3)  # population std; eps=1e-4 << std
-        rg = rewards[ids == gid].double()
-        torch.testing.assert_close(zg, (rg - rg.mean()) / (rg.std(unbiased=False) + 1e-4), rtol=1e-5, atol=1e-6)
-
-
-def test_group_relative_advantages_groups_are_independent():
-    rewards = torch.tensor([0.1, 0.5, 0.9, 3.0, 1.0, 2.0])
-    ids = torch.tensor([0, 0, 0, 1, 1, 1])
-    z = group_relative_advantages(rewards, ids)
-    moved = rewards.clone()
-    moved[3:] = moved[3:] * 100 - 50  # an affine change of group 1 only
-    z2 = group_relative_advantages(moved, ids)
-    torch.testing.assert_close(z2[:3], z[:3])  # group 0 untouched
-    torch.testing.assert_close(z2[3:], z[3:], rtol=1e-3, atol=1e-4)  # group 1 invariant to shift and scale (up to eps)
-    # and the order of samples does not matter
-    perm = torch.tensor([5, 0, 3, 1, 4, 2])
-    torch.testing.assert_close(group_relative_advantages(rewards[perm], ids[perm]), z[perm])
-
-
-def test_group_relative_advantages_constant_and_singleton_groups_give_zero():
-    rewards = torch.tensor([0.7, 0.7, 0.7, 1.0, 2.0, 5.0])
-    ids = torch.tensor([0, 0, 0, 1, 1, 2])  # group 0 constant, group 2 a single sample
-    z = group_relative_advantages(rewards, ids)
-    assert torch.isfinite(z).all()
-    assert torch.equal(z[[0, 1, 2, 5]], torch.zeros(4))
-    assert z[3] < 0 < z[4]
-    assert group_relative_advantages(torch.zeros(0), torch.zeros(0, dtype=torch.long)).shape == (0,)
-    with pytest.raises(ValueError, match="equal 1-D"):
-        group_relative_advantages(rewards, ids[:3])
-
-
-def test_group_ids_of_prompts():
-    assert group_ids_of(["b", "a", "b", "c", "a"]).tolist() == [0, 1, 0, 2, 1]
 
 
 # ------------------------------------------------------------------------------------------ KL-regularised loss
@@ -149,3 +105,18 @@ def test_policy_loss_errors_name_the_fix():
     with pytest.raises(ValueError, match="shape"):
         kl_regularised_loss(x, x, x, 0.1, torch.zeros(3), 0.1)
     assert [needs_reference(a) for a in ("ppo", "dpok", "grpo")] == [False, True, True]
+
+
+def test_ppo_clip_loss_closed_form():
+    old = torch.zeros(4)
+    adv = torch.tensor([1.0, 1.0, -1.0, -1.0])
+    new = torch.log(torch.tensor([1.05, 1.5, 0.5, 1.05])).requires_grad_(True)
+    loss, stats = ppo_clip_loss(new, old, adv, clip_range=0.1)
+    # per element: max(-A r, -A clip(r)) = [-1.05, -1.1, 0.9, 1.05]
+    torch.testing.assert_close(loss, torch.tensor([-1.05, -1.1, 0.9, 1.05]).mean())
+    assert stats["clipfrac"].item() == 0.5
+    loss.backward()
+    # clipped terms carry no gradient; unclipped ones d(-A r)/dlogp = -A r / 4
+    torch.testing.assert_close(new.grad, torch.tensor([-1.05 / 4, 0.0, 0.0, 1.05 / 4]))
+    with pytest.raises(ValueError):
+        ppo_clip_loss(new, old[:2], adv, 0.1)

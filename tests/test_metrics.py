@@ -25,8 +25,13 @@ def test_diversity_bad_input():
 def test_evaluate_images_summary():
     images = torch.rand(4, 3, 8, 8)
     prompts = ["x", "x", "y", "y"]
-    reward = lambda im, p: torch.arange(4, dtype=torch.float32)
-    judge = lambda im, p: [{"all_ok": i % 2 == 0, "relation_ok": None} for i in range(4)]
+
+    def reward(im, p):
+        return torch.arange(4, dtype=torch.float32)
+
+    def judge(im, p):
+        return [{"all_ok": i % 2 == 0, "relation_ok": None} for i in range(4)]
+
     table, summary = evaluate_images(images, prompts, reward, judge, embed_fn=lambda im: im.flatten(1))
     assert summary["reward_mean"] == 1.5 and summary["judge_all_ok"] == 0.5
     assert "judge_relation_ok" not in summary

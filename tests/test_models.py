@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from b2lib.models import add_lora, clip_bpe_tokenizer, load_pipeline
+from b2lib.models import add_lora, clip_bpe_tokenizer, load_sd_pipeline
 
 
 def test_tokenizer_ids_equal_open_clip(tokenizer_dir):
@@ -13,12 +13,12 @@ def test_tokenizer_ids_equal_open_clip(tokenizer_dir):
         ours = tok(text).input_ids
         ref = open_clip.tokenize([text])[0]
         assert ours == ref[: len(ours)].tolist()
-        assert ref[len(ours):].eq(0).all()
+        assert ref[len(ours) :].eq(0).all()
 
 
 def test_save_and_load_roundtrip(tiny_pipe, tmp_path):
     tiny_pipe.save_pretrained(tmp_path / "pipe")
-    loaded = load_pipeline(tmp_path / "pipe")
+    loaded = load_sd_pipeline(tmp_path / "pipe")
     for a, b in zip(tiny_pipe.unet.parameters(), loaded.unet.parameters()):
         assert torch.equal(a, b)
     assert type(loaded.scheduler).__name__ == "DDIMScheduler"
@@ -26,9 +26,9 @@ def test_save_and_load_roundtrip(tiny_pipe, tmp_path):
 
 def test_load_errors_name_the_fix(tmp_path):
     with pytest.raises(FileNotFoundError, match="save_pretrained"):
-        load_pipeline(tmp_path / "missing")
+        load_sd_pipeline(tmp_path / "missing")
     with pytest.raises(OSError, match="HF_HUB_OFFLINE"):
-        load_pipeline("CompVis/stable-diffusion-v1-4")
+        load_sd_pipeline("CompVis/stable-diffusion-v1-4")
 
 
 def test_lora_starts_at_base_model(tiny_pipe):

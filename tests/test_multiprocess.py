@@ -9,8 +9,19 @@ from pathlib import Path
 import pytest
 
 pytestmark = pytest.mark.skipif(shutil.which("accelerate") is None, reason="accelerate CLI not on PATH")
-LAUNCH = ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-          "--mixed_precision", "no", "--dynamo_backend", "no"]
+LAUNCH = [
+    "accelerate",
+    "launch",
+    "--multi_gpu",
+    "--num_processes",
+    "2",
+    "--num_machines",
+    "1",
+    "--mixed_precision",
+    "no",
+    "--dynamo_backend",
+    "no",
+]
 
 
 def test_two_processes_train_in_lockstep(tmp_path):
@@ -26,9 +37,27 @@ def test_two_processes_train_in_lockstep(tmp_path):
 
 
 def test_main_job_cli_under_two_processes(tmp_path):
-    cmd = LAUNCH + ["-m", "b2lib.train", "--template", "counting", "--stages", "2", "--images-per-stage", "8",
-                    "--branches", "2", "--eval-n-per-prompt", "2", "--eval-max-prompts", "2", "--output-dir",
-                    str(tmp_path), "--no-progress", "--overrides", '{"num_steps": 4, "split_start": 2}']
+    cmd = LAUNCH + [
+        "-m",
+        "b2lib.train",
+        "--template",
+        "counting",
+        "--stages",
+        "2",
+        "--images-per-stage",
+        "8",
+        "--branches",
+        "2",
+        "--eval-n-per-prompt",
+        "2",
+        "--eval-max-prompts",
+        "2",
+        "--output-dir",
+        str(tmp_path),
+        "--no-progress",
+        "--overrides",
+        '{"num_steps": 4, "split_start": 2}',
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((tmp_path / "summary.json").read_text())

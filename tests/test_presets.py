@@ -12,7 +12,7 @@ def test_paper_preset_is_the_reference():
     b2, ddpo = trainer_config("paper", "b2"), trainer_config("paper", "ddpo")
     assert (b2.num_steps, b2.eta, b2.guidance_scale) == (20, 1.0, 5.0)
     assert (b2.num_branches, b2.num_stages, b2.split_start, b2.schedule.end) == (5, 100, 14, 20)
-    assert b2.schedule.splits == [14 + i * 7 // 100 for i in range(100)]
+    assert b2.schedule.trained_steps == [14 + i * 7 // 100 for i in range(100)]
     assert (b2.pos_threshold, b2.neg_threshold, b2.history) == (0.5, -0.5, 8)
     assert (b2.lr, b2.train_batch_size, b2.grad_accum, b2.clip_range, b2.adv_clip) == (1e-4, 2, 64, 0.1, 5.0)
     assert b2.use_lora and b2.images_per_stage == ddpo.images_per_stage == 1280
@@ -46,15 +46,6 @@ def test_paper_preset_fails_only_at_the_hub_with_a_clear_message(monkeypatch, tm
     assert time.perf_counter() - t < 30
 
 
-def test_bad_run_config():
-    with pytest.raises(ValueError, match=r"methods: unknown \['ppo'\]"):
-        RunConfig(methods=("ppo",))
-    with pytest.raises(ValueError, match="template: unknown 'animals'"):
-        RunConfig(template="animals")
-    with pytest.raises(ValueError, match="preset: unknown 'huge'"):
-        RunConfig(preset="huge")
-
-
 def test_presets_take_the_algorithm():
     b2 = trainer_config("embedded", "b2", algorithm="grpo")
     ddpo = trainer_config("embedded", "ddpo", algorithm="dpok", kl_coef=0.05)
@@ -79,3 +70,18 @@ def test_embedded_preset_uses_the_recorded_tuning_choice():
         cfg = trainer_config("embedded", method)
         assert {k: getattr(cfg, k) for k in GRID} == {k: point[k] for k in GRID}
     assert trainer_config("embedded", "b2", lr=5e-3).lr == 5e-3  # explicit overrides still win
+
+
+def test_a_default_changed_in_one_place_reaches_every_entry_point(monkeypatch):
+    from b2lib import presets
+    from b2lib.studies import sensitivity_defaults
+    from b2lib.train import config_from_args
+
+    monkeypatch.setitem(presets.EMBEDDED, "num_branches", 8)  # the one line a maintainer would change
+    run = RunConfig()  # the notebooks' and the library's entry (0 = the preset's)
+    assert run.settings()["trainer"]["b2_seed0"]["num_branches"] == 8
+    assert run.settings()["trainer"]["b2_seed0"]["prompts_per_stage"] == presets.EMBEDDED["images_per_stage"] // 8
+    cli, _ = config_from_args([])  # the command line
+    assert cli.settings() == run.settings()
+    assert sensitivity_defaults(run)["branches"] == 8  # the studies' default point
+    assert trainer_config("embedded", "b2").num_branches == 8

@@ -1,4 +1,5 @@
-"""``report.sign_control``: learning vs drift from paired evaluations of runs trained on a reward and on its negation."""
+"""``report.sign_control``: learning vs drift from paired evaluations of runs trained on a reward and on its
+negation."""
 
 import json
 
@@ -6,7 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from b2lib.report import sign_control
+from b2lib.report import format_mean_std, mean_std, readme_table, sign_control, update_readme
+from b2lib.tables import write_table
 
 PROMPTS = [f"prompt {i}" for i in range(8) for _ in range(4)]  # 8 prompts x 4 images
 
@@ -17,8 +19,18 @@ def _run(folder, sign, method, seed, base, trained):
     rows = []
     for label, meth, s, values in (("base", "base", None, base), (f"{method}_seed{seed}", method, seed, trained)):
         for i, (p, v) in enumerate(zip(PROMPTS, values)):
-            rows.append({"model": label, "method": meth, "seed": s, "split": "train", "image": i, "prompt": p,
-                         "reward": v, "judge_all_ok": float(v > 0.5)})
+            rows.append(
+                {
+                    "model": label,
+                    "method": meth,
+                    "seed": s,
+                    "split": "train",
+                    "image": i,
+                    "prompt": p,
+                    "reward": v,
+                    "judge_all_ok": float(v > 0.5),
+                }
+            )
     pd.DataFrame(rows).to_csv(folder / "eval_images.csv", index=False)
     return folder
 
@@ -57,7 +69,164 @@ def test_unpaired_runs_are_refused(tmp_path):
 
 def test_a_seed_without_its_negated_run_is_left_out(tmp_path):
     base = np.full(len(PROMPTS), 0.5)
-    runs = [_run(tmp_path / "pos0", 1, "b2", 0, base, base + 0.1), _run(tmp_path / "neg0", -1, "b2", 0, base, base),
-            _run(tmp_path / "pos1", 1, "b2", 1, base, base + 0.3)]
+    runs = [
+        _run(tmp_path / "pos0", 1, "b2", 0, base, base + 0.1),
+        _run(tmp_path / "neg0", -1, "b2", 0, base, base),
+        _run(tmp_path / "pos1", 1, "b2", 1, base, base + 0.3),
+    ]
     row = sign_control(runs, metrics=("reward",)).iloc[0]
     assert row["seeds"] == 1 and row["signal"] == pytest.approx(0.05)
+
+
+def test_mean_std_closed_form_and_base_counted_once():
+    ev = pd.DataFrame(
+        {
+            "template": ["t"] * 5,
+            "method": ["base", "base", "b2", "b2", "b2"],
+            "model": ["base", "base", "b2_seed0", "b2_seed1", "b2_seed2"],
+            "split": ["test"] * 5,
+            "reward_mean": [0.5, 0.5, 0.6, 0.7, 0.8],
+        }
+    )
+    t = mean_std(ev, by=["template", "method"], columns=["reward_mean"])
+    assert t.loc[("t", "b2"), "reward_mean_mean"] == pytest.approx(0.7)
+    assert t.loc[("t", "b2"), "reward_mean_std"] == pytest.approx(0.1)
+    assert t.loc[("t", "base"), "n"] == 1 and t.loc[("t", "b2"), "n"] == 3
+    assert format_mean_std(t, ["reward_mean"]).loc[("t", "b2"), "CLIPScore"] == "0.700 ± 0.100"
+
+
+def test_readme_table_from_files_and_markers(tmp_path):
+    (tmp_path / "templates").mkdir()
+    rows = []
+    for m, v in (("base", 0.2), ("ddpo", 0.3), ("b2", 0.5)):
+        rows.append(
+            {
+                "template": "counting",
+                "method": m,
+                "judge_all_ok_mean": v,
+                "judge_all_ok_std": 0.05,
+                "reward_mean_mean": v,
+                "reward_mean_std": 0.01,
+                "clip_diversity_mean": 0.1,
+                "clip_diversity_std": 0.0,
+                "pixel_diversity_mean": 0.2,
+                "pixel_diversity_std": 0.0,
+                "n": 3,
+            }
+        )
+    pd.DataFrame(rows).set_index(["template", "method"]).to_csv(tmp_path / "templates" / "main_table.csv")
+    table = readme_table(tmp_path)
+    line = next(x for x in table.splitlines() if "judge aligned" in x)
+    assert "b2 0.500 ± 0.050" in line and "B² higher" in line and "3 seeds" in line
+    assert "DDPO higher" not in table
+    readme = tmp_path / "README.md"
+    readme.write_text("a\n<!-- results-table:start -->\nold\n<!-- results-table:end -->\nb\n")
+    assert update_readme(readme, "NEW")
+    assert readme.read_text() == "a\n<!-- results-table:start -->\nNEW\n<!-- results-table:end -->\nb\n"
+    readme.write_text("no markers")
+    assert not update_readme(readme, "NEW")
+
+
+def test_readme_table_speed_rows_say_goal_and_bound(tmp_path):
+    (tmp_path / "performance").mkdir()
+    pd.DataFrame(
+        [
+            {
+                "measurement": "share",
+                "key": "unet_share_sampling",
+                "min": 0.89,
+                "median": 0.895,
+                "max": 0.9,
+                "goal": 0.9,
+                "met": False,
+                "bound": 0.908,
+            },
+            {
+                "measurement": "chain",
+                "key": "branching_chain",
+                "min": 1.6,
+                "median": 1.68,
+                "max": 1.7,
+                "goal": 1.6,
+                "met": True,
+                "bound": float("nan"),
+            },
+            {
+                "measurement": "loop",
+                "key": "branch_loop",
+                "min": 1.2,
+                "median": 1.3,
+                "max": 1.4,
+                "goal": float("nan"),
+                "met": None,
+                "bound": float("nan"),
+            },
+        ]
+    ).to_csv(tmp_path / "performance" / "speed.csv", index=False)
+    lines = {x.split("|")[1].strip(): x for x in readme_table(tmp_path).splitlines()[2:]}
+    assert "0.895 [0.890, 0.900] (goal ≥ 0.90: **missed**); best reachable 0.908" in lines["Speed: share"]
+    assert "(goal ≥ 1.60: met)" in lines["Speed: chain"] and "best reachable" not in lines["Speed: chain"]
+    assert "goal" not in lines["Speed: loop"]
+
+
+def test_readme_table_snr_rows(tmp_path):
+    (tmp_path / "snr").mkdir()
+    base = dict(reward="clip", selection=True, images=32, draws=40, signal=0.0, noise=1.0)
+    pd.DataFrame(
+        [
+            {
+                **base,
+                "estimator": "ddpo",
+                "steps": "interval",
+                "n_steps": 20,
+                "snr": 0.002,
+                "snr_low": -0.004,
+                "snr_high": 0.008,
+            },
+            {
+                **base,
+                "estimator": "ddpo",
+                "steps": "late half",
+                "n_steps": 10,
+                "snr": 0.5,
+                "snr_low": 0.4,
+                "snr_high": 0.6,
+            },
+            {
+                **base,
+                "estimator": "b2_first_window1",
+                "steps": "interval",
+                "n_steps": 1,
+                "snr": 0.05,
+                "snr_low": 0.02,
+                "snr_high": 0.08,
+            },
+        ]
+    ).to_csv(tmp_path / "snr" / "snr.csv", index=False)
+    lines = [x for x in readme_table(tmp_path).splitlines() if "Gradient SNR" in x]
+    assert len(lines) == 2  # whole intervals only
+    assert "ddpo (clip reward, 20 trained steps" in lines[0] and "no signal resolved" in lines[0]
+    assert "per image ≤ 2.5e-04" in lines[0]
+    assert "1 trained step," in lines[1] and "| signal resolved |" in lines[1]
+
+
+def test_readme_table_sparse_reward_rows(tmp_path):
+    row = dict(
+        template="counting",
+        metric="judge_all_ok",
+        a="b2",
+        b="base",
+        mean_a=0.3,
+        mean_b=0.25,
+        diff=0.05,
+        low=0.01,
+        high=0.09,
+        seeds_a=5,
+        images=512,
+        verdict="b2 higher, +0.050 [+0.010, +0.090]",
+    )
+    rows = [{**row, "split": "test"}, {**row, "split": "train"}]
+    write_table(pd.DataFrame(rows), tmp_path / "sparse", "sparse_comparisons")
+    lines = [x for x in readme_table(tmp_path).splitlines() if x.startswith("| Sparse reward")]
+    assert len(lines) == 1  # test prompts only
+    assert "5 seeds" in lines[0] and "b2 0.300 / base 0.250" in lines[0] and "b2 higher" in lines[0]

@@ -50,8 +50,10 @@ def test_move_aside_keeps_everything(tmp_path):
 
 
 def _holder(folder):
-    code = ("import sys, time\nfrom b2lib.rundir import RunLock\nwith RunLock(sys.argv[1]):\n"
-            "    print('locked', flush=True)\n    time.sleep(60)\n")
+    code = (
+        "import sys, time\nfrom b2lib.rundir import RunLock\nwith RunLock(sys.argv[1]):\n"
+        "    print('locked', flush=True)\n    time.sleep(60)\n"
+    )
     proc = subprocess.Popen([sys.executable, "-c", code, str(folder)], stdout=subprocess.PIPE, text=True)
     assert proc.stdout.readline().strip() == "locked"
     return proc
@@ -75,11 +77,27 @@ def test_a_second_process_on_a_locked_folder_stops_at_once_naming_the_holder(tmp
 
 def test_every_bad_setting_is_reported_at_once_before_any_model_loads(tmp_path):
     with pytest.raises(ConfigError) as err:
-        RunConfig(stages=1.5, seeds=0, images_per_stage=-16, branches=1, model_dir=str(tmp_path / "missing"),
-                  train_prompts=[], methods=("b2", "dppo"), eval_n_per_prompt=-1)
+        RunConfig(
+            stages=1.5,
+            seeds=0,
+            images_per_stage=-16,
+            branches=1,
+            model_dir=str(tmp_path / "missing"),
+            train_prompts=[],
+            methods=("b2", "dppo"),
+            eval_n_per_prompt=-1,
+        )
     fields = [f for f, _ in err.value.problems]
-    assert fields == ["stages", "images_per_stage", "eval_n_per_prompt", "branches", "methods", "seeds", "model_dir",
-                      "train_prompts"]
+    assert fields == [
+        "stages",
+        "images_per_stage",
+        "eval_n_per_prompt",
+        "branches",
+        "methods",
+        "seeds",
+        "model_dir",
+        "train_prompts",
+    ]
     msg = str(err.value)
     assert "stages: must be an integer >= 0 (0 = the preset's default); got 1.5" in msg
     assert "seeds: must be a non-empty list of integers >= 0, e.g. [0, 1]; got 0" in msg
@@ -98,8 +116,9 @@ def test_overrides_are_checked_against_the_trainer_config():
 
 def _cli(*args):
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    return subprocess.run([sys.executable, "-m", "b2lib.train", *args], capture_output=True, text=True, env=env,
-                          timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "b2lib.train", *args], capture_output=True, text=True, env=env, timeout=120
+    )
 
 
 def test_the_command_line_names_the_flags_as_typed():
@@ -116,9 +135,18 @@ def test_a_finished_folder_refuses_other_settings_and_a_full_fine_tune_exports_i
 
     from b2lib.experiment import run_experiment
 
-    tiny = dict(methods=("b2",), stages=1, images_per_stage=4, branches=2, eval_images=2, eval_max_prompts=1,
-                bertscore=False, grid_prompts=0, output_dir=str(tmp_path),
-                overrides={"num_steps": 2, "split_start": 1, "use_lora": False, "lr": 1e-5})
+    tiny = dict(
+        methods=("b2",),
+        stages=1,
+        images_per_stage=4,
+        branches=2,
+        eval_images=2,
+        eval_max_prompts=1,
+        bertscore=False,
+        grid_prompts=0,
+        output_dir=str(tmp_path),
+        overrides={"num_steps": 2, "split_start": 1, "use_lora": False, "lr": 1e-5},
+    )
     run_experiment(RunConfig(**tiny), progress=False)
     unet = UNet2DConditionModel.from_pretrained(tmp_path / "b2_seed0" / "unet")
     assert sum(p.numel() for p in unet.parameters()) > 0

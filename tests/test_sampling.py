@@ -4,15 +4,27 @@ import pytest
 import torch
 from diffusers import DDPMScheduler
 
-from b2lib.sampling import (Trajectories, decode_latents, encode_prompts, sample_branches, sample_trajectories,
-                            transition_log_prob)
+from b2lib.sampling import (
+    Trajectories,
+    decode_latents,
+    encode_prompts,
+    sample_branches,
+    sample_trajectories,
+    transition_policy,
+)
 
 PROMPTS = ["a red circle", "two blue squares", "a green triangle"]
 
 
 def test_trajectories_match_stock_pipeline(tiny_pipe):
-    ref = tiny_pipe(PROMPTS, num_inference_steps=5, eta=1.0, guidance_scale=5.0,
-                    generator=torch.Generator().manual_seed(0), output_type="pt").images
+    ref = tiny_pipe(
+        PROMPTS,
+        num_inference_steps=5,
+        eta=1.0,
+        guidance_scale=5.0,
+        generator=torch.Generator().manual_seed(0),
+        output_type="pt",
+    ).images
     traj = sample_trajectories(tiny_pipe, PROMPTS, num_steps=5, generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(traj.images, ref, atol=1e-5, rtol=1e-5)
     n, k = len(PROMPTS), 5
@@ -30,15 +42,16 @@ def test_recomputed_log_prob_gives_ratio_one(tiny_pipe):
     rows = torch.arange(n).repeat_interleave(k)
     cols = torch.arange(k).repeat(n)
     with torch.no_grad():
-        lp = transition_log_prob(tiny_pipe.unet, tiny_pipe.scheduler, traj, rows, cols, 5.0, 1.0)
+        lp = transition_policy(tiny_pipe.unet, tiny_pipe.scheduler, traj, rows, cols, 5.0, 1.0)[0]
     log_ratio = lp - traj.log_probs[rows, cols]
     assert log_ratio.abs().max() < 1e-4
 
 
 def test_trained_steps_keeps_only_the_interval(tiny_pipe):
     full = sample_trajectories(tiny_pipe, PROMPTS, num_steps=6, generator=torch.Generator().manual_seed(2))
-    part = sample_trajectories(tiny_pipe, PROMPTS, num_steps=6, generator=torch.Generator().manual_seed(2),
-                               trained_steps=2)
+    part = sample_trajectories(
+        tiny_pipe, PROMPTS, num_steps=6, generator=torch.Generator().manual_seed(2), trained_steps=2
+    )
     assert part.latents.shape[1] == 2
     torch.testing.assert_close(part.latents, full.latents[:, -2:])
     torch.testing.assert_close(part.log_probs, full.log_probs[:, -2:])
@@ -107,8 +120,9 @@ def test_branch_loop_and_batched_share_the_prefix(tiny_pipe, loop):
     """Both ways of running the branches: prompt-major rows, one shared x at the branch point per group, different
     continuations, log-probs that recompute to the stored ones."""
     b, split = 3, 3
-    traj = sample_branches(tiny_pipe, PROMPTS, b, split, num_steps=6, generator=torch.Generator().manual_seed(4),
-                           branch_loop=loop)
+    traj = sample_branches(
+        tiny_pipe, PROMPTS, b, split, num_steps=6, generator=torch.Generator().manual_seed(4), branch_loop=loop
+    )
     assert len(traj) == len(PROMPTS) * b and traj.prompts == [p for p in PROMPTS for _ in range(b)]
     assert traj.group_ids.tolist() == [i for i in range(len(PROMPTS)) for _ in range(b)]
     start = traj.latents[:, 0].reshape(len(PROMPTS), b, -1)
@@ -118,14 +132,19 @@ def test_branch_loop_and_batched_share_the_prefix(tiny_pipe, loop):
     n, k = traj.timesteps.shape
     rows, cols = torch.arange(n).repeat_interleave(k), torch.arange(k).repeat(n)
     with torch.no_grad():
-        lp = transition_log_prob(tiny_pipe.unet, tiny_pipe.scheduler, traj, rows, cols, 5.0, 1.0)
+        lp = transition_policy(tiny_pipe.unet, tiny_pipe.scheduler, traj, rows, cols, 5.0, 1.0)[0]
     assert (lp - traj.log_probs[rows, cols]).abs().max() < 1e-4
 
 
 def test_chunked_decode_matches_one_batch(tiny_pipe):
     """Decoding in chunks (the default, for cache locality) gives each image the pixels of a single-batch decode."""
-    latents = torch.randn(5, 4, tiny_pipe.unet.config.sample_size, tiny_pipe.unet.config.sample_size,
-                          generator=torch.Generator().manual_seed(0))
+    latents = torch.randn(
+        5,
+        4,
+        tiny_pipe.unet.config.sample_size,
+        tiny_pipe.unet.config.sample_size,
+        generator=torch.Generator().manual_seed(0),
+    )
     with torch.inference_mode():
         whole = decode_latents(tiny_pipe, latents, batch_size=None)
         chunked = decode_latents(tiny_pipe, latents, batch_size=2)
@@ -142,8 +161,9 @@ def test_window_keeps_noise_on_the_trained_steps_only(tiny_pipe, window):
     from b2lib.sampling import denoise
 
     b, split, steps = 3, 4, 6
-    traj = sample_branches(tiny_pipe, PROMPTS[:2], b, split, num_steps=steps, window=window,
-                           generator=torch.Generator().manual_seed(0))
+    traj = sample_branches(
+        tiny_pipe, PROMPTS[:2], b, split, num_steps=steps, window=window, generator=torch.Generator().manual_seed(0)
+    )
     assert traj.num_steps == window and traj.latents.shape[1] == window
     assert torch.equal(traj.timesteps[0], tiny_pipe.scheduler.timesteps[steps - split : steps - split + window])
     cond, uncond = encode_prompts(tiny_pipe, traj.prompts, 5.0)
@@ -160,7 +180,9 @@ def test_window_keeps_noise_on_the_trained_steps_only(tiny_pipe, window):
     again, _ = denoise(tiny_pipe, last, cond, uncond, steps - split + window, steps, 5.0, 0.0, record=False)
     torch.testing.assert_close(decode_latents(tiny_pipe, again), traj.images, atol=1e-5, rtol=1e-5)
     # the prefix is unchanged by the window: the same shared state as without one
-    full = sample_branches(tiny_pipe, PROMPTS[:2], b, split, num_steps=steps, generator=torch.Generator().manual_seed(0))
+    full = sample_branches(
+        tiny_pipe, PROMPTS[:2], b, split, num_steps=steps, generator=torch.Generator().manual_seed(0)
+    )
     assert torch.equal(full.latents[:, 0], traj.latents[:, 0])
     with pytest.raises(ValueError, match="window"):
         sample_branches(tiny_pipe, PROMPTS[:1], b, split, num_steps=steps, window=0)

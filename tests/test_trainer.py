@@ -17,8 +17,19 @@ def redness(images, prompts):
 
 
 def _small(**kw):
-    base = dict(num_steps=6, num_stages=2, split_start=3, prompts_per_stage=4, sample_batch_size=4, num_branches=3,
-                train_batch_size=2, grad_accum=2, pos_threshold=0.3, neg_threshold=-0.3, progress=False)
+    base = dict(
+        num_steps=6,
+        num_stages=2,
+        split_start=3,
+        prompts_per_stage=4,
+        sample_batch_size=4,
+        num_branches=3,
+        train_batch_size=2,
+        grad_accum=2,
+        pos_threshold=0.3,
+        neg_threshold=-0.3,
+        progress=False,
+    )
     base.update(kw)
     return base
 
@@ -27,10 +38,13 @@ def _trainable(pipe):
     return {n: p.detach().clone() for n, p in pipe.unet.named_parameters() if p.requires_grad}
 
 
-@pytest.mark.parametrize("cls,config", [
-    (B2Trainer, TrainerConfig.b2(**_small())),
-    (DDPOTrainer, TrainerConfig.ddpo(**_small(num_branches=1, prompts_per_stage=12, sample_batch_size=6))),
-])
+@pytest.mark.parametrize(
+    "cls,config",
+    [
+        (B2Trainer, TrainerConfig.b2(**_small())),
+        (DDPOTrainer, TrainerConfig.ddpo(**_small(num_branches=1, prompts_per_stage=12, sample_batch_size=6))),
+    ],
+)
 def test_two_stage_run_changes_lora_weights(make_pipe, cls, config):
     t = time.perf_counter()
     pipe = make_pipe()
@@ -78,8 +92,12 @@ def test_same_seed_same_run(make_pipe):
 
 
 def test_nan_reward_stops_with_clear_error(make_pipe):
-    tr = B2Trainer(make_pipe(), lambda im, p: torch.full((im.shape[0],), float("nan")), PROMPTS,
-                   TrainerConfig.b2(**_small(num_stages=1)))
+    tr = B2Trainer(
+        make_pipe(),
+        lambda im, p: torch.full((im.shape[0],), float("nan")),
+        PROMPTS,
+        TrainerConfig.b2(**_small(num_stages=1)),
+    )
     with pytest.raises(FloatingPointError, match="NaN"):
         tr.train_stage()
 
@@ -131,8 +149,12 @@ def test_kl_algorithms_train_lora_and_log_kl(make_pipe, algorithm, method):
     if method == "b2":
         cls, config = B2Trainer, TrainerConfig.b2(**_small(algorithm=algorithm, num_stages=1))
     else:
-        cls, config = DDPOTrainer, TrainerConfig.ddpo(**_small(num_branches=1, prompts_per_stage=8, sample_batch_size=8,
-                                                               num_stages=1, algorithm=algorithm))
+        cls, config = (
+            DDPOTrainer,
+            TrainerConfig.ddpo(
+                **_small(num_branches=1, prompts_per_stage=8, sample_batch_size=8, num_stages=1, algorithm=algorithm)
+            ),
+        )
     pipe = make_pipe()
     frozen = {n: p.detach().clone() for n, p in pipe.unet.named_parameters()}
     trainer = cls(pipe, redness, PROMPTS, config)
@@ -223,8 +245,16 @@ def test_algorithm_config():
 
 
 def test_samples_per_prompt_groups_plain_samples(make_pipe):
-    cfg = TrainerConfig.ddpo(**_small(num_branches=1, prompts_per_stage=6, sample_batch_size=6, num_stages=1,
-                                      samples_per_prompt=3, algorithm="grpo"))
+    cfg = TrainerConfig.ddpo(
+        **_small(
+            num_branches=1,
+            prompts_per_stage=6,
+            sample_batch_size=6,
+            num_stages=1,
+            samples_per_prompt=3,
+            algorithm="grpo",
+        )
+    )
     tr = DDPOTrainer(make_pipe(), redness, PROMPTS, cfg)
     traj, rewards = tr.sample_stage(0)
     assert len(traj) == 6 and traj.prompts[0] == traj.prompts[1] == traj.prompts[2]
@@ -253,8 +283,10 @@ def test_unet_rows_closed_form():
     ddpo = TrainerConfig.ddpo(num_steps=20, prompts_per_stage=32, epochs_per_stage=2, guidance_scale=1.0)
     assert unet_rows(ddpo, 32, 32, 20) == {"unet_rows_sample": 32 * 20, "unet_rows_train": 2 * 32 * 20}
     # a window of 2 trained steps in an interval of 10: the whole interval is sampled, 2 steps are trained
-    assert unet_rows(b2, 32, 12, 2, interval=10) == {"unet_rows_sample": (8 * 10 + 32 * 10) * 2,
-                                                     "unet_rows_train": 12 * 2 * 2}
+    assert unet_rows(b2, 32, 12, 2, interval=10) == {
+        "unet_rows_sample": (8 * 10 + 32 * 10) * 2,
+        "unet_rows_train": 12 * 2 * 2,
+    }
     with pytest.raises(ValueError, match="window"):
         TrainerConfig.b2(window=0)
 
@@ -271,8 +303,18 @@ def test_update_size():
 def test_stage_logs_health_and_cost(make_pipe):
     cfg = TrainerConfig.b2(**_small(num_stages=1))
     m = B2Trainer(make_pipe(), redness, PROMPTS, cfg).train()[0]
-    for key in ("approx_kl", "clipfrac", "grad_norm", "update_norm", "rel_update", "kept", "flat_groups",
-                "unet_rows_sample", "unet_rows_train", "unet_rows_seen"):
+    for key in (
+        "approx_kl",
+        "clipfrac",
+        "grad_norm",
+        "update_norm",
+        "rel_update",
+        "kept",
+        "flat_groups",
+        "unet_rows_sample",
+        "unet_rows_train",
+        "unet_rows_seen",
+    ):
         assert key in m, key
     assert m["unet_rows_seen"] == m["unet_rows_sample"] + m["unet_rows_train"] > 0
     assert m["rel_update"] > 0
@@ -287,3 +329,47 @@ def test_lora_targets_all_wraps_convolutions(make_pipe):
     assert any("conv1.lora_A" in n for n in names) and any("to_q.lora_A" in n for n in names)
     with pytest.raises(ValueError, match="lora_targets"):
         TrainerConfig.b2(lora_targets="everything")
+
+
+@pytest.mark.parametrize(
+    "n,steps,trained,batch,accum,chunk", [(7, 5, 5, 2, 2, 0), (8, 6, 3, 4, 1, 2), (5, 4, 4, 1, 3, 1)]
+)
+def test_micro_batches_visit_each_sample_once_with_its_own_step_order(n, steps, trained, batch, accum, chunk):
+    from b2lib.trainer import micro_batches
+
+    plan = micro_batches(n, steps, trained, batch, accum, chunk, torch.Generator().manual_seed(0))
+    assert len(plan) == math.ceil(math.ceil(n / batch) / accum)  # optimizer steps
+    assert all(1 <= len(step) <= accum for step in plan)
+    rows = torch.cat([micro[0][0] for step in plan for micro in step])
+    assert sorted(rows.tolist()) == list(range(n))  # every sample once per epoch
+    width = trained if chunk == 0 else chunk
+    for step in plan:
+        for micro in step:
+            assert all(torch.equal(r, micro[0][0]) for r, _ in micro)  # the chunks of one micro-batch share its rows
+            cols = torch.cat([c for _, c in micro], dim=1)
+            assert cols.shape == (len(micro[0][0]), trained) and all(c.shape[1] <= width for _, c in micro)
+            assert all(len(set(row)) == trained and max(row) < steps for row in cols.tolist())  # distinct steps
+
+
+def test_micro_batches_reproducible_under_a_seed():
+    from b2lib.trainer import micro_batches
+
+    a, b = (micro_batches(6, 4, 2, 2, 2, 0, torch.Generator().manual_seed(3)) for _ in range(2))
+    flat = lambda plan: [(r.tolist(), c.tolist()) for s in plan for m in s for r, c in m]  # noqa: E731
+    assert flat(a) == flat(b)
+
+
+def test_state_dict_round_trip_gives_the_same_next_stage(make_pipe):
+    cfg = TrainerConfig.b2(**_small(num_stages=2))
+    first = B2Trainer(make_pipe(), redness, PROMPTS, cfg)
+    first.train_stage()
+    state = first.state_dict()
+    assert state["stage"] == 1 and set(state["trainable"]) == set(first.named_trainable())
+    copy = B2Trainer(make_pipe(), redness, PROMPTS, cfg)
+    copy.load_state_dict(state)
+    a, b = first.train_stage(), copy.train_stage()
+    for key in ("reward_mean", "loss", "grad_norm", "update_norm"):
+        assert a[key] == b[key]
+    other = B2Trainer(make_pipe(), redness, PROMPTS, TrainerConfig.b2(**_small(lora_rank=2)))
+    with pytest.raises(ValueError, match="different trainable parameters"):
+        other.load_state_dict(state)

@@ -22,16 +22,23 @@ def test_sweep_runs_one_folder_per_method_point_seed(tmp_path):
 
 def test_survivors_prune_points_far_below_the_best_first_seed(tmp_path):
     runs = sweep_runs(RunConfig(), tmp_path, methods=("b2",), seeds=(0, 1), grid=GRID)
-    first = _table([("b2", 1e-3, 1, 0, 0.01), ("b2", 1e-3, 4, 0, -0.05), ("b2", 3e-3, 1, 0, -0.2),
-                    ("b2", 3e-3, 4, 0, -0.0901)])
+    first = _table(
+        [("b2", 1e-3, 1, 0, 0.01), ("b2", 1e-3, 4, 0, -0.05), ("b2", 3e-3, 1, 0, -0.2), ("b2", 3e-3, 4, 0, -0.0901)]
+    )
     later = [r for r in runs if r[1].seeds[0] == 1]
     kept = survivors(later, first, margin=0.1, grid=GRID)
     assert sorted((p["lr"], p["grad_accum"]) for p, _ in kept) == [(1e-3, 1), (1e-3, 4)]
 
 
 def test_choose_takes_the_best_mean_among_fully_run_points():
-    table = _table([("b2", 1e-3, 1, 0, 0.01), ("b2", 1e-3, 1, 1, -0.02),  # mean -0.005
-                    ("b2", 1e-3, 4, 0, 0.00), ("b2", 1e-3, 4, 1, 0.002),  # mean 0.001: chosen
-                    ("b2", 3e-3, 1, 0, 0.05)])  # one seed only (pruned): not eligible
+    table = _table(
+        [
+            ("b2", 1e-3, 1, 0, 0.01),
+            ("b2", 1e-3, 1, 1, -0.02),  # mean -0.005
+            ("b2", 1e-3, 4, 0, 0.00),
+            ("b2", 1e-3, 4, 1, 0.002),  # mean 0.001: chosen
+            ("b2", 3e-3, 1, 0, 0.05),
+        ]
+    )  # one seed only (pruned): not eligible
     best = choose(table, GRID)["b2"]
     assert (best["lr"], best["grad_accum"]) == (1e-3, 4) and abs(best["mean_gain"] - 0.001) < 1e-12

@@ -8,7 +8,7 @@ from b2lib.world import models as wm
 
 def test_missing_weights_say_how_to_regenerate(tmp_path):
     with pytest.raises(FileNotFoundError, match="00_embedded_world"):
-        wm.load_pipeline(tmp_path / "nope")
+        wm.load_world_pipeline(tmp_path / "nope")
     with pytest.raises(FileNotFoundError, match="00_embedded_world"):
         wm.load_clip_score(tmp_path / "nope")
 
@@ -16,7 +16,7 @@ def test_missing_weights_say_how_to_regenerate(tmp_path):
 def test_corrupt_weights_say_how_to_regenerate(tmp_path):
     (tmp_path / "model_index.json").write_text("{not json")
     with pytest.raises(RuntimeError, match="00_embedded_world"):
-        wm.load_pipeline(tmp_path)
+        wm.load_world_pipeline(tmp_path)
     clip = tmp_path / "clip"
     clip.mkdir()
     (clip / f"{wm.CLIP_NAME}.json").write_text("{}")
@@ -28,7 +28,7 @@ def test_corrupt_weights_say_how_to_regenerate(tmp_path):
 def test_shipped_weights_load_and_sample():
     from b2lib.evaluate import generate
 
-    pipe = wm.load_pipeline()
+    pipe = wm.load_world_pipeline()
     reward = wm.load_clip_score()
     images = generate(pipe, ["one red circle", "two blue squares"], num_steps=4)
     assert images.shape == (2, 3, 64, 64)

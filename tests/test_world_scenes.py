@@ -118,7 +118,9 @@ def test_split_disjoint_complete_deterministic(template):
 
 def test_split_holds_out_combinations_not_words():
     specs = [parse_prompt(p) for p in split_prompts("counting")[0]]
-    pairs = {(n, c) for (n, c, _), in (s.items for s in specs)} | {(c, s) for (_, c, s), in (x.items for x in specs)}
+    pairs = {(n, c) for ((n, c, _),) in (s.items for s in specs)} | {
+        (c, s) for ((_, c, s),) in (x.items for x in specs)
+    }
     assert len(pairs) == 16 + 12  # every count-colour and colour-shape pair is trained
     train_b, test_b = split_prompts("binding")
     assert not any("red triangle" in p or "blue circle" in p for p in train_b)
@@ -193,8 +195,11 @@ def test_determinism_under_seed():
 
 
 def test_render_shapes_dtype_and_content():
-    scene = Scene((Obj("square", "red", 20.5, 20.0, 16.0), Obj("circle", "blue", 44.0, 44.0, 16.0)), "binding",
-                  "a red square and a blue circle")
+    scene = Scene(
+        (Obj("square", "red", 20.5, 20.0, 16.0), Obj("circle", "blue", 44.0, 44.0, 16.0)),
+        "binding",
+        "a red square and a blue circle",
+    )
     img = render(scene)
     assert img.shape == (64, 64, 3) and img.dtype == np.uint8
     assert tuple(img[20, 20]) == COLOURS["red"] and tuple(img[44, 44]) == COLOURS["blue"]

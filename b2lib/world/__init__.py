@@ -76,7 +76,7 @@ __all__ = [
     "template_of",
 ]
 
-_LAZY = {"load_pipeline": "models", "load_clip_score": "models", "WEIGHTS_DIR": "models"}
+_LAZY = {"load_world_pipeline": "models", "load_clip_score": "models", "WEIGHTS_DIR": "models"}
 __all__ += list(_LAZY)
 
 

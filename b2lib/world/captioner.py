@@ -70,8 +70,11 @@ def _order(dets: list[Detection], spec: PromptSpec | None) -> list[Detection]:
         return list(dets)
     pool, first = list(dets), []
     for _, colour, shape in spec.items:
-        for test in (lambda d: d.colour == colour and d.shape == shape, lambda d: d.shape == shape,
-                     lambda d: d.colour == colour):
+        for test in (
+            lambda d: d.colour == colour and d.shape == shape,
+            lambda d: d.shape == shape,
+            lambda d: d.colour == colour,
+        ):
             hit = next((d for d in pool if test(d)), None)
             if hit is not None:
                 pool.remove(hit)

@@ -60,8 +60,9 @@ def evaluate_templates(
     for template in templates:
         train, test = split_prompts(template)
         prompts = subset({"train": train, "test": test}[split], max_prompts)
-        table, summary, imgs = evaluate_prompts(pipe, prompts, reward, judge_batch, n_per_prompt, seed, num_steps,
-                                                guidance_scale, eta, batch_size)
+        table, summary, imgs = evaluate_prompts(
+            pipe, prompts, reward, judge_batch, n_per_prompt, seed, num_steps, guidance_scale, eta, batch_size
+        )
         rows.append({"template": template, **summary})
         tables[template], images[template] = table, imgs
     return pd.DataFrame(rows).set_index("template"), tables, images

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
 
-from ..models import assemble_pipeline, clip_text_encoder, load_pipeline as _load_sd
+from ..models import assemble_pipeline, clip_text_encoder, load_sd_pipeline
 from ..rewards import ClipScore
 
 __all__ = [
@@ -25,7 +25,7 @@ __all__ = [
     "build_world_pipeline",
     "build_world_clip",
     "save_world_clip",
-    "load_pipeline",
+    "load_world_pipeline",
     "load_clip_score",
 ]
 
@@ -84,7 +84,6 @@ def build_world_pipeline(seed: int = 0) -> StableDiffusionPipeline:
 def build_world_clip(seed: int = 0):
     """A randomly initialised world CLIP (open_clip ``CLIP``) and its tokenizer (CLIP BPE, 20-token context)."""
     import open_clip
-
     from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
 
     torch.manual_seed(seed)
@@ -100,7 +99,9 @@ def save_world_clip(model: torch.nn.Module, out_dir: str | os.PathLike) -> Path:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{CLIP_NAME}.json").write_text(json.dumps(clip_config(), indent=2))
-    save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(out / "open_clip_model.safetensors"))
+    save_file(
+        {k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(out / "open_clip_model.safetensors")
+    )
     return out
 
 
@@ -111,11 +112,13 @@ def _weights(path: str | os.PathLike | None, sub: str) -> Path:
     return folder
 
 
-def load_pipeline(path: str | os.PathLike | None = None, device: str | torch.device = "cpu") -> StableDiffusionPipeline:
+def load_world_pipeline(
+    path: str | os.PathLike | None = None, device: str | torch.device = "cpu"
+) -> StableDiffusionPipeline:
     """The world's pretrained StableDiffusionPipeline (default: the shipped weights)."""
     folder = _weights(path, "pipeline")
     try:
-        return _load_sd(folder, device=device)
+        return load_sd_pipeline(folder, device=device)
     except (OSError, ValueError, RuntimeError, json.JSONDecodeError) as err:
         raise RuntimeError(f"The world pipeline at {folder} could not be loaded ({err}). {_REGENERATE}") from err
 
@@ -129,6 +132,8 @@ def load_clip_score(
     if not config.exists() or not ckpt.exists():
         raise FileNotFoundError(f"{folder} lacks {config.name} or {ckpt.name}. {_REGENERATE}")
     try:
-        return ClipScore.from_pretrained(CLIP_NAME, str(ckpt), device=device, batch_size=batch_size, model_config=config)
+        return ClipScore.from_pretrained(
+            CLIP_NAME, str(ckpt), device=device, batch_size=batch_size, model_config=config
+        )
     except Exception as err:
         raise RuntimeError(f"The world CLIP at {folder} could not be loaded ({err}). {_REGENERATE}") from err

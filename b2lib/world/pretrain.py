@@ -53,8 +53,16 @@ class PretrainConfig:
 
     @classmethod
     def smoke(cls, **kw) -> "PretrainConfig":
-        base = dict(n_images=256, vae_images=128, vae_steps=3, t2i_steps=3, clip_steps=3, vae_batch=8, t2i_batch=8,
-                    clip_batch=16)
+        base = dict(
+            n_images=256,
+            vae_images=128,
+            vae_steps=3,
+            t2i_steps=3,
+            clip_steps=3,
+            vae_batch=8,
+            t2i_batch=8,
+            clip_batch=16,
+        )
         base.update(kw)
         return cls(**base)
 
@@ -99,13 +107,17 @@ def train_vae(pipe: StableDiffusionPipeline, images: np.ndarray, cfg: PretrainCo
         lat = torch.cat([vae.encode(data[i : i + 256]).latent_dist.mean for i in range(0, min(len(data), 2048), 256)])
         rec = vae.decode(lat[:256]).sample
     vae.register_to_config(scaling_factor=float(1.0 / lat.std()))
-    return {"final_loss": float(np.mean(losses[-20:])), "recon_mae_01": float((rec - data[:256]).abs().mean() / 2),
-            "scaling_factor": vae.config.scaling_factor}
+    return {
+        "final_loss": float(np.mean(losses[-20:])),
+        "recon_mae_01": float((rec - data[:256]).abs().mean() / 2),
+        "scaling_factor": vae.config.scaling_factor,
+    }
 
 
 def _tokenize(tokenizer, texts: Sequence[str]) -> torch.Tensor:
-    return tokenizer(list(texts), padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
-                     return_tensors="pt").input_ids
+    return tokenizer(
+        list(texts), padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
+    ).input_ids
 
 
 @torch.no_grad()
@@ -113,8 +125,13 @@ def _ema_update(ema: list[torch.Tensor], params: list[torch.nn.Parameter], decay
     torch._foreach_lerp_(ema, [p.detach() for p in params], 1.0 - decay)
 
 
-def train_text_to_image(pipe: StableDiffusionPipeline, images: np.ndarray, captions: Sequence[str], cfg: PretrainConfig,
-                        progress: bool = True) -> dict:
+def train_text_to_image(
+    pipe: StableDiffusionPipeline,
+    images: np.ndarray,
+    captions: Sequence[str],
+    cfg: PretrainConfig,
+    progress: bool = True,
+) -> dict:
     """Train the UNet and the text encoder jointly on (latent, caption) pairs with epsilon prediction, as SD is trained;
     ``caption_dropout`` of the captions become "" so classifier-free guidance has an unconditional model. The
     weights kept are an exponential moving average (``ema_decay``)."""
@@ -178,8 +195,14 @@ def _clip_batch_images(images: np.ndarray, idx: np.ndarray, gen: torch.Generator
     return (x - mean) / std
 
 
-def train_clip(model: torch.nn.Module, tokenizer, images: np.ndarray, captions: Sequence[str], cfg: PretrainConfig,
-               progress: bool = True) -> dict:
+def train_clip(
+    model: torch.nn.Module,
+    tokenizer,
+    images: np.ndarray,
+    captions: Sequence[str],
+    cfg: PretrainConfig,
+    progress: bool = True,
+) -> dict:
     """Contrastive training with *hard negatives*: each image is also contrasted with a wrong caption of its own
     template (one count, colour, shape or relation changed, or colours swapped), so CLIPScore becomes sensitive to
     exactly the attributes the RL is meant to fix. Duplicate captions in a batch are all positives (soft targets)."""
@@ -256,8 +279,12 @@ def pretrain_world(out_dir: str | Path, cfg: PretrainConfig | None = None, progr
     report["clip"]["wall_s"] = time.perf_counter() - t
     save_world_clip(clip, out / "clip")
 
-    report["params"] = {"unet": _params(pipe.unet), "vae": _params(pipe.vae), "text_encoder": _params(pipe.text_encoder),
-                        "clip": _params(clip)}
+    report["params"] = {
+        "unet": _params(pipe.unet),
+        "vae": _params(pipe.vae),
+        "text_encoder": _params(pipe.text_encoder),
+        "clip": _params(clip),
+    }
     report["size_mb"] = {"pipeline": _folder_mb(out / "pipeline"), "clip": _folder_mb(out / "clip")}
     report["total_s"] = report["data_s"] + sum(report[k]["wall_s"] for k in ("vae", "text_to_image", "clip"))
     (out / "report.json").write_text(json.dumps(report, indent=2))

@@ -82,7 +82,7 @@ class PromptSpec:
 def format_prompt(spec: PromptSpec) -> str:
     """The canonical prompt text of a spec (inverse of :func:`parse_prompt`)."""
     if spec.template == "counting":
-        (count, colour, shape), = spec.items
+        ((count, colour, shape),) = spec.items
         return f"{COUNT_WORDS[count]} {colour} {shape}{'s' if count > 1 else ''}"
     (_, c1, s1), (_, c2, s2) = spec.items
     if spec.template == "binding":
@@ -225,7 +225,7 @@ HELD_OUT_HORIZONTAL: frozenset[tuple[str, str]] = frozenset({("square", "triangl
 
 def _is_held_out(spec: PromptSpec) -> bool:
     if spec.template == "counting":
-        (n, c, s), = spec.items
+        ((n, c, s),) = spec.items
         return (n - 1 + _COLOUR_NAMES.index(c) + SHAPES.index(s)) % 3 == 0
     (_, c1, s1), (_, c2, s2) = spec.items
     if spec.template == "binding":
@@ -270,7 +270,7 @@ def split_prompts(template: str) -> tuple[list[str], list[str]]:
 
 
 def prompt_split(prompt: str) -> str:
-    """"train" or "test": which side of :func:`split_prompts` a prompt falls on."""
+    """ "train" or "test": which side of :func:`split_prompts` a prompt falls on."""
     return "test" if _is_held_out(_parse_cached(prompt)) else "train"
 
 

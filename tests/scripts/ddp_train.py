@@ -6,11 +6,12 @@ import os
 import sys
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-import torch
 from accelerate import Accelerator
 
 from b2lib import B2Trainer, TrainerConfig
-from b2lib.models import build_tiny_pipeline
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))  # tests/tiny.py
+from tiny import build_tiny_pipeline  # noqa: E402
 
 
 def redness(images, prompts):
@@ -20,8 +21,18 @@ def redness(images, prompts):
 def main(out_dir: str) -> None:
     acc = Accelerator(cpu=True)
     pipe = build_tiny_pipeline(seed=0)
-    cfg = TrainerConfig.b2(num_steps=5, num_stages=2, split_start=2, prompts_per_stage=4, sample_batch_size=2,
-                           num_branches=3, grad_accum=2, pos_threshold=0.3, neg_threshold=-0.3, progress=False)
+    cfg = TrainerConfig.b2(
+        num_steps=5,
+        num_stages=2,
+        split_start=2,
+        prompts_per_stage=4,
+        sample_batch_size=2,
+        num_branches=3,
+        grad_accum=2,
+        pos_threshold=0.3,
+        neg_threshold=-0.3,
+        progress=False,
+    )
     trainer = B2Trainer(pipe, redness, ["a red circle", "two blue squares", "a green triangle"], cfg, accelerator=acc)
     before = {n: p.detach().clone() for n, p in trainer.named_trainable().items()}
     trainer.train()

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from b2lib.experiment import RunConfig
+from b2lib.experiment import RunConfig, run_many
 
 
 def test_eval_images_sets_images_per_prompt():
@@ -53,3 +53,19 @@ def test_negated_reward_flips_the_sign():
     images = torch.rand(3, 3, 8, 8)
     reward = lambda ims, prompts: ims.mean((1, 2, 3))  # noqa: E731
     assert torch.equal(Negated(reward)(images, ["a"] * 3), -reward(images, ["a"] * 3))
+
+
+def test_run_many_rejects_clashing_folders(tmp_path):
+    with pytest.raises(ValueError, match="output_dir"):
+        run_many([RunConfig()])
+    with pytest.raises(ValueError, match="share an output_dir"):
+        run_many([RunConfig(output_dir=str(tmp_path)), RunConfig(output_dir=str(tmp_path))])
+
+
+def test_bad_run_config():
+    with pytest.raises(ValueError, match=r"methods: unknown \['ppo'\]"):
+        RunConfig(methods=("ppo",))
+    with pytest.raises(ValueError, match="template: unknown 'animals'"):
+        RunConfig(template="animals")
+    with pytest.raises(ValueError, match="preset: unknown 'huge'"):
+        RunConfig(preset="huge")

@@ -1,0 +1,157 @@
+"""The study tables: one declared format per file, shared by the notebook that writes it and the report that reads it.
+
+Why: the README's table (:func:`b2lib.report.readme_table`) is rebuilt from these files alone, so a column renamed in a
+notebook must fail where it is written, not silently drop a README row. :func:`write_table` checks a table against
+its format before writing; :func:`read_table` checks it again after reading (files from older runs included).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+__all__ = ["TableFormat", "TABLES", "TableFormatError", "write_table", "read_table", "table_path"]
+
+_MEAN_STD = ("reward_mean_mean", "reward_mean_std", "judge_all_ok_mean", "judge_all_ok_std", "n")
+
+
+class TableFormatError(ValueError):
+    """A study table that does not have its declared columns."""
+
+
+@dataclass(frozen=True)
+class TableFormat:
+    """Where a table lives (``results/<study>/<file>``), the index it is written with, and the columns readers need."""
+
+    study: str
+    file: str
+    columns: tuple[str, ...]
+    index: tuple[str, ...] = ()  # written as the first CSV columns (a pandas index), read back as the index
+    header_rows: int = 1  # 2: a two-level column header
+    writer: str = ""  # the notebook (or function) that writes it
+
+
+TABLES: dict[str, TableFormat] = {
+    "tuning_sweep": TableFormat(
+        "tuning", "sweep.csv", ("method", "seed", "train_reward", "base_train_reward", "gain"), writer="02_tuning"
+    ),
+    "main_comparisons": TableFormat(
+        "main",
+        "comparisons.csv",
+        (
+            "template",
+            "metric",
+            "a",
+            "b",
+            "mean_a",
+            "mean_b",
+            "diff",
+            "low",
+            "high",
+            "seeds_a",
+            "images",
+            "verdict",
+            "split",
+        ),
+        writer="03_train",
+    ),
+    "sparse_comparisons": TableFormat(
+        "sparse",
+        "comparisons.csv",
+        (
+            "template",
+            "metric",
+            "a",
+            "b",
+            "mean_a",
+            "mean_b",
+            "diff",
+            "low",
+            "high",
+            "seeds_a",
+            "images",
+            "verdict",
+            "split",
+        ),
+        writer="03_train with reward=judge, run_name=sparse",
+    ),
+    "main_table": TableFormat("templates", "main_table.csv", _MEAN_STD, ("template", "method"), writer="04_templates"),
+    "generalisation": TableFormat(
+        "templates", "generalisation.csv", (), ("template", "method"), header_rows=2, writer="04_templates"
+    ),
+    "speed": TableFormat(
+        "performance",
+        "speed.csv",
+        ("measurement", "key", "min", "median", "max", "goal", "met", "bound"),
+        writer="05_performance",
+    ),
+    "strategies": TableFormat("ablations", "strategies.csv", _MEAN_STD, ("method",), writer="06_ablations"),
+    "sensitivity": TableFormat(
+        "ablations", "sensitivity.csv", ("factor", "value", "judge_all_ok"), writer="06_ablations"
+    ),
+    "compat": TableFormat("compat", "compat.csv", _MEAN_STD, ("algorithm", "method"), writer="07_compatibility"),
+    "sign_control": TableFormat(
+        "signal",
+        "sign_control.csv",
+        ("method", "metric", "seeds", "images")
+        + tuple(f"{k}{s}" for k in ("gain", "signal", "drift") for s in ("", "_low", "_high")),
+        writer="09_learning_vs_drift",
+    ),
+    "signal_runs": TableFormat(
+        "signal", "runs.csv", ("study", "run", "method", "seed", "device", "gain"), writer="09_learning_vs_drift"
+    ),
+    "snr": TableFormat(
+        "snr",
+        "snr.csv",
+        ("estimator", "steps", "n_steps", "selection", "draws", "images", "snr", "snr_low", "snr_high", "reward"),
+        writer="10_gradient_snr",
+    ),
+}
+
+
+def _format(name: str) -> TableFormat:
+    if name not in TABLES:
+        raise KeyError(f"Unknown table {name!r}: declared tables are {sorted(TABLES)} (b2lib.tables.TABLES).")
+    return TABLES[name]
+
+
+def _check(df: pd.DataFrame, fmt: TableFormat, name: str, where: str) -> None:
+    have = set(df.columns.get_level_values(0)) | set(n for n in df.index.names if n)
+    missing = [c for c in fmt.columns + fmt.index if c not in have]
+    if missing:
+        raise TableFormatError(
+            f"Table {name!r} ({where}) lacks its declared column(s) {missing}; see "
+            f"b2lib.tables.TABLES[{name!r}] (written by {fmt.writer or 'its notebook'})."
+        )
+
+
+def table_path(folder: str | Path, name: str) -> Path:
+    """The file of table ``name`` inside a study folder (``results/<study>`` or a smoke run's temporary folder)."""
+    return Path(folder) / _format(name).file
+
+
+def write_table(df: pd.DataFrame, folder: str | Path, name: str) -> Path:
+    """Check ``df`` against its declared format and write it to ``folder``; returns the path."""
+    fmt = _format(name)
+    _check(df, fmt, name, "being written")
+    if fmt.index and list(df.index.names) != list(fmt.index):
+        raise TableFormatError(f"Table {name!r} must be indexed by {list(fmt.index)}, got {list(df.index.names)}.")
+    path = table_path(folder, name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    df.to_csv(path, index=bool(fmt.index))
+    return path
+
+
+def read_table(results: str | Path, name: str) -> pd.DataFrame | None:
+    """Table ``name`` from ``results/<study>/<file>``, indexed as declared; None if that study has not run."""
+    fmt = _format(name)
+    path = Path(results) / fmt.study / fmt.file
+    if not path.exists():
+        return None
+    header = list(range(fmt.header_rows)) if fmt.header_rows > 1 else 0
+    index_col = list(range(len(fmt.index))) if fmt.index else None
+    df = pd.read_csv(path, header=header, index_col=index_col)
+    _check(df, fmt, name, str(path))
+    return df
