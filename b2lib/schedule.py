@@ -4,10 +4,10 @@ A pure, immutable object. ``schedule(stage)`` is ``s``, the number of *trained s
 form the trained interval (steps ``T - s .. T - 1`` of a ``T``-step chain; B² branches at index ``T - s``). It starts
 small (late steps are easiest to credit with the final reward) and grows to ``end`` by the last stage.
 
-Vocabulary: "trained steps" is the interval's length, "branch point" its first chain index, and "split" only ever the
-data split (train/test prompts). Two persisted names keep the reference code's word: the config fields
-``split_start``/``split_end`` (trained steps at the first/last stage) and the metrics column ``split_step`` (trained
-steps of that stage); renaming them would orphan every recorded run folder.
+Vocabulary, one word per meaning: *trained steps* ``s`` is the interval's length, which the paper calls the *split
+step* (hence the config fields ``split_start``/``split_end``, ``s`` at the first/last stage, and the metrics column
+``split_step``, ``s`` of that stage: always with "step", always this length); the *branch point* ``T - s`` is the chain
+index where the shared prefix ends; a bare *split* is only ever the data split (train/test prompts).
 """
 
 from __future__ import annotations

@@ -19,6 +19,7 @@ from .presets import trainer_config
 __all__ = [
     "SENSITIVITY",
     "sensitivity_defaults",
+    "group_census",
     "BUDGET_SCALES",
     "sign_control_runs",
     "budget_runs",
@@ -231,3 +232,39 @@ def budget_runs(out: str | Path, methods, seeds, scales=BUDGET_SCALES, **common)
                 )
             )
     return runs
+
+
+def group_census(trainer, draws: int = 10, stage: int = 0, trained_steps: int | None = None) -> pd.DataFrame:
+    """What branch groups look like under a trainer's reward, and what B²'s selection keeps from each kind.
+
+    For ``draws`` independent samples of ``stage`` (``trainer.sample_stage(..., draw=d)``, not training's own), one
+    row per branch group: ``kind`` is "mixed" (its branches' rewards differ), "flat_low" (all equal, below the stage's
+    mean reward: under a binary reward, every branch failed) or "flat_high" (all equal, at or above it); ``kept_pos`` /
+    ``kept_neg`` count the samples selection keeps with a positive / non-positive advantage. Why: a flat group has no
+    within-branch comparison, yet the per-prompt normaliser can still give its samples a large z (against the
+    prompt's other prefixes), so selection may keep one; such a sample's advantage measures the prefix as well as the
+    trained interval. The trainer's normaliser is restored after every draw, so measuring trains nothing.
+    """
+    rows = []
+    for d in range(draws):
+        traj, rewards = trainer.sample_stage(stage, trained_steps=trained_steps, draw=d + 1)
+        state = trainer.normalizer.state_dict()
+        adv, keep = trainer.advantages(traj, rewards)
+        trainer.normalizer.load_state_dict(state)
+        mean = float(rewards.mean())
+        for g in traj.group_ids.unique().tolist():
+            idx = traj.group_ids == g
+            r = rewards[idx]
+            kind = "mixed" if not bool((r == r[0]).all()) else ("flat_low" if float(r[0]) < mean else "flat_high")
+            rows.append(
+                {
+                    "draw": d,
+                    "group": g,
+                    "kind": kind,
+                    "branches": int(idx.sum()),
+                    "reward_mean": float(r.mean()),
+                    "kept_pos": int((keep[idx] & (adv[idx] > 0)).sum()),
+                    "kept_neg": int((keep[idx] & (adv[idx] <= 0)).sum()),
+                }
+            )
+    return pd.DataFrame(rows)

@@ -230,3 +230,19 @@ def test_readme_table_sparse_reward_rows(tmp_path):
     lines = [x for x in readme_table(tmp_path).splitlines() if x.startswith("| Sparse reward")]
     assert len(lines) == 1  # test prompts only
     assert "5 seeds" in lines[0] and "b2 0.300 / base 0.250" in lines[0] and "b2 higher" in lines[0]
+
+
+def test_reward_trend_closed_form():
+    import numpy as np
+
+    from b2lib.report import reward_trend
+
+    rows = []
+    for seed, slope in ((0, 0.01), (1, 0.02), (2, 0.03)):
+        for stage in range(20):
+            noise = 0.05 * (1 if stage % 4 in (0, 3) else -1)  # + - - +: orthogonal to 1 and to the stage
+            rows.append({"method": "b2", "seed": seed, "stage": stage, "reward_mean": 0.3 + slope * stage + noise})
+    t = reward_trend(pd.DataFrame(rows)).iloc[0]
+    assert t["rise"] == pytest.approx(0.02 * 19) and t["seeds"] == 3 and t["stages"] == 20
+    assert t["rise_low"] < t["rise"] < t["rise_high"]
+    assert t["noise"] == pytest.approx(0.05 * np.sqrt(20 / 18))

@@ -71,3 +71,32 @@ def test_reusable_runs_all_or_nothing(tmp_path, monkeypatch):
     assert reusable_runs("templates", "binding", [0], results=tmp_path) == []
     monkeypatch.setenv("B2_SMOKE", "1")
     assert reusable_runs("templates", "counting", [0, 1], results=tmp_path) == []  # smoke runs never reuse
+
+
+def test_group_census_counts_kinds_and_kept_samples():
+    import torch
+
+    from b2lib.advantages import HistoryNormalizer
+    from b2lib.studies import group_census
+
+    class Traj:
+        group_ids = torch.tensor([0, 0, 1, 1, 2, 2])
+
+    class Fake:  # the three trainer methods group_census uses, with fixed outcomes
+        normalizer = HistoryNormalizer(8)
+
+        def sample_stage(self, stage, trained_steps=None, draw=0):
+            return Traj(), torch.tensor([0.0, 0.0, 1.0, 1.0, 0.0, 1.0])  # flat at 0, flat at 1, mixed
+
+        def advantages(self, traj, rewards):
+            self.normalizer(["p"] * 6, rewards)  # changes the normaliser: the census must undo it
+            adv = torch.tensor([-1.0, -1.0, 1.0, 1.0, -1.0, 1.0])
+            return adv, torch.tensor([True, False, True, False, True, True])
+
+    fake = Fake()
+    before = fake.normalizer.state_dict()
+    t = group_census(fake, draws=2)
+    assert len(t) == 6 and fake.normalizer.state_dict() == before
+    first = t[t.draw == 0].set_index("group")
+    assert list(first["kind"]) == ["flat_low", "flat_high", "mixed"]
+    assert list(first["kept_neg"]) == [1, 0, 1] and list(first["kept_pos"]) == [0, 1, 1]

@@ -1,0 +1,223 @@
+"""Branch trees: a shared prefix that splits at several chain indices, with B² as the depth-1 case.
+
+A tree is a list of :class:`Level` s, each a chain index where every live node splits into ``branches`` children. All
+live nodes of all prompts advance together, one batched UNet call per step, so a tree of ``L`` leaves per prompt costs
+``prefix + sum_k nodes_k x segment_k`` UNet rows instead of ``L x T`` for independent samples
+(:func:`tree_unet_rows`). Each level's *segment* (from its split to the next split, or to the end of the chain) is
+stored per node, so a transition shared by several leaves is stored and trained once, with the advantage of the node
+it belongs to (:func:`tree_advantages`: the node's value, the mean reward of its leaves, against its siblings').
+
+Why trees: B² compares samples that share everything up to one split, so their reward difference is credited to what
+came after it. A tree does the same at every level at once: siblings at level ``k`` share everything before split
+``k``, so the difference of their values is credited to segment ``k``; and every leaf reward is used by every level
+above it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from diffusers import StableDiffusionPipeline
+
+from .sampling import Trajectories, _prepare, decode_latents, denoise, encode_prompts, initial_noise
+
+__all__ = ["Level", "TreeSample", "sample_tree", "tree_unet_rows", "node_values", "tree_advantages", "select_nodes"]
+
+
+@dataclass(frozen=True)
+class Level:
+    """Every live node splits into ``branches`` children at chain index ``branch_at`` (0 = at x_T)."""
+
+    branch_at: int
+    branches: int
+
+
+@dataclass
+class TreeSample:
+    """A sampled tree. ``leaves`` is one row per leaf, prompt-major in tree order (leaf ``i`` of prompt ``p`` is row
+    ``p * L + i``), storing the last level's segment, exactly what :func:`b2lib.sampling.sample_branches` stores for a
+    depth-1 tree; its ``group_ids`` are the leaves' parents (siblings share one).
+
+    ``segments[k]`` holds level ``k``'s stored transitions, one row per node of that level (``latents``,
+    ``next_latents``, ``timesteps``, ``log_probs``; node ``j`` of level ``k`` is a child of node ``j // branches_k`` of
+    level ``k - 1``, level ``-1`` being the prompts). ``ancestors[i, k]`` is leaf ``i``'s node at level ``k``.
+    """
+
+    leaves: Trajectories
+    segments: list[dict[str, torch.Tensor]]
+    ancestors: torch.Tensor  # (leaves, depth) long
+    levels: tuple[Level, ...]
+    unet_rows: int
+
+    @property
+    def depth(self) -> int:
+        return len(self.levels)
+
+    def parents(self, level: int) -> torch.Tensor:
+        """For each node of ``level``, its parent's index at ``level - 1`` (the prompt's index at level 0)."""
+        nodes = int(self.ancestors[:, level].max()) + 1
+        return torch.arange(nodes) // self.levels[level].branches
+
+
+def _check_levels(levels: Sequence[Level], num_steps: int) -> tuple[Level, ...]:
+    levels = tuple(Level(*lv) if not isinstance(lv, Level) else lv for lv in levels)
+    if not levels:
+        raise ValueError("A tree needs at least one level, e.g. [Level(branch_at=10, branches=4)] (B²).")
+    at = [lv.branch_at for lv in levels]
+    if any(b < 1 for b in (lv.branches for lv in levels)):
+        raise ValueError(f"branches must be >= 1 at every level, got {[lv.branches for lv in levels]}.")
+    if at != sorted(set(at)) or at[0] < 0 or at[-1] >= num_steps:
+        raise ValueError(
+            f"branch points {at} must be distinct, increasing and inside the chain [0, {num_steps}): each level "
+            "splits the nodes of the one before."
+        )
+    return levels
+
+
+def tree_unet_rows(levels: Sequence[Level], num_steps: int, prompts: int = 1, guidance: bool = True) -> dict:
+    """UNet sample-rows of one tree per prompt (a guided step counts 2), against as many independent samples.
+
+    ``ratio`` = independent / tree is the most a tree can speed sampling up (the UNet being nearly all the work):
+    the bound the speed benchmark compares tree sampling with."""
+    levels = _check_levels(levels, num_steps)
+    rows, nodes = levels[0].branch_at, 1
+    for k, lv in enumerate(levels):
+        nodes *= lv.branches
+        end = levels[k + 1].branch_at if k + 1 < len(levels) else num_steps
+        rows += nodes * (end - lv.branch_at)
+    factor = (2 if guidance else 1) * prompts
+    independent = nodes * num_steps
+    return {
+        "tree": rows * factor,
+        "independent": independent * factor,
+        "leaves": nodes * prompts,
+        "ratio": independent / rows,
+    }
+
+
+def sample_tree(
+    pipe: StableDiffusionPipeline,
+    prompts: Sequence[str],
+    levels: Sequence[Level],
+    num_steps: int = 20,
+    guidance_scale: float = 5.0,
+    eta: float = 1.0,
+    generator: torch.Generator | None = None,
+    window: int | None = None,
+) -> TreeSample:
+    """Sample one tree per prompt (see the module docstring).
+
+    ``window``: only the first ``window`` steps after each split are stochastic (and stored); the rest of each segment
+    runs deterministically (DDIM, eta = 0), so the randomness of the tree sits where it branches. ``None``: every step
+    after the first split is stochastic. A one-level tree ``[Level(T - s, B)]`` is
+    :func:`b2lib.sampling.sample_branches` ``(prompts, B, s)``: same generator, same images, same stored transitions.
+    """
+    levels = _check_levels(levels, num_steps)
+    if window is not None and window < 1:
+        raise ValueError(
+            f"window must be >= 1 (stochastic steps after each split) or None (all of them), got {window}."
+        )
+    _prepare(pipe, num_steps, num_steps - levels[0].branch_at)
+    cond, uncond = encode_prompts(pipe, prompts, guidance_scale)
+    n = len(prompts)
+    segments = []
+    with torch.inference_mode():
+        latents = initial_noise(pipe, n, generator, cond.dtype)
+        latents, _ = denoise(
+            pipe, latents, cond, uncond, 0, levels[0].branch_at, guidance_scale, eta, generator, record=False
+        )
+        for k, lv in enumerate(levels):
+            latents = latents.repeat_interleave(lv.branches, dim=0)
+            cond = cond.repeat_interleave(lv.branches, dim=0)
+            uncond = uncond.repeat_interleave(lv.branches, dim=0) if uncond is not None else None
+            end = levels[k + 1].branch_at if k + 1 < len(levels) else num_steps
+            stop = end if window is None else min(end, lv.branch_at + window)
+            latents, rec = denoise(pipe, latents, cond, uncond, lv.branch_at, stop, guidance_scale, eta, generator)
+            if stop < end:
+                latents, _ = denoise(pipe, latents, cond, uncond, stop, end, guidance_scale, 0.0, record=False)
+            segments.append(rec)
+        images = decode_latents(pipe, latents)
+    # leave inference mode: stored tensors become ordinary tensors, usable by the training forward pass
+    segments = [{key: value.clone() for key, value in rec.items()} for rec in segments]
+    sizes = [lv.branches for lv in levels]
+    per_prompt = math.prod(sizes)
+    leaf = torch.arange(n * per_prompt)
+    # a leaf's node at level k: integer division by the number of leaves under one node of that level
+    ancestors = torch.stack(
+        [torch.div(leaf, math.prod(sizes[k + 1 :]), rounding_mode="floor") for k in range(len(levels))], dim=1
+    )
+    last = segments[-1]
+    leaves = Trajectories(
+        latents=last["latents"],
+        next_latents=last["next_latents"],
+        timesteps=last["timesteps"],
+        log_probs=last["log_probs"],
+        prompt_embeds=cond.clone(),
+        negative_prompt_embeds=uncond.clone() if uncond is not None else None,
+        images=images.clone(),
+        group_ids=torch.div(leaf, sizes[-1], rounding_mode="floor"),
+        prompts=[p for p in prompts for _ in range(per_prompt)],
+    )
+    rows = tree_unet_rows(levels, num_steps, n, guidance=uncond is not None)["tree"]
+    return TreeSample(leaves, segments, ancestors, levels, rows)
+
+
+def node_values(rewards: torch.Tensor, ancestors: torch.Tensor) -> list[torch.Tensor]:
+    """Per level, each node's value: the mean reward of the leaves below it (its backed-up return)."""
+    rewards = torch.as_tensor(rewards, dtype=torch.float64)
+    out = []
+    for k in range(ancestors.shape[1]):
+        ids = ancestors[:, k]
+        count = torch.zeros(int(ids.max()) + 1, dtype=torch.float64).index_add_(0, ids, torch.ones_like(rewards))
+        out.append(torch.zeros_like(count).index_add_(0, ids, rewards) / count)
+    return out
+
+
+def tree_advantages(
+    rewards: torch.Tensor,
+    tree_or_ancestors,
+    branches: Sequence[int] | None = None,
+    per_prompt: int | None = None,
+    eps: float = 1e-8,
+) -> list[torch.Tensor]:
+    """Step-specific advantages: per level, each node's value minus the mean value of its siblings (the children of
+    its parent), divided by the standard deviation of those differences over the level's nodes of the same prompt
+    (population std; 0 where they are all 0). Credit for segment ``k`` therefore comes only from what differs after
+    split ``k``.
+
+    Pass a :class:`TreeSample`, or ``ancestors`` with the levels' ``branches`` and the leaves per prompt."""
+    if isinstance(tree_or_ancestors, TreeSample):
+        ancestors = tree_or_ancestors.ancestors
+        branches = [lv.branches for lv in tree_or_ancestors.levels]
+    else:
+        ancestors = torch.as_tensor(tree_or_ancestors)
+        if branches is None:
+            raise ValueError("branches (children per node, per level) is needed with a bare ancestors tensor.")
+    per_prompt = per_prompt or math.prod(branches)
+    if per_prompt != math.prod(branches):
+        raise ValueError(f"per_prompt={per_prompt} != product of branches {list(branches)}.")
+    out = []
+    for k, value in enumerate(node_values(rewards, ancestors)):
+        b = branches[k]
+        siblings = value.view(-1, b)
+        diff = (siblings - siblings.mean(dim=1, keepdim=True)).flatten()
+        nodes_per_prompt = math.prod(branches[: k + 1])
+        by_prompt = diff.view(-1, nodes_per_prompt)
+        std = by_prompt.std(dim=1, unbiased=False, keepdim=True)
+        z = torch.where(std > eps, by_prompt / std.clamp_min(eps), torch.zeros_like(by_prompt))
+        out.append(z.flatten().float())
+    return out
+
+
+def select_nodes(
+    z: torch.Tensor, branches: int, pos_threshold: float = 0.5, neg_threshold: float = -0.5
+) -> torch.Tensor:
+    """Width pruning with B²'s rule at one level: among each node's siblings keep the best if its advantage is at least
+    ``pos_threshold`` and the worst if it is below ``neg_threshold`` (:func:`b2lib.advantages.select_in_groups`)."""
+    from .advantages import select_in_groups
+
+    parents = torch.arange(len(z)) // branches
+    return select_in_groups(z, parents, pos_threshold, neg_threshold)
