@@ -23,8 +23,19 @@ import torch
 from diffusers import StableDiffusionPipeline
 
 from .sampling import Trajectories, _prepare, decode_latents, denoise, encode_prompts, initial_noise
+from .schedule import ProgressiveSchedule
 
-__all__ = ["Level", "TreeSample", "sample_tree", "tree_unet_rows", "node_values", "tree_advantages", "select_nodes"]
+__all__ = [
+    "Level",
+    "TreeSample",
+    "sample_tree",
+    "tree_unet_rows",
+    "node_values",
+    "tree_advantages",
+    "select_nodes",
+    "depth_schedule",
+    "trained_levels",
+]
 
 
 @dataclass(frozen=True)
@@ -221,3 +232,18 @@ def select_nodes(
 
     parents = torch.arange(len(z)) // branches
     return select_in_groups(z, parents, pos_threshold, neg_threshold)
+
+
+def depth_schedule(num_stages: int, depth: int, start: int = 1) -> ProgressiveSchedule:
+    """Backward-progressive training over a tree's levels: B²'s interval schedule with levels in place of steps.
+
+    ``schedule(stage)`` is the number of open levels, from ``start`` (the deepest ones) at the first stage to all
+    ``depth`` at the last, in equal plateaus; :func:`trained_levels` turns it into level indices. Why the deepest
+    first: as with B²'s interval, the last splits are closest to the reward, so their credit is the least noisy."""
+    return ProgressiveSchedule(num_stages=num_stages, start=start, end=depth, num_steps=depth)
+
+
+def trained_levels(schedule: ProgressiveSchedule, stage: int) -> list[int]:
+    """The levels trained at ``stage``: the deepest ``schedule(stage)`` ones (level indices, shallowest first)."""
+    depth = schedule.num_steps
+    return list(range(depth - schedule(stage), depth))

@@ -189,3 +189,13 @@ def test_training_measurements_leave_the_trainer_alone(make_pipe):
     assert packed["ratio"]["median"] > 0 and packed["steps"] == 2
     with pytest.raises(ValueError, match="differ only in timestep_chunk"):
         bench.bench_update_packing(make(timestep_chunk=0, lr=1e-3), make(timestep_chunk=1), repeats=1)
+
+
+def test_tree_measurement_and_its_rows(tiny_pipe):
+    r = bench.bench_tree(tiny_pipe, ["a red circle"], [[1, 2], [3, 2]], num_steps=4, repeats=1)
+    assert r["ratio"]["median"] > 0 and r["ratio_depth_one"]["median"] > 0
+    # UNet rows: tree 1 + 2 x 2 + 4 x 1 = 9 steps of rows against 4 x 4 independent and 1 + 4 x 3 for depth 1
+    assert r["bound"] == pytest.approx(16 / 9) and r["bound_depth_one"] == pytest.approx(13 / 9)
+    t = bench.summary_table({"tree": r}).set_index("key")
+    assert "2 at step 1 × 2 at step 3, 1 prefixes" in t.loc["tree", "measurement"]
+    assert t.loc["tree_depth_one", "bound"] == pytest.approx(13 / 9)

@@ -86,3 +86,15 @@ def test_advantages_are_normalised_per_prompt_and_selection_prunes_width():
     assert keep.tolist() == [True, True, False, False]
     with pytest.raises(ValueError, match="branches"):
         tree_advantages(torch.zeros(4), ancestors)
+
+
+def test_depth_schedule_opens_the_deepest_level_first():
+    from b2lib.tree import depth_schedule, trained_levels
+
+    s = depth_schedule(num_stages=6, depth=3)
+    assert [trained_levels(s, i) for i in range(6)] == [[2], [2], [1, 2], [1, 2], [0, 1, 2], [0, 1, 2]]
+    s = depth_schedule(num_stages=2, depth=3)  # fewer stages than levels: still ends with every level
+    assert [trained_levels(s, i) for i in range(2)] == [[2], [0, 1, 2]]
+    assert trained_levels(depth_schedule(4, 1), 0) == [0]  # depth 1 (B²): the one level every stage
+    with pytest.raises(ValueError):
+        depth_schedule(4, depth=2, start=3)

@@ -32,6 +32,7 @@ from .sampling import (
     bench_branch_loop,
     bench_branching,
     bench_sampler_vs_pipeline,
+    bench_tree,
     bench_unet_share_sampling,
     branching_bound,
 )
@@ -69,6 +70,7 @@ __all__ = [
     "bench_branching",
     "bench_branch_loop",
     "bench_unet_share_sampling",
+    "bench_tree",
     # training
     "bench_training_share",
     "bench_update_packing",

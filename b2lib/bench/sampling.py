@@ -18,6 +18,7 @@ __all__ = [
     "bench_branching",
     "bench_branch_loop",
     "bench_unet_share_sampling",
+    "bench_tree",
 ]
 
 
@@ -275,4 +276,71 @@ def bench_unet_share_sampling(
         "unet_calls_per_run": calls,
         "prefixes": len(prompts),
         "branches": num_branches,
+    }
+
+
+def bench_tree(
+    pipe, prompts: list[str], levels, num_steps: int = 20, repeats: int = 5, guidance_scale: float = 5.0
+) -> dict:
+    """Tree sampling (``levels``: ``(branch_at, branches)`` pairs) against as many independent trajectories and
+    against a depth-1 tree with as many leaves split at the tree's first branch point (B² with ``B`` = leaves per
+    prompt): trajectories/s ratios, each with its ``bound``, the ratio of UNet rows (:func:`b2lib.tree.tree_unet_rows`),
+    which a sampler whose time is all UNet would reach."""
+    import math
+
+    from ..tree import Level, sample_tree, tree_unet_rows
+
+    levels = [lv if isinstance(lv, Level) else Level(*lv) for lv in levels]
+    per_prompt = math.prod(lv.branches for lv in levels)
+    total = len(prompts) * per_prompt
+    flat = [p for p in prompts for _ in range(per_prompt)]
+    first = levels[0].branch_at
+
+    def tree(r):
+        sample_tree(
+            pipe,
+            prompts,
+            levels,
+            num_steps=num_steps,
+            guidance_scale=guidance_scale,
+            generator=torch.Generator().manual_seed(r),
+        )
+
+    def independent(r):
+        sample_trajectories(
+            pipe,
+            flat,
+            num_steps=num_steps,
+            guidance_scale=guidance_scale,
+            trained_steps=num_steps - levels[-1].branch_at,
+            generator=torch.Generator().manual_seed(r),
+        )
+
+    def depth_one(r):
+        sample_branches(
+            pipe,
+            prompts,
+            per_prompt,
+            num_steps - first,
+            num_steps=num_steps,
+            guidance_scale=guidance_scale,
+            generator=torch.Generator().manual_seed(r),
+        )
+
+    a, b = time_pair(tree, independent, repeats, work=total, desc="tree | independent")
+    c, d = time_pair(tree, depth_one, repeats, work=total, desc="tree | depth 1")
+    rows = tree_unet_rows(levels, num_steps, len(prompts))
+    rows_depth_one = tree_unet_rows([Level(first, per_prompt)], num_steps, len(prompts))["tree"]
+    return {
+        "tree": a.summary(),
+        "independent": b.summary(),
+        "depth_one": d.summary(),
+        "ratio": paired_ratio(a, b),
+        "ratio_depth_one": paired_ratio(c, d),
+        "bound": rows["ratio"],
+        "bound_depth_one": rows_depth_one / rows["tree"],
+        "unet_rows": rows["tree"],
+        "levels": [[lv.branch_at, lv.branches] for lv in levels],
+        "prefixes": len(prompts),
+        "steps": num_steps,
     }

@@ -10,7 +10,13 @@ import torch
 from tqdm.auto import tqdm
 
 from .paper import bench_paper_arch, flops_per_image, paper_flops
-from .sampling import bench_branch_loop, bench_branching, bench_sampler_vs_pipeline, bench_unet_share_sampling
+from .sampling import (
+    bench_branch_loop,
+    bench_branching,
+    bench_sampler_vs_pipeline,
+    bench_tree,
+    bench_unet_share_sampling,
+)
 from .timing import machine_info
 from .training import bench_stage_reload, bench_training_share, bench_update_packing
 
@@ -21,10 +27,29 @@ __all__ = ["SIZES", "GOALS", "run_suite", "labels", "summary_table", "sampling_p
 
 #: sizes of the suite: sampling batch; prefixes per branch-sampling call (``prefixes``: the embedded preset's
 #: ``sample_batch_size``, 16; ``reference_prefixes``: the reference implementation's 8 prompts per batch); branches per
-#: prefix (the paper's B); steps; repeats; training stages
+#: prefix (the paper's B); steps; repeats; training stages; ``tree``: the branch tree timed against independent and
+#: depth-1 sampling, ``(branch_at, branches)`` per level (8 leaves per prefix, a split every quarter of the chain)
 SIZES = {
-    "full": dict(batch=32, prefixes=16, reference_prefixes=8, branches=5, steps=20, repeats=5, stages=5),
-    "smoke": dict(batch=4, prefixes=2, reference_prefixes=1, branches=5, steps=4, repeats=2, stages=1),
+    "full": dict(
+        batch=32,
+        prefixes=16,
+        reference_prefixes=8,
+        branches=5,
+        steps=20,
+        repeats=5,
+        stages=5,
+        tree=[[5, 2], [10, 2], [15, 2]],
+    ),
+    "smoke": dict(
+        batch=4,
+        prefixes=2,
+        reference_prefixes=1,
+        branches=5,
+        steps=4,
+        repeats=2,
+        stages=1,
+        tree=[[1, 2], [2, 2], [3, 2]],
+    ),
 }
 
 
@@ -56,7 +81,7 @@ def run_suite(
         prefixes = batch[: s["prefixes"]]
         pipe, reward = load_models("embedded")
         pipe.set_progress_bar_config(disable=True)
-        steps_bar = tqdm(total=9, desc="benchmarks", disable=not progress)
+        steps_bar = tqdm(total=10, desc="benchmarks", disable=not progress)
 
         def step(name, value):
             out[name] = value
@@ -70,6 +95,7 @@ def run_suite(
         )
         step("branch_loop", bench_branch_loop(pipe, prefixes, b, steps, repeats=reps))
         step("unet_share_sampling", bench_unet_share_sampling(pipe, prefixes, b, steps, repeats=reps))
+        step("tree", bench_tree(pipe, batch[: s["prefixes"] // 4 or 1], s["tree"], steps, repeats=reps))
 
         overrides = dict(num_steps=steps, split_start=max(1, steps // 2), progress=False)
         ips = None
@@ -114,6 +140,8 @@ GOALS = {
     "update_packing": None,
     "train_unet_share": None,
     "stage_reload": None,
+    "tree": None,
+    "tree_depth_one": None,
 }
 
 
@@ -122,6 +150,8 @@ def labels(result: dict) -> dict[str, str]:
     (prefixes, branches, split step), so a label cannot disagree with the run."""
     br, ref = result.get("branching", {}), result.get("branching_reference_batch", {})
     b, split, n = br.get("branches", "B"), br.get("split_step", "half"), br.get("prefixes", "?")
+    tr = result.get("tree", {})
+    tree = " × ".join(f"{k} at step {at}" for at, k in tr.get("levels", [])) + f", {tr.get('prefixes', '?')} prefixes"
     return {
         "sampler_vs_pipeline": "our log-prob sampler / diffusers pipeline (images/s)",
         "branching": f"branch sampling (B={b}, split at step {split}, {n} prefixes) / independent (trajectories/s, "
@@ -135,6 +165,8 @@ def labels(result: dict) -> dict[str, str]:
         "update_packing": "PPO update: all interval steps per forward / one step per forward",
         "train_unet_share": "share of a stage's update time in UNet forward + backward",
         "stage_reload": "a B² stage in one process / with models reloaded each stage",
+        "tree": f"tree sampling ({tree}) / independent (trajectories/s, decode included)",
+        "tree_depth_one": f"tree sampling ({tree}) / one split at its first branch point, as many leaves",
     }
 
 
@@ -176,6 +208,12 @@ def summary_table(result: dict) -> "pd.DataFrame":
                 stats = block["share" if key == "unet_share_sampling" else "denoise_share"]
                 if key == "unet_share_sampling" and "bound" in block:
                     bound = block["bound"]["median"]
+        elif key == "tree_depth_one":
+            if "tree" not in result:
+                continue
+            stats, bound = result["tree"]["ratio_depth_one"], result["tree"]["bound_depth_one"]
+        elif key == "tree" and key in result:
+            stats, bound = result["tree"]["ratio"], result["tree"]["bound"]
         elif key == "branching_chain":
             if "chain_ratio" not in result.get("branching", {}):
                 continue
