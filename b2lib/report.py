@@ -415,7 +415,7 @@ def readme_table(results: str | Path) -> str:
                 f"Sparse reward (trained on the judge's binary reward) · {r['template']}, test prompts: {label}, "
                 f"{r['a']} − {r['b']} ({r['images']} paired images, {r['seeds_a']} seed"
                 f"{'s' if r['seeds_a'] > 1 else ''})",
-                "03_train (`reward=judge`)",
+                "11_sparse_reward",
                 f"{r['a']} {r['mean_a']:.3f} / {r['b']} {r['mean_b']:.3f}",
                 r["verdict"],
             )

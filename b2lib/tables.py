@@ -75,7 +75,7 @@ TABLES: dict[str, TableFormat] = {
             "verdict",
             "split",
         ),
-        writer="03_train with reward=judge, run_name=sparse",
+        writer="11_sparse_reward",
     ),
     "main_table": TableFormat("templates", "main_table.csv", _MEAN_STD, ("template", "method"), writer="04_templates"),
     "generalisation": TableFormat(

@@ -19,6 +19,7 @@ switch too, ``algorithm``: ``"ppo"`` (DDPO's PPO-clip, the paper's), ``"dpok"`` 
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 import shutil
 import time
@@ -239,6 +240,9 @@ class RLTrainer:
         # The prepared model (DDP-wrapped under several processes) is used for training forwards; sampling uses the
         # plain module through the pipeline.
         self.model, self.optimizer = self.accelerator.prepare(pipe.unet, optimizer)
+        # Sampling runs in eval mode and only update() switches to train mode. A UNet built from config starts in train
+        # mode; without dropout the outputs are the same, but the speed benchmark tells the two phases apart by it.
+        pipe.unet.eval()
         pipe.to(self.accelerator.device)
         pipe.scheduler.set_timesteps(cfg.num_steps, device=self.accelerator.device)
         if cfg.normalization == "history":
@@ -489,14 +493,16 @@ class RLTrainer:
         """What a resumed run needs: trained weights (by name), optimizer, normaliser, stage counters and the log. No
         RNG state: every stage's randomness is derived from ``(seed, stage)``. :mod:`b2lib.checkpoint` writes it without
         pickle (tensors to safetensors, the rest to JSON)."""
+        # copies, not views: torch's Optimizer.load_state_dict keeps the tensors it is given, so a state loaded into
+        # another trainer would otherwise share (and be changed by) this trainer's moment estimates
         return {
-            "trainable": {name: p.detach() for name, p in self.named_trainable().items()},
-            "optimizer": self.optimizer.state_dict(),
-            "normalizer": self.normalizer.state_dict(),
+            "trainable": {name: p.detach().clone() for name, p in self.named_trainable().items()},
+            "optimizer": copy.deepcopy(self.optimizer.state_dict()),
+            "normalizer": copy.deepcopy(self.normalizer.state_dict()),
             "stage": self.stage,
             "images_seen": self.images_seen,
             "unet_rows_seen": self.unet_rows_seen,
-            "log": self.log,
+            "log": copy.deepcopy(self.log),
             "config": self.config.to_dict(),
         }
 

@@ -78,8 +78,8 @@ def test_ddpo_config_is_b2_with_the_strategies_off():
     b2, ddpo = TrainerConfig.b2(), TrainerConfig.ddpo()
     changed = {k for k in vars(b2) if getattr(b2, k) != getattr(ddpo, k)}
     assert changed == {"progressive", "num_branches", "selection", "normalization"}
-    assert ddpo.schedule.splits == [20] * 100
-    assert b2.schedule.splits[0] == 14 and b2.schedule.splits[-1] == 20
+    assert ddpo.schedule.trained_steps == [20] * 100
+    assert b2.schedule.trained_steps[0] == 14 and b2.schedule.trained_steps[-1] == 20
 
 
 def test_same_seed_same_run(make_pipe):
