@@ -19,6 +19,7 @@ from .tables import read_table
 
 __all__ = [
     "reward_trend",
+    "health_summary",
     "completed_runs",
     "collect",
     "load_eval_images",
@@ -608,3 +609,17 @@ def reward_trend(metrics: pd.DataFrame, column: str = "reward_mean") -> pd.DataF
             }
         )
     return pd.DataFrame(rows)
+
+
+def health_summary(
+    metrics: pd.DataFrame, branches: int | None = None, branched: Sequence[str] = ("b2", "branch")
+) -> pd.DataFrame:
+    """Per method, the mean over stages and seeds of the training-health columns of ``metrics.csv`` (kept samples and
+    their signs, flat branch groups, approx KL, relative update size, optimizer steps, update time); with
+    ``branches``, also the branch groups per stage (``images // branches``) of the ``branched`` methods."""
+    cols = ["kept", "kept_pos", "kept_neg", "flat_groups", "approx_kl", "rel_update", "optimizer_steps", "train_s"]
+    m = metrics.copy()
+    if branches:
+        m["groups"] = (m["images"] // branches).where(m["method"].isin(branched))
+        cols.insert(4, "groups")
+    return m.groupby("method", sort=False)[[c for c in cols if c in m]].mean()

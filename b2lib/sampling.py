@@ -25,6 +25,7 @@ __all__ = [
     "encode_prompts",
     "predict_noise",
     "denoise",
+    "denoise_levels",
     "decode_latents",
     "initial_noise",
     "sample_trajectories",
@@ -242,6 +243,40 @@ def decode_latents(
     return (images / 2 + 0.5).clamp(0, 1).float()
 
 
+def denoise_levels(
+    pipe: StableDiffusionPipeline,
+    latents: torch.Tensor,
+    prompt_embeds: torch.Tensor,
+    negative_prompt_embeds: torch.Tensor | None,
+    levels: Sequence[tuple[int, int]],
+    num_steps: int,
+    guidance_scale: float,
+    eta: float,
+    generator: torch.Generator | None = None,
+    window: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, list[dict[str, torch.Tensor]]]:
+    """From the state at the first branch point to ``x_0``: at each ``(branch_at, branches)`` every live row splits into
+    ``branches`` rows (prompt-major), and the segment up to the next branch point (or the chain's end) runs for all rows
+    in one batched UNet call per step. Only the first ``window`` steps of a segment are stochastic and recorded
+    (``None``: all of them); the rest run with eta = 0. Returns the final latents, the embeddings repeated like the
+    rows, and each segment's recorded transitions. One level is B²'s branch sampling, one level of 1 plain sampling,
+    several a tree (:func:`b2lib.tree.sample_tree`)."""
+    if window is not None and window < 1:
+        raise ValueError(f"window must be >= 1 (stochastic steps after a split) or None (all of them), got {window}.")
+    cond, uncond, segments = prompt_embeds, negative_prompt_embeds, []
+    for k, (branch_at, branches) in enumerate(levels):
+        latents = latents.repeat_interleave(branches, dim=0)
+        cond = cond.repeat_interleave(branches, dim=0)
+        uncond = uncond.repeat_interleave(branches, dim=0) if uncond is not None else None
+        end = levels[k + 1][0] if k + 1 < len(levels) else num_steps
+        stop = end if window is None else min(end, branch_at + window)
+        latents, rec = denoise(pipe, latents, cond, uncond, branch_at, stop, guidance_scale, eta, generator)
+        if stop < end:
+            latents, _ = denoise(pipe, latents, cond, uncond, stop, end, guidance_scale, 0.0, record=False)
+        segments.append(rec)
+    return latents, cond, uncond, segments
+
+
 def _prepare(pipe: StableDiffusionPipeline, num_steps: int, trained_steps: int) -> None:
     _check_pipeline(pipe)
     if num_steps < 1:
@@ -269,8 +304,6 @@ def _sample(
     window: int | None = None,
 ) -> Trajectories:
     _prepare(pipe, num_steps, trained_steps)
-    if window is not None and window < 1:
-        raise ValueError(f"window must be >= 1 (stochastic steps after the split) or None (all of them), got {window}.")
     if prompt_embeds is None:
         cond, uncond = encode_prompts(pipe, prompts, guidance_scale)
     else:
@@ -281,13 +314,9 @@ def _sample(
             )
     n = len(prompts)
     branch_at = num_steps - trained_steps  # the chain index where the prefix ends and the trained interval begins
-    # the stochastic, recorded steps: [branch_at, stop); after stop the chain runs deterministically (eta = 0)
-    stop = num_steps if window is None else min(num_steps, branch_at + window)
     with torch.inference_mode():
         latents = initial_noise(pipe, n, generator, cond.dtype)
         latents, _ = denoise(pipe, latents, cond, uncond, 0, branch_at, guidance_scale, eta, generator, record=False)
-        cond_b = cond.repeat_interleave(num_branches, dim=0)
-        uncond_b = uncond.repeat_interleave(num_branches, dim=0) if uncond is not None else None
         if branch_loop and num_branches > 1:
             if window is not None:
                 raise ValueError("branch_loop (the benchmark's reference loop) does not support window.")
@@ -299,14 +328,22 @@ def _sample(
             # branch-major -> prompt-major (sample i * B + b is branch b of prompt i)
             latents = torch.stack([p[0] for p in parts], dim=1).flatten(0, 1)
             rec = {key: torch.stack([p[1][key] for p in parts], dim=1).flatten(0, 1) for key in parts[0][1]}
+            cond = cond.repeat_interleave(num_branches, dim=0)
+            uncond = uncond.repeat_interleave(num_branches, dim=0) if uncond is not None else None
         else:
             # Branch: every prompt's shared x_{T-s} continues as B independent stochastic chains, in one batch.
-            latents = latents.repeat_interleave(num_branches, dim=0)
-            latents, rec = denoise(pipe, latents, cond_b, uncond_b, branch_at, stop, guidance_scale, eta, generator)
-            if stop < num_steps:
-                latents, _ = denoise(
-                    pipe, latents, cond_b, uncond_b, stop, num_steps, guidance_scale, 0.0, record=False
-                )
+            latents, cond, uncond, (rec,) = denoise_levels(
+                pipe,
+                latents,
+                cond,
+                uncond,
+                [(branch_at, num_branches)],
+                num_steps,
+                guidance_scale,
+                eta,
+                generator,
+                window,
+            )
         images = decode_latents(pipe, latents)
     # Leave inference mode: stored tensors become ordinary tensors, usable as inputs of the training forward pass.
     return Trajectories(
@@ -314,8 +351,8 @@ def _sample(
         next_latents=rec["next_latents"].clone(),
         timesteps=rec["timesteps"].clone(),
         log_probs=rec["log_probs"].clone(),
-        prompt_embeds=cond_b.clone(),
-        negative_prompt_embeds=uncond_b.clone() if uncond_b is not None else None,
+        prompt_embeds=cond.clone(),
+        negative_prompt_embeds=uncond.clone() if uncond is not None else None,
         images=images.clone(),
         group_ids=torch.arange(n).repeat_interleave(num_branches),
         prompts=[p for p in prompts for _ in range(num_branches)],

@@ -20,6 +20,7 @@ __all__ = [
     "SENSITIVITY",
     "sensitivity_defaults",
     "group_census",
+    "census_summary",
     "BUDGET_SCALES",
     "sign_control_runs",
     "budget_runs",
@@ -268,3 +269,14 @@ def group_census(trainer, draws: int = 10, stage: int = 0, trained_steps: int | 
                 }
             )
     return pd.DataFrame(rows)
+
+
+def census_summary(census: pd.DataFrame) -> pd.DataFrame:
+    """:func:`group_census` rows per (trained steps, kind): groups, kept samples by sign, the kind's share of the
+    groups and the samples kept per group."""
+    by = [c for c in ("trained_steps", "kind") if c in census]
+    out = census.groupby(by).agg(groups=("group", "size"), kept_pos=("kept_pos", "sum"), kept_neg=("kept_neg", "sum"))
+    total = out.groupby(level=0)["groups"].transform("sum") if len(by) > 1 else out["groups"].sum()
+    out["share"] = out["groups"] / total
+    out["kept_per_group"] = (out["kept_pos"] + out["kept_neg"]) / out["groups"]
+    return out

@@ -22,7 +22,15 @@ from typing import Sequence
 import torch
 from diffusers import StableDiffusionPipeline
 
-from .sampling import Trajectories, _prepare, decode_latents, denoise, encode_prompts, initial_noise
+from .sampling import (
+    Trajectories,
+    _prepare,
+    decode_latents,
+    denoise,
+    denoise_levels,
+    encode_prompts,
+    initial_noise,
+)
 from .schedule import ProgressiveSchedule
 
 __all__ = [
@@ -127,29 +135,26 @@ def sample_tree(
     :func:`b2lib.sampling.sample_branches` ``(prompts, B, s)``: same generator, same images, same stored transitions.
     """
     levels = _check_levels(levels, num_steps)
-    if window is not None and window < 1:
-        raise ValueError(
-            f"window must be >= 1 (stochastic steps after each split) or None (all of them), got {window}."
-        )
     _prepare(pipe, num_steps, num_steps - levels[0].branch_at)
     cond, uncond = encode_prompts(pipe, prompts, guidance_scale)
     n = len(prompts)
-    segments = []
     with torch.inference_mode():
         latents = initial_noise(pipe, n, generator, cond.dtype)
         latents, _ = denoise(
             pipe, latents, cond, uncond, 0, levels[0].branch_at, guidance_scale, eta, generator, record=False
         )
-        for k, lv in enumerate(levels):
-            latents = latents.repeat_interleave(lv.branches, dim=0)
-            cond = cond.repeat_interleave(lv.branches, dim=0)
-            uncond = uncond.repeat_interleave(lv.branches, dim=0) if uncond is not None else None
-            end = levels[k + 1].branch_at if k + 1 < len(levels) else num_steps
-            stop = end if window is None else min(end, lv.branch_at + window)
-            latents, rec = denoise(pipe, latents, cond, uncond, lv.branch_at, stop, guidance_scale, eta, generator)
-            if stop < end:
-                latents, _ = denoise(pipe, latents, cond, uncond, stop, end, guidance_scale, 0.0, record=False)
-            segments.append(rec)
+        latents, cond, uncond, segments = denoise_levels(
+            pipe,
+            latents,
+            cond,
+            uncond,
+            [(lv.branch_at, lv.branches) for lv in levels],
+            num_steps,
+            guidance_scale,
+            eta,
+            generator,
+            window,
+        )
         images = decode_latents(pipe, latents)
     # leave inference mode: stored tensors become ordinary tensors, usable by the training forward pass
     segments = [{key: value.clone() for key, value in rec.items()} for rec in segments]
@@ -188,18 +193,14 @@ def node_values(rewards: torch.Tensor, ancestors: torch.Tensor) -> list[torch.Te
 
 
 def tree_advantages(
-    rewards: torch.Tensor,
-    tree_or_ancestors,
-    branches: Sequence[int] | None = None,
-    per_prompt: int | None = None,
-    eps: float = 1e-8,
+    rewards: torch.Tensor, tree_or_ancestors, branches: Sequence[int] | None = None, eps: float = 1e-8
 ) -> list[torch.Tensor]:
     """Step-specific advantages: per level, each node's value minus the mean value of its siblings (the children of
     its parent), divided by the standard deviation of those differences over the level's nodes of the same prompt
     (population std; 0 where they are all 0). Credit for segment ``k`` therefore comes only from what differs after
     split ``k``.
 
-    Pass a :class:`TreeSample`, or ``ancestors`` with the levels' ``branches`` and the leaves per prompt."""
+    Pass a :class:`TreeSample`, or ``ancestors`` with the levels' ``branches``."""
     if isinstance(tree_or_ancestors, TreeSample):
         ancestors = tree_or_ancestors.ancestors
         branches = [lv.branches for lv in tree_or_ancestors.levels]
@@ -207,9 +208,6 @@ def tree_advantages(
         ancestors = torch.as_tensor(tree_or_ancestors)
         if branches is None:
             raise ValueError("branches (children per node, per level) is needed with a bare ancestors tensor.")
-    per_prompt = per_prompt or math.prod(branches)
-    if per_prompt != math.prod(branches):
-        raise ValueError(f"per_prompt={per_prompt} != product of branches {list(branches)}.")
     out = []
     for k, value in enumerate(node_values(rewards, ancestors)):
         b = branches[k]

@@ -246,3 +246,21 @@ def test_reward_trend_closed_form():
     assert t["rise"] == pytest.approx(0.02 * 19) and t["seeds"] == 3 and t["stages"] == 20
     assert t["rise_low"] < t["rise"] < t["rise_high"]
     assert t["noise"] == pytest.approx(0.05 * np.sqrt(20 / 18))
+
+
+def test_health_summary_means_per_method():
+    from b2lib.report import health_summary
+
+    m = pd.DataFrame(
+        {
+            "method": ["b2", "b2", "ddpo"],
+            "images": [32, 32, 32],
+            "kept": [4, 6, 32],
+            "flat_groups": [6, 4, 0],
+            "approx_kl": [0.0, 0.0, 0.0],
+            "rel_update": [1e-3, 3e-3, 4e-3],
+        }
+    )
+    t = health_summary(m, branches=4)
+    assert t.loc["b2", "kept"] == 5 and t.loc["b2", "groups"] == 8 and t.loc["b2", "rel_update"] == pytest.approx(2e-3)
+    assert t.loc["ddpo", "kept"] == 32 and pd.isna(t.loc["ddpo", "groups"])

@@ -100,3 +100,22 @@ def test_group_census_counts_kinds_and_kept_samples():
     first = t[t.draw == 0].set_index("group")
     assert list(first["kind"]) == ["flat_low", "flat_high", "mixed"]
     assert list(first["kept_neg"]) == [1, 0, 1] and list(first["kept_pos"]) == [0, 1, 1]
+
+
+def test_census_summary_shares_and_kept_per_group():
+    import pandas as pd
+
+    from b2lib.studies import census_summary
+
+    census = pd.DataFrame(
+        {
+            "trained_steps": [10] * 4,
+            "group": [0, 1, 2, 3],
+            "kind": ["flat_low", "flat_low", "flat_high", "mixed"],
+            "kept_pos": [0, 0, 1, 1],
+            "kept_neg": [1, 0, 0, 1],
+        }
+    )
+    t = census_summary(census).loc[10]
+    assert t.loc["flat_low", "groups"] == 2 and t.loc["flat_low", "share"] == 0.5
+    assert t.loc["mixed", "kept_per_group"] == 2 and t.loc["flat_low", "kept_per_group"] == 0.5
