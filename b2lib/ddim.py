@@ -18,7 +18,14 @@ import math
 import torch
 from diffusers import DDIMScheduler
 
-__all__ = ["ddim_log_prob", "ddim_posterior_mean_std", "ddim_step_with_logprob", "gaussian_log_prob"]
+__all__ = [
+    "ddim_log_prob",
+    "ddim_posterior_mean_std",
+    "ddim_step_with_logprob",
+    "explore_coords",
+    "explore_project",
+    "gaussian_log_prob",
+]
 
 _LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
 
@@ -27,6 +34,36 @@ def gaussian_log_prob(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) ->
     """Element-wise log N(x; mean, std^2) averaged over every dimension but the first (DDPO's convention)."""
     log_density = -((x - mean) ** 2) / (2.0 * std**2) - torch.log(std) - _LOG_SQRT_2PI
     return log_density.mean(dim=tuple(range(1, x.ndim)))
+
+
+def _check_grid(x: torch.Tensor, grid: int) -> tuple[int, int]:
+    if grid < 0 or x.ndim != 4:
+        raise ValueError(f"explore_grid={grid} needs grid >= 0 and (batch, C, H, W) latents, got {tuple(x.shape)}.")
+    h, w = x.shape[-2:]
+    if h % grid or w % grid:
+        raise ValueError(f"explore_grid={grid} must divide the latent size {h}x{w} (use a divisor, or 0 for none).")
+    return h // grid, w // grid
+
+
+def explore_project(x: torch.Tensor, grid: int) -> torch.Tensor:
+    """The orthogonal projection of ``x`` onto the fields that are constant on each cell of a ``grid x grid``
+    lattice (per channel): average over each cell, then fill the cell with it. ``grid = 0``: ``x`` unchanged."""
+    if not grid:
+        return x
+    kh, kw = _check_grid(x, grid)
+    pooled = torch.nn.functional.avg_pool2d(x, (kh, kw))
+    return pooled.repeat_interleave(kh, dim=-2).repeat_interleave(kw, dim=-1)
+
+
+def explore_coords(x: torch.Tensor, grid: int) -> torch.Tensor:
+    """``x``'s coordinates in the orthonormal basis of those cell-constant fields (cell indicator / sqrt(cell size)):
+    ``sqrt(cell size) * cell mean``, shape ``(batch, C, grid, grid)``. A Gaussian step whose noise is
+    ``explore_project`` of white noise has, in these coordinates, the white noise's std: its log-density is taken
+    here. ``grid = 0``: ``x`` itself (full-dimensional exploration)."""
+    if not grid:
+        return x
+    kh, kw = _check_grid(x, grid)
+    return torch.nn.functional.avg_pool2d(x, (kh, kw)) * math.sqrt(kh * kw)
 
 
 def _per_sample(values: torch.Tensor, ndim: int) -> torch.Tensor:
@@ -40,8 +77,16 @@ def ddim_posterior_mean_std(
     timestep: int | torch.Tensor,
     sample: torch.Tensor,
     eta: float,
+    explore_grid: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The DDIM policy ``N(mu_theta(x_t, t), sigma_t^2 I)`` itself: its mean and its std.
+
+    ``explore_grid = g > 0``: *coarse exploration*. The step is stochastic only in the ``C g^2`` directions of the
+    cell-constant fields (:func:`explore_project`), with DDIM's ``eta`` posterior there, and deterministic DDIM
+    (eta = 0) in every other direction. Why: a score-function gradient from ``d`` explored dimensions has a per-sample
+    signal-to-noise ratio of at most ``1 / (d + 1)`` (:mod:`b2lib.gradient_snr`), so exploring fewer directions is a
+    lever on the SNR that more images are not, on a CPU budget. The returned mean is then the full step's
+    deterministic part (both pieces); the policy's density lives on the explored coordinates (:func:`ddim_log_prob`).
 
     Why separate from :func:`ddim_step_with_logprob`: a KL penalty to a reference model (DPOK, GRPO) compares two
     such Gaussians in closed form, which needs the means, not a log-density at one point.
@@ -129,7 +174,12 @@ def ddim_posterior_mean_std(
     elif cfg.clip_sample:
         pred_x0 = pred_x0.clamp(-cfg.clip_sample_range, cfg.clip_sample_range)
 
-    return sa_prev * pred_x0 + dir_c * pred_eps, std
+    mean = sa_prev * pred_x0 + dir_c * pred_eps
+    if explore_grid:
+        # the unexplored directions follow deterministic DDIM: direction coefficient sqrt(1 - alpha_prev)
+        mean_det = sa_prev * pred_x0 + _per_sample((1 - alpha_prev).sqrt(), sample.ndim).to(dtype) * pred_eps
+        mean = explore_project(mean, explore_grid) + mean_det - explore_project(mean_det, explore_grid)
+    return mean, std
 
 
 def ddim_step_with_logprob(
@@ -140,6 +190,7 @@ def ddim_step_with_logprob(
     eta: float,
     prev_sample: torch.Tensor | None = None,
     generator: torch.Generator | list[torch.Generator] | None = None,
+    explore_grid: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One stochastic DDIM step ``x_t -> x_{t-1}`` and ``log p(x_{t-1} | x_t)`` under the DDIM posterior.
 
@@ -154,12 +205,15 @@ def ddim_step_with_logprob(
         prev_sample: if given, the ``x_{t-1}`` whose log-probability is wanted (no noise is drawn); otherwise
             ``x_{t-1}`` is sampled with ``generator``.
         generator: torch generator(s) for the step noise (same semantics as diffusers' ``randn_tensor``).
+        explore_grid: 0 (DDIM's full-dimensional noise) or ``g``: noise only in the cell-constant directions of a
+            ``g x g`` lattice, deterministic elsewhere (see :func:`ddim_posterior_mean_std`). The same white noise is
+            drawn either way (so the generator advances alike) and projected.
 
     Returns:
         ``(prev_sample, log_prob)`` with ``log_prob`` of shape ``(batch,)`` (mean over non-batch dimensions). The
         log-probability is differentiable w.r.t. ``noise_pred``; ``prev_sample`` is treated as a constant (an action).
     """
-    mean, std = ddim_posterior_mean_std(scheduler, noise_pred, timestep, sample, eta)
+    mean, std = ddim_posterior_mean_std(scheduler, noise_pred, timestep, sample, eta, explore_grid)
     if prev_sample is not None and prev_sample.shape != sample.shape:
         raise ValueError(f"prev_sample shape {tuple(prev_sample.shape)} != sample shape {tuple(sample.shape)}.")
     dtype = sample.dtype
@@ -168,16 +222,21 @@ def ddim_step_with_logprob(
         from diffusers.utils.torch_utils import randn_tensor
 
         noise = randn_tensor(noise_pred.shape, generator=generator, device=sample.device, dtype=noise_pred.dtype)
+        noise = explore_project(noise, explore_grid)
         prev_sample = (mean + _per_sample(std, sample.ndim).to(dtype) * noise).detach()
 
-    return prev_sample.type(dtype), ddim_log_prob(prev_sample, mean, std)
+    return prev_sample.type(dtype), ddim_log_prob(prev_sample, mean, std, explore_grid)
 
 
-def ddim_log_prob(prev_sample: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    """``log N(prev_sample; mean, std^2 I)`` per sample, from :func:`ddim_posterior_mean_std`'s ``(mean, std)``.
+def ddim_log_prob(
+    prev_sample: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, explore_grid: int = 0
+) -> torch.Tensor:
+    """``log N(prev_sample; mean, std^2 I)`` per sample, from :func:`ddim_posterior_mean_std`'s ``(mean, std)``;
+    with ``explore_grid`` the density of the explored coordinates (:func:`explore_coords`), averaged over them.
 
     The density in float32 at least: half-precision squares of small differences over tiny variances are noise.
     ``prev_sample`` is an action, a constant: gradients flow to ``mean`` only.
     """
     ld = torch.promote_types(mean.dtype, torch.float32)
-    return gaussian_log_prob(prev_sample.detach().to(ld), mean.to(ld), _per_sample(std, mean.ndim).to(ld))
+    prev, mean = (explore_coords(x.to(ld), explore_grid) for x in (prev_sample.detach(), mean))
+    return gaussian_log_prob(prev, mean, _per_sample(std, mean.ndim).to(ld))

@@ -50,6 +50,9 @@ __all__ = [
 METHODS = METHOD_NAMES
 #: what a run trains unless told otherwise: the paper's comparison (the ablation variants are opt-in)
 DEFAULT_METHODS = ("ddpo", "b2")
+#: RunConfig fields added after run folders were first fingerprinted, with their defaults: a run's settings record
+#: them only when set, so older folders keep their fingerprint and resume (see :meth:`RunConfig.settings`)
+_ADDED_AT_DEFAULT = {"recipe": "paper"}
 
 
 class ConfigError(ValueError):
@@ -92,6 +95,7 @@ class RunConfig:
     device: str = ""  # "": the preset's device (embedded: cpu); "cuda" runs the embedded world on a GPU
     reward: str = "clip"  # what the RL optimises: "clip" (CLIPScore, dense) or "judge" (1 if the world's judge
     # finds every attribute of the prompt, else 0: a truly sparse, binary reward; embedded preset only)
+    recipe: str = "paper"  # the estimators: "paper" as published, "coarse" (b2lib.presets.RECIPES)
     reward_sign: int = 1  # -1: train on the negated reward (the sign control, b2lib.rewards.Negated); evaluation
     # always scores the real reward, so (gain(+1) - gain(-1)) / 2 is what the update learned and the mean their drift
 
@@ -166,6 +170,10 @@ class RunConfig:
             out.append(("reward", f"use 'clip' (CLIPScore) or 'judge' (binary, embedded preset); got {self.reward!r}"))
         elif self.reward == "judge" and self.preset != "embedded":
             out.append(("reward", "'judge' needs the embedded world's programmatic judge: use preset='embedded'"))
+        from .presets import RECIPES
+
+        if self.recipe not in RECIPES:
+            out.append(("recipe", f"use one of {sorted(RECIPES)}; got {self.recipe!r}"))
         if self.reward_sign not in (1, -1) or isinstance(self.reward_sign, bool):
             out.append(
                 ("reward_sign", f"use 1 (train on the reward) or -1 (its sign control); got {self.reward_sign!r}")
@@ -214,6 +222,9 @@ class RunConfig:
         which ``config.json`` and ``summary.json`` record), with the
         resolved trainer settings of every method and seed: the run folder's fingerprint (:mod:`b2lib.rundir`)."""
         own = {k: v for k, v in asdict(self).items() if k not in ("run_name", "output_dir", "resume", "device")}
+        for name, default in _ADDED_AT_DEFAULT.items():  # fields newer than existing run folders: recorded when set
+            if own.get(name) == default:
+                own.pop(name)
         trainers = {}
         for seed in self.seeds:
             for method in self.methods:
@@ -232,6 +243,7 @@ class RunConfig:
             images_per_stage=self.images_per_stage,
             branches=self.branches,
             seed=seed,
+            recipe=self.recipe,
             **{**self.overrides, **extra},
         )
 

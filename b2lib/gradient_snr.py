@@ -367,6 +367,29 @@ SNR_ARMS: dict[str, dict] = {
     "b2_first_window1": dict(method="b2", stage="first", reward="clip", overrides={"window": 1}),
     "b2_last_window1": dict(method="b2", stage="last", reward="clip", overrides={"window": 1}),
     "b2_first_window2": dict(method="b2", stage="first", reward="clip", overrides={"window": 2}),
+    # coarse exploration (TrainerConfig.explore_grid): the trained step's noise only on a g x g lattice per latent
+    # channel, 4 g^2 explored dimensions instead of the latent's 1024; the ceiling 1 / (d + 1) per image rises with it
+    "b2_last_window1_grid2": dict(method="b2", stage="last", reward="clip", overrides={"window": 1, "explore_grid": 2}),
+    "b2_last_window1_grid4": dict(method="b2", stage="last", reward="clip", overrides={"window": 1, "explore_grid": 4}),
+    "b2_first_window1_grid2": dict(
+        method="b2", stage="first", reward="clip", overrides={"window": 1, "explore_grid": 2}
+    ),
+    # group-relative advantages (algorithm "grpo": z within the branch group, whose members share the prefix): the
+    # prefix's share of the reward leaves the advantage, so with one stochastic step every reward difference the
+    # update sees comes from the trained step's exploration (the KL term has zero gradient at the base model)
+    "b2_last_window1_grpo": dict(
+        method="b2", stage="last", reward="clip", overrides={"window": 1, "algorithm": "grpo"}
+    ),
+    "b2_last_window1_grid2_grpo": dict(
+        method="b2", stage="last", reward="clip", overrides={"window": 1, "explore_grid": 2, "algorithm": "grpo"}
+    ),
+    "b2_first_window1_grid2_grpo": dict(
+        method="b2", stage="first", reward="clip", overrides={"window": 1, "explore_grid": 2, "algorithm": "grpo"}
+    ),
+    # which of the two matters: group-relative advantages alone, coarse exploration alone
+    "b2_first_window1_grpo": dict(
+        method="b2", stage="first", reward="clip", overrides={"window": 1, "algorithm": "grpo"}
+    ),
 }
 
 

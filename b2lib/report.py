@@ -420,17 +420,31 @@ def readme_table(results: str | Path) -> str:
                 f"{r['a']} {r['mean_a']:.3f} / {r['b']} {r['mean_b']:.3f}",
                 r["verdict"],
             )
-    t = read_table(results, "sign_control")
-    if t is not None:
-        device = _devices(read_table(results, "signal_runs"), "signs")
+    c = read_table(results, "coarse_comparisons")
+    if c is not None:
+        for _, r in c.iterrows():
+            label = EVAL_IMAGE_METRICS.get(r["metric"], r["metric"])
+            add(
+                f"Coarse recipe (notebook 03 with `recipe=coarse`) · {r['template']}, {r['split']} prompts: {label}, "
+                f"{r['a']} − {r['b']} ({r['images']} paired images, {r['seeds_a']} seed"
+                f"{'s' if r['seeds_a'] > 1 else ''})",
+                "03_train",
+                f"{r['a']} {r['mean_a']:.3f} / {r['b']} {r['mean_b']:.3f}",
+                r["verdict"],
+            )
+    for name, recipe in (("sign_control", ""), ("coarse_sign_control", ", coarse recipe")):
+        t = read_table(results, name)
+        if t is None:
+            continue
+        device = _devices(read_table(results, "signal_runs"), "signs") if name == "sign_control" else ""
         for _, r in t.iterrows():
             label = EVAL_IMAGE_METRICS.get(r["metric"], r["metric"])
             parts = [
                 f"{k} {r[k]:+.3f} [{r[f'{k}_low']:+.3f}, {r[f'{k}_high']:+.3f}]" for k in ("gain", "signal", "drift")
             ]
             add(
-                f"Learning vs drift · {r['method']}, counting, train prompts: {label} ({r['seeds']} seed pairs, "
-                f"{r['images']} paired images{device})",
+                f"Learning vs drift · {r['method']}{recipe}, counting, train prompts: {label} "
+                f"({r['seeds']} seed pairs, {r['images']} paired images{device})",
                 "09_learning_vs_drift",
                 " · ".join(parts),
                 "signal resolved" if r["signal_low"] > 0 else "signal not resolved",
@@ -449,6 +463,17 @@ def readme_table(results: str | Path) -> str:
                 f"{max(r['snr_high'], 0) / r['images']:.1e}",
                 "signal resolved" if resolved else "no signal resolved",
             )
+    c = read_table(results, "table1_comparisons")
+    if c is not None:  # Table 1 with paired intervals (deliverable 5 of "RL that learns"); replaces mean ± std rows
+        for _, r in c[c["split"] == "test"].iterrows():
+            label = EVAL_IMAGE_METRICS.get(r["metric"], r["metric"])
+            add(
+                f"Table 1 · {r['template']}, test prompts: {label}, {r['a']} − {r['b']} ({r['images']} paired images, "
+                f"{r['seeds_a']} seed{'s' if r['seeds_a'] > 1 else ''})",
+                "04_templates",
+                f"{r['a']} {r['mean_a']:.3f} / {r['b']} {r['mean_b']:.3f}",
+                r["verdict"],
+            )
     t = read_table(results, "main_table")
     if t is not None:
         for template in dict.fromkeys(t.index.get_level_values(0)):
@@ -457,7 +482,7 @@ def readme_table(results: str | Path) -> str:
                 ("bertscore_mean", "BERTScore"),
                 ("judge_all_ok", "judge aligned"),
             ):
-                if f"{col}_mean" not in t:
+                if f"{col}_mean" not in t or c is not None:
                     continue
                 vals = " / ".join(
                     f"{m} {_ms(t, (template, m), col)}" for m in ("base", "ddpo", "b2") if (template, m) in t.index

@@ -17,7 +17,7 @@ from diffusers import DDIMScheduler, StableDiffusionPipeline
 from diffusers.utils.torch_utils import randn_tensor
 from tqdm.auto import tqdm
 
-from .ddim import ddim_log_prob, ddim_posterior_mean_std, ddim_step_with_logprob
+from .ddim import ddim_log_prob, ddim_posterior_mean_std, ddim_step_with_logprob, explore_coords
 
 __all__ = [
     "Trajectories",
@@ -179,9 +179,11 @@ def denoise(
     generator: torch.Generator | None = None,
     record: bool = True,
     progress: bool = False,
+    explore_grid: int = 0,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor] | None]:
     """Run steps ``[start, end)`` of the scheduler's chain; return the final latents and, if ``record``, the
-    transitions.
+    transitions. ``explore_grid``: the stochastic steps' noise only on a coarse lattice (see
+    :func:`b2lib.ddim.ddim_posterior_mean_std`; 0 = DDIM's full noise).
 
     The scheduler must already hold the chain (``set_timesteps``). Recorded tensors are stacked on dim 1.
     """
@@ -202,7 +204,9 @@ def denoise(
         if eta == 0:  # deterministic DDIM (the stock scheduler step): no noise drawn, nothing recorded
             latents = scheduler.step(noise_pred, t, latents, eta=0.0).prev_sample
             continue
-        prev, log_prob = ddim_step_with_logprob(scheduler, noise_pred, t, latents, eta, generator=generator)
+        prev, log_prob = ddim_step_with_logprob(
+            scheduler, noise_pred, t, latents, eta, generator=generator, explore_grid=explore_grid
+        )
         if record:
             states.append(latents)
             nexts.append(prev)
@@ -254,12 +258,14 @@ def denoise_levels(
     eta: float,
     generator: torch.Generator | None = None,
     window: int | None = None,
+    explore_grid: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, list[dict[str, torch.Tensor]]]:
     """From the state at the first branch point to ``x_0``: at each ``(branch_at, branches)`` every live row splits into
     ``branches`` rows (prompt-major), and the segment up to the next branch point (or the chain's end) runs for all rows
     in one batched UNet call per step. Only the first ``window`` steps of a segment are stochastic and recorded
     (``None``: all of them); the rest run with eta = 0. Returns the final latents, the embeddings repeated like the
-    rows, and each segment's recorded transitions. One level is B²'s branch sampling, one level of 1 plain sampling,
+    rows, and each segment's recorded transitions. ``explore_grid``: the recorded steps explore only a coarse lattice
+    (:func:`b2lib.ddim.ddim_posterior_mean_std`). One level is B²'s branch sampling, one level of 1 plain sampling,
     several a tree (:func:`b2lib.tree.sample_tree`)."""
     if window is not None and window < 1:
         raise ValueError(f"window must be >= 1 (stochastic steps after a split) or None (all of them), got {window}.")
@@ -270,7 +276,9 @@ def denoise_levels(
         uncond = uncond.repeat_interleave(branches, dim=0) if uncond is not None else None
         end = levels[k + 1][0] if k + 1 < len(levels) else num_steps
         stop = end if window is None else min(end, branch_at + window)
-        latents, rec = denoise(pipe, latents, cond, uncond, branch_at, stop, guidance_scale, eta, generator)
+        latents, rec = denoise(
+            pipe, latents, cond, uncond, branch_at, stop, guidance_scale, eta, generator, explore_grid=explore_grid
+        )
         if stop < end:
             latents, _ = denoise(pipe, latents, cond, uncond, stop, end, guidance_scale, 0.0, record=False)
         segments.append(rec)
@@ -302,6 +310,7 @@ def _sample(
     prompt_embeds: tuple[torch.Tensor, torch.Tensor | None] | None,
     branch_loop: bool = False,
     window: int | None = None,
+    explore_grid: int = 0,
 ) -> Trajectories:
     _prepare(pipe, num_steps, trained_steps)
     if prompt_embeds is None:
@@ -318,8 +327,10 @@ def _sample(
         latents = initial_noise(pipe, n, generator, cond.dtype)
         latents, _ = denoise(pipe, latents, cond, uncond, 0, branch_at, guidance_scale, eta, generator, record=False)
         if branch_loop and num_branches > 1:
-            if window is not None:
-                raise ValueError("branch_loop (the benchmark's reference loop) does not support window.")
+            if window is not None or explore_grid:
+                raise ValueError(
+                    "branch_loop (the benchmark's reference loop) supports neither window nor explore_grid."
+                )
             # The reference implementation's way, kept for benchmarks: one chain (and UNet call per step) per branch.
             parts = [
                 denoise(pipe, latents, cond, uncond, branch_at, num_steps, guidance_scale, eta, generator)
@@ -343,6 +354,7 @@ def _sample(
                 eta,
                 generator,
                 window,
+                explore_grid,
             )
         images = decode_latents(pipe, latents)
     # Leave inference mode: stored tensors become ordinary tensors, usable as inputs of the training forward pass.
@@ -369,13 +381,14 @@ def sample_trajectories(
     trained_steps: int | None = None,
     prompt_embeds: tuple[torch.Tensor, torch.Tensor | None] | None = None,
     window: int | None = None,
+    explore_grid: int = 0,
 ) -> Trajectories:
     """One independent trajectory per prompt (DDPO's sampler), storing the last ``trained_steps`` transitions (all by
     default).
 
     Under the same ``generator`` the images equal ``pipe(prompts, num_inference_steps=num_steps, eta=eta,
-    guidance_scale=guidance_scale, generator=generator, output_type="pt").images``. ``window``: see
-    :func:`sample_branches`.
+    guidance_scale=guidance_scale, generator=generator, output_type="pt").images``. ``window`` and ``explore_grid``:
+    see :func:`sample_branches`.
     """
     return _sample(
         pipe,
@@ -388,6 +401,7 @@ def sample_trajectories(
         generator,
         prompt_embeds,
         window=window,
+        explore_grid=explore_grid,
     )
 
 
@@ -403,6 +417,7 @@ def sample_branches(
     prompt_embeds: tuple[torch.Tensor, torch.Tensor | None] | None = None,
     branch_loop: bool = False,
     window: int | None = None,
+    explore_grid: int = 0,
 ) -> Trajectories:
     """Branch-based sampling: a shared prefix per prompt down to chain index ``num_steps - trained_steps`` (the branch
     point), then ``num_branches`` continuations, batched. Returns ``len(prompts) * num_branches`` samples, prompt-major
@@ -418,6 +433,10 @@ def sample_branches(
     every later step: B²'s credit-assignment idea taken to its limit. Whether that raises the gradient's
     signal-to-noise ratio is measured by :mod:`b2lib.gradient_snr` (notebook 10: on the embedded world's counting
     template it did not, measurably). ``None``: every step after the split is stochastic, the paper's B².
+
+    ``explore_grid = g``: the trained (recorded) steps draw their noise only in the cell-constant directions of a
+    ``g x g`` lattice per latent channel and are deterministic elsewhere (*coarse exploration*,
+    :func:`b2lib.ddim.ddim_posterior_mean_std`); the shared prefix is sampled as usual. 0: DDIM's full noise.
     """
     if num_branches < 2:
         raise ValueError(
@@ -436,6 +455,7 @@ def sample_branches(
         prompt_embeds,
         branch_loop,
         window,
+        explore_grid,
     )
 
 
@@ -448,13 +468,16 @@ def transition_policy(
     guidance_scale: float,
     eta: float,
     device: torch.device | str | None = None,
+    explore_grid: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The policy Gaussian at stored transitions (sample ``rows[i]``, interval step ``cols[i]``) under ``unet``:
     ``(log_prob, mean, std)``, with CFG exactly as in sampling.
 
     ``log_prob`` (``(n,)``) is ``log p_theta(x_{t-1} | x_t, c)`` of the stored action, the quantity the PPO ratio
     compares with ``traj.log_probs``; ``mean`` (``(n, C, h, w)``) and ``std`` (``(n,)``) are what a KL to a reference
-    model needs. One UNet forward for all three; differentiable w.r.t. the UNet's parameters.
+    model needs. One UNet forward for all three; differentiable w.r.t. the UNet's parameters. With ``explore_grid``
+    (coarse exploration) ``mean`` is in the explored coordinates (:func:`b2lib.ddim.explore_coords`), the only ones
+    with a density, so a KL between two such policies is the KL of their explored parts.
     """
     rows, cols = torch.as_tensor(rows), torch.as_tensor(cols)
     if rows.shape != cols.shape or rows.ndim != 1:
@@ -467,5 +490,5 @@ def transition_policy(
     uncond = traj.negative_prompt_embeds[rows].to(device) if traj.negative_prompt_embeds is not None else None
     model_input = scheduler.scale_model_input(latents, t)
     noise_pred = predict_noise(unet, model_input, t, cond, uncond, guidance_scale)
-    mean, std = ddim_posterior_mean_std(scheduler, noise_pred, t, latents, eta)
-    return ddim_log_prob(nexts, mean, std), mean, std
+    mean, std = ddim_posterior_mean_std(scheduler, noise_pred, t, latents, eta, explore_grid)
+    return ddim_log_prob(nexts, mean, std, explore_grid), explore_coords(mean, explore_grid), std

@@ -77,6 +77,46 @@ TABLES: dict[str, TableFormat] = {
         ),
         writer="11_sparse_reward",
     ),
+    "coarse_comparisons": TableFormat(
+        "coarse",
+        "comparisons.csv",
+        (
+            "template",
+            "metric",
+            "a",
+            "b",
+            "mean_a",
+            "mean_b",
+            "diff",
+            "low",
+            "high",
+            "seeds_a",
+            "images",
+            "verdict",
+            "split",
+        ),
+        writer="03_train",
+    ),
+    "table1_comparisons": TableFormat(
+        "templates",
+        "comparisons.csv",
+        (
+            "template",
+            "metric",
+            "a",
+            "b",
+            "mean_a",
+            "mean_b",
+            "diff",
+            "low",
+            "high",
+            "seeds_a",
+            "images",
+            "verdict",
+            "split",
+        ),
+        writer="04_templates",
+    ),
     "main_table": TableFormat("templates", "main_table.csv", _MEAN_STD, ("template", "method"), writer="04_templates"),
     "generalisation": TableFormat(
         "templates", "generalisation.csv", (), ("template", "method"), header_rows=2, writer="04_templates"
@@ -94,6 +134,14 @@ TABLES: dict[str, TableFormat] = {
     "compat": TableFormat("compat", "compat.csv", _MEAN_STD, ("algorithm", "method"), writer="07_compatibility"),
     "sign_control": TableFormat(
         "signal",
+        "sign_control.csv",
+        ("method", "metric", "seeds", "images")
+        + tuple(f"{k}{s}" for k in ("gain", "signal", "drift") for s in ("", "_low", "_high")),
+        writer="09_learning_vs_drift",
+    ),
+    # notebook 09 run with the coarse recipe (run_name signal_coarse): the same table in a folder of its own
+    "coarse_sign_control": TableFormat(
+        "signal_coarse",
         "sign_control.csv",
         ("method", "metric", "seeds", "images")
         + tuple(f"{k}{s}" for k in ("gain", "signal", "drift") for s in ("", "_low", "_high")),

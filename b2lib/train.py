@@ -15,6 +15,7 @@ import json
 from dataclasses import fields
 
 from .experiment import METHODS, ConfigError, RunConfig, run_experiment
+from .presets import RECIPES
 
 _DEFAULTS = {f.name: f.default for f in fields(RunConfig) if f.default is not f.default_factory}
 
@@ -45,6 +46,7 @@ def parser() -> argparse.ArgumentParser:
         p.add_argument(flag(name), default=d[name])
     p.add_argument("--eval-splits", nargs="+", default=list(d["eval_splits"]), choices=["test", "train"])
     p.add_argument("--reward", default=d["reward"], choices=["clip", "judge"])
+    p.add_argument("--recipe", default=d["recipe"], choices=sorted(RECIPES), help="estimator recipe (presets.RECIPES)")
     p.add_argument("--reward-sign", type=int, default=d["reward_sign"], choices=[1, -1])
     p.add_argument("--overrides", default="{}", help="TrainerConfig fields as JSON, e.g. '{\"lr\": 3e-4}'")
     p.add_argument(
@@ -84,6 +86,7 @@ def config_from_args(argv: list[str] | None = None) -> tuple[RunConfig, argparse
         "eval_images",
         "eval_splits",
         "reward",
+        "recipe",
         "reward_sign",
         "device",
     }

@@ -75,6 +75,10 @@ class TrainerConfig:
     # stochastic (and trained) steps after the split; the rest of the chain runs with eta = 0 (deterministic), so the
     # reward differences within a branch group come from the trained steps alone. None: the whole interval, the paper.
     window: int | None = None
+    # coarse exploration: 0 = DDIM's noise in every latent dimension (the paper); g > 0 = the trained steps draw noise
+    # only in the cell-constant directions of a g x g lattice per latent channel (C g^2 of them) and are deterministic
+    # elsewhere. Why: a score-function gradient's per-sample SNR is at most 1 / (explored dims + 1).
+    explore_grid: int = 0
     split_start: int = 14
     split_end: int | None = None  # None: the whole chain (num_steps)
     num_branches: int = 5
@@ -159,6 +163,8 @@ class TrainerConfig:
             raise ValueError(f"lora_targets must be one of {sorted(LORA_TARGETS)}, got {self.lora_targets!r}.")
         if self.window is not None and self.window < 1:
             raise ValueError(f"window must be >= 1 or None (every step after the split stochastic), got {self.window}.")
+        if self.explore_grid < 0:
+            raise ValueError(f"explore_grid must be >= 0 (0 = full-dimensional noise), got {self.explore_grid}.")
         if self.kl_coef < 0:
             raise ValueError(f"kl_coef must be >= 0, got {self.kl_coef}.")
         if self.keep_checkpoints < 1:
@@ -188,7 +194,18 @@ class TrainerConfig:
         return self.prompts_per_stage * self.num_branches
 
     def to_dict(self) -> dict:
-        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(self).items()}
+        """The fields as JSON values. Fields added after run folders were first fingerprinted (:data:`ADDED_FIELDS`)
+        are left out while they hold their default, so those folders keep their fingerprint (:mod:`b2lib.rundir`) and
+        resume; ``TrainerConfig(**d)`` restores the default."""
+        out = {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(self).items()}
+        for name in ADDED_FIELDS:
+            if out.get(name) == getattr(TrainerConfig, name):
+                out.pop(name)
+        return out
+
+
+#: TrainerConfig fields recorded in a run's fingerprint only when set (see :meth:`TrainerConfig.to_dict`)
+ADDED_FIELDS = ("explore_grid",)
 
 
 class RLTrainer:
@@ -302,6 +319,7 @@ class RLTrainer:
                 eta=cfg.eta,
                 generator=noise_gen,
                 window=cfg.window,
+                explore_grid=cfg.explore_grid,
             )
             if cfg.num_branches >= 2:
                 traj = sample_branches(self.pipe, prompts, cfg.num_branches, trained_steps, **kwargs)
@@ -387,7 +405,16 @@ class RLTrainer:
         wrapper untouched) before the differentiable forward.
         """
         cfg = self.config
-        args = (self.pipe.scheduler, traj, rows, cols, cfg.guidance_scale, cfg.eta, self.accelerator.device)
+        args = (
+            self.pipe.scheduler,
+            traj,
+            rows,
+            cols,
+            cfg.guidance_scale,
+            cfg.eta,
+            self.accelerator.device,
+            cfg.explore_grid,
+        )
         if not needs_reference(cfg.algorithm):
             return transition_policy(self.model, *args)[0], None
         with torch.no_grad(), adapters_disabled(self.pipe.unet):

@@ -126,6 +126,7 @@ def sample_tree(
     eta: float = 1.0,
     generator: torch.Generator | None = None,
     window: int | None = None,
+    explore_grid: int = 0,
 ) -> TreeSample:
     """Sample one tree per prompt (see the module docstring).
 
@@ -133,6 +134,7 @@ def sample_tree(
     runs deterministically (DDIM, eta = 0), so the randomness of the tree sits where it branches. ``None``: every step
     after the first split is stochastic. A one-level tree ``[Level(T - s, B)]`` is
     :func:`b2lib.sampling.sample_branches` ``(prompts, B, s)``: same generator, same images, same stored transitions.
+    ``explore_grid``: the stored steps explore only a coarse lattice, as in ``sample_branches``.
     """
     levels = _check_levels(levels, num_steps)
     _prepare(pipe, num_steps, num_steps - levels[0].branch_at)
@@ -154,6 +156,7 @@ def sample_tree(
             eta,
             generator,
             window,
+            explore_grid,
         )
         images = decode_latents(pipe, latents)
     # leave inference mode: stored tensors become ordinary tensors, usable by the training forward pass

@@ -128,3 +128,72 @@ def test_posterior_mean_std_is_the_step_gaussian():
     noise = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     torch.testing.assert_close(prev, mean + std.reshape(-1, 1, 1, 1) * noise)
     torch.testing.assert_close(lp, ddim_log_prob(prev, mean, std))
+
+
+# ------------------------------------------------------------------------------------------ coarse exploration
+def test_explore_project_is_an_orthogonal_projection_and_coords_an_isometry():
+    from b2lib.ddim import explore_coords, explore_project
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(2, 3, 4, 8, 8, generator=g, dtype=torch.float64)
+    p = explore_project(x, 2)
+    torch.testing.assert_close(explore_project(p, 2), p)  # idempotent
+    torch.testing.assert_close((p * y).sum(), (x * explore_project(y, 2)).sum())  # self-adjoint
+    # constant on each 4x4 cell, and the cell's mean of x
+    torch.testing.assert_close(p[:, :, :4, :4], x[:, :, :4, :4].mean((-2, -1), keepdim=True).expand(3, 4, 4, 4))
+    c = explore_coords(x, 2)
+    assert c.shape == (3, 4, 2, 2)
+    torch.testing.assert_close((c**2).sum((1, 2, 3)), (p**2).sum((1, 2, 3)))  # |P^T x| = |P P^T x|
+    assert explore_project(x, 0) is x and explore_coords(x, 0) is x
+    torch.testing.assert_close(explore_project(x, 8), x)  # cells of one latent: the identity
+    with pytest.raises(ValueError, match="divide"):
+        explore_project(x, 3)
+
+
+@pytest.mark.parametrize("grid", [1, 2, 4])
+def test_coarse_step_is_ddim_eta_in_the_explored_directions_and_deterministic_elsewhere(grid):
+    from b2lib.ddim import ddim_posterior_mean_std, explore_coords, explore_project
+
+    g = torch.Generator().manual_seed(1)
+    s = _scheduler()
+    x = torch.randn(3, 4, 8, 8, generator=g, dtype=torch.float64)
+    eps = torch.randn(3, 4, 8, 8, generator=g, dtype=torch.float64)
+    t = s.timesteps[6]
+    prev, lp = ddim_step_with_logprob(s, eps, t, x, 1.0, generator=torch.Generator().manual_seed(2), explore_grid=grid)
+    full_mean, sigma = ddim_posterior_mean_std(s, eps, t, x, 1.0)
+    det = s.step(eps, t, x, eta=0.0).prev_sample
+    # unexplored directions: exactly deterministic DDIM's step
+    # (the stock step forms its coefficients in float32: agreement to ~1e-6)
+    torch.testing.assert_close(
+        prev - explore_project(prev, grid), det - explore_project(det, grid), atol=2e-6, rtol=1e-5
+    )
+    # explored directions: DDIM's eta posterior there, mean + sigma * (projected white noise of the same generator)
+    white = torch.randn(3, 4, 8, 8, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    torch.testing.assert_close(
+        explore_project(prev, grid), explore_project(full_mean, grid) + sigma[0] * explore_project(white, grid)
+    )
+    # log-prob: the Gaussian density of the 4 * grid^2 explored coordinates, averaged over them (closed form)
+    z = explore_coords(prev - full_mean, grid) / sigma[0]
+    expected = (-0.5 * z**2 - math.log(float(sigma[0])) - 0.5 * math.log(2 * math.pi)).flatten(1).mean(1)
+    torch.testing.assert_close(lp, expected)
+
+
+def test_coarse_exploration_at_full_resolution_is_ddim():
+    """Cells of one latent: every direction is explored, so the policy is DDIM's (same sample, same log-prob)."""
+    s = _scheduler()
+    x, eps = torch.randn(2, 2, 4, 8, 8, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    t = s.timesteps[3]
+    a = ddim_step_with_logprob(s, eps, t, x, 1.0, generator=torch.Generator().manual_seed(4))
+    b = ddim_step_with_logprob(s, eps, t, x, 1.0, generator=torch.Generator().manual_seed(4), explore_grid=8)
+    torch.testing.assert_close(a[0], b[0])
+    torch.testing.assert_close(a[1], b[1])
+
+
+def test_coarse_noise_has_unit_variance_in_its_coordinates():
+    """Projected white noise, read in the orthonormal cell basis, is white noise of the explored dimension."""
+    from b2lib.ddim import explore_coords, explore_project
+
+    white = torch.randn(20000, 4, 8, 8, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    c = explore_coords(explore_project(white, 2), 2).flatten(1)
+    cov = c.T @ c / len(c)
+    torch.testing.assert_close(cov, torch.eye(16, dtype=torch.float64), atol=0.05, rtol=0)

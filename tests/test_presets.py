@@ -85,3 +85,33 @@ def test_a_default_changed_in_one_place_reaches_every_entry_point(monkeypatch):
     assert cli.settings() == run.settings()
     assert sensitivity_defaults(run)["branches"] == 8  # the studies' default point
     assert trainer_config("embedded", "b2").num_branches == 8
+
+
+def test_recipes_add_estimator_switches_per_method_and_nothing_else():
+    from dataclasses import asdict
+
+    from b2lib.presets import RECIPES
+
+    for method in ("ddpo", "b2", "progressive", "branch"):
+        paper = asdict(trainer_config("embedded", method))
+        coarse = asdict(trainer_config("embedded", method, recipe="coarse"))
+        changed = {k: coarse[k] for k in coarse if coarse[k] != paper[k]}
+        assert changed == RECIPES["coarse"][method], method
+    assert trainer_config("embedded", "b2", recipe="coarse").explore_grid == 2
+    # overrides still win over the recipe
+    assert trainer_config("embedded", "b2", recipe="coarse", window=2).window == 2
+    with pytest.raises(ValueError, match="recipe"):
+        trainer_config("embedded", "b2", recipe="fine")
+
+
+def test_recipe_reaches_the_run_and_the_cli_and_old_fingerprints_stay():
+    from b2lib.train import parser
+
+    assert "recipe" not in RunConfig().settings()["run"]  # at its default: folders from before keep their fingerprint
+    cfg = RunConfig(recipe="coarse")
+    assert cfg.settings()["run"]["recipe"] == "coarse"
+    assert cfg.settings()["trainer"]["b2_seed0"]["explore_grid"] == 2
+    assert "explore_grid" not in RunConfig().settings()["trainer"]["b2_seed0"]
+    assert parser().parse_args(["--recipe", "coarse"]).recipe == "coarse"
+    with pytest.raises(ValueError, match="recipe"):
+        RunConfig(recipe="fine")

@@ -232,6 +232,67 @@ def test_readme_table_sparse_reward_rows(tmp_path):
     assert "5 seeds" in lines[0] and "b2 0.300 / base 0.250" in lines[0] and "b2 higher" in lines[0]
 
 
+def test_readme_table_table1_rows_replace_mean_std_when_intervals_exist(tmp_path):
+    row = dict(
+        template="binding",
+        metric="reward_mean",
+        a="b2",
+        b="ddpo",
+        mean_a=0.5,
+        mean_b=0.45,
+        diff=0.05,
+        low=-0.01,
+        high=0.11,
+        seeds_a=5,
+        images=512,
+        verdict="no difference resolved, +0.050 [-0.010, +0.110]",
+    )
+    idx = pd.MultiIndex.from_tuples([("binding", m) for m in ("base", "ddpo", "b2")], names=["template", "method"])
+    mean_std_table = pd.DataFrame(
+        {
+            f"{c}_{k}": [0.5, 0.45, 0.5]
+            for c in ("reward_mean", "judge_all_ok", "clip_diversity", "pixel_diversity")
+            for k in ("mean", "std")
+        }
+        | {"n": [1, 5, 5]},
+        index=idx,
+    )
+    write_table(mean_std_table, tmp_path / "templates", "main_table")
+    before = [x for x in readme_table(tmp_path).splitlines() if x.startswith("| Table 1")]
+    assert before and all("seeds)" in x for x in before)  # mean ± std rows while no intervals exist
+    write_table(
+        pd.DataFrame([{**row, "split": "test"}, {**row, "split": "train"}]),
+        tmp_path / "templates",
+        "table1_comparisons",
+    )
+    lines = [x for x in readme_table(tmp_path).splitlines() if x.startswith("| Table 1")]
+    assert len(lines) == 1 and "b2 − ddpo (512 paired images, 5 seeds)" in lines[0]
+    assert "no difference resolved" in lines[0]
+    assert any(x.startswith("| Diversity · binding") for x in readme_table(tmp_path).splitlines())
+
+
+def test_readme_table_coarse_recipe_rows(tmp_path):
+    row = dict(
+        template="counting",
+        metric="reward_mean",
+        a="b2",
+        b="base",
+        mean_a=0.82,
+        mean_b=0.80,
+        diff=0.02,
+        low=0.01,
+        high=0.03,
+        seeds_a=5,
+        images=512,
+        verdict="b2 higher, +0.020 [+0.010, +0.030]",
+    )
+    write_table(
+        pd.DataFrame([{**row, "split": "test"}, {**row, "split": "train"}]), tmp_path / "coarse", "coarse_comparisons"
+    )
+    lines = [x for x in readme_table(tmp_path).splitlines() if x.startswith("| Coarse recipe")]
+    assert len(lines) == 2 and "train prompts" in lines[1] and "b2 0.820 / base 0.800" in lines[0]
+
+
 def test_reward_trend_closed_form():
     import numpy as np
 
@@ -264,3 +325,15 @@ def test_health_summary_means_per_method():
     t = health_summary(m, branches=4)
     assert t.loc["b2", "kept"] == 5 and t.loc["b2", "groups"] == 8 and t.loc["b2", "rel_update"] == pytest.approx(2e-3)
     assert t.loc["ddpo", "kept"] == 32 and pd.isna(t.loc["ddpo", "groups"])
+
+
+def test_readme_table_sign_control_rows_per_recipe(tmp_path):
+    row = {"method": "b2", "metric": "reward_mean", "seeds": 3, "images": 512}
+    for k in ("gain", "signal", "drift"):
+        row |= {k: 0.1, f"{k}_low": 0.05, f"{k}_high": 0.15}
+    write_table(pd.DataFrame([row]), tmp_path / "signal", "sign_control")
+    write_table(pd.DataFrame([{**row, "signal_low": -0.01}]), tmp_path / "signal_coarse", "coarse_sign_control")
+    lines = [x for x in readme_table(tmp_path).splitlines() if x.startswith("| Learning vs drift")]
+    assert len(lines) == 2
+    assert "b2, counting" in lines[0] and "| signal resolved |" in lines[0]
+    assert "b2, coarse recipe, counting" in lines[1] and "signal not resolved" in lines[1]

@@ -188,3 +188,30 @@ def test_window_keeps_noise_on_the_trained_steps_only(tiny_pipe, window):
         sample_branches(tiny_pipe, PROMPTS[:1], b, split, num_steps=steps, window=0)
     with pytest.raises(ValueError, match="record=False"):
         denoise(tiny_pipe, last, cond, uncond, 0, 1, 5.0, 0.0)
+
+
+def test_coarse_exploration_samples_and_recomputes_its_own_log_prob(tiny_pipe):
+    """With explore_grid the stored transitions' log-probs are recomputed exactly (ratio 1 before an update), the
+    shared prefix is the same as without it, and the branches differ only on the coarse lattice at the first
+    trained step."""
+    from b2lib.ddim import explore_project
+
+    b, split, steps = 3, 4, 6
+    kw = dict(num_steps=steps, window=1)
+    coarse = sample_branches(
+        tiny_pipe, PROMPTS[:2], b, split, generator=torch.Generator().manual_seed(0), explore_grid=2, **kw
+    )
+    full = sample_branches(tiny_pipe, PROMPTS[:2], b, split, generator=torch.Generator().manual_seed(0), **kw)
+    assert torch.equal(coarse.latents[:, 0], full.latents[:, 0])  # the prefix
+    step = coarse.next_latents[:, 0]
+    diff = step[:b] - step[0]  # branches of prompt 0 share x_t: they differ by the projected noise only
+    torch.testing.assert_close(diff, explore_project(diff, 2), atol=1e-5, rtol=0)
+    assert diff.abs().max() > 0
+    n, k = coarse.timesteps.shape
+    rows, cols = torch.arange(n).repeat_interleave(k), torch.arange(k).repeat(n)
+    with torch.no_grad():
+        lp, mean, _ = transition_policy(
+            tiny_pipe.unet, tiny_pipe.scheduler, coarse, rows, cols, 5.0, 1.0, explore_grid=2
+        )
+    assert (lp - coarse.log_probs[rows, cols]).abs().max() < 1e-4
+    assert mean.shape[-2:] == (2, 2)  # the KL's coordinates: the explored ones

@@ -373,3 +373,41 @@ def test_state_dict_round_trip_gives_the_same_next_stage(make_pipe):
     other = B2Trainer(make_pipe(), redness, PROMPTS, TrainerConfig.b2(**_small(lora_rank=2)))
     with pytest.raises(ValueError, match="different trainable parameters"):
         other.load_state_dict(state)
+
+
+@pytest.mark.parametrize("algorithm", ["ppo", "grpo"])
+def test_coarse_exploration_trains_on_its_own_policy(make_pipe, algorithm):
+    """explore_grid reaches sampling and the update: before the first step the recomputed log-probs equal the stored
+    ones (ratio 1, KL 0 to the base model), the stored noise lives on the lattice, and a stage moves the adapter."""
+    from b2lib.ddim import explore_project
+
+    cfg = TrainerConfig.b2(**_small(num_stages=1, window=1, explore_grid=2, algorithm=algorithm))
+    trainer = B2Trainer(make_pipe(), redness, PROMPTS, cfg)
+    traj, rewards = trainer.sample_stage(0)
+    rows = torch.arange(len(traj)).repeat_interleave(traj.num_steps)
+    cols = torch.arange(traj.num_steps).repeat(len(traj))
+    with torch.no_grad():
+        log_prob, kl = trainer.policy_terms(traj, rows, cols)
+    torch.testing.assert_close(log_prob, traj.log_probs[rows, cols], rtol=1e-5, atol=1e-5)
+    if kl is not None:
+        assert kl.abs().max().item() < 1e-10
+    diff = traj.next_latents[1, 0] - traj.next_latents[0, 0]  # two branches of one prefix, first trained step
+    torch.testing.assert_close(diff, explore_project(diff[None], 2)[0], atol=1e-5, rtol=0)
+    before = _trainable(trainer.pipe)
+    trainer.train()
+    after = _trainable(trainer.pipe)
+    assert max((after[n] - before[n]).abs().max().item() for n in before) > 0
+
+
+def test_fields_added_later_stay_out_of_the_fingerprint_at_their_default():
+    """Run folders written before explore_grid existed keep their fingerprint: the field is recorded only when set,
+    and a config rebuilt from the record is the same config."""
+    from b2lib.trainer import ADDED_FIELDS
+
+    assert "explore_grid" in ADDED_FIELDS
+    d = TrainerConfig.b2().to_dict()
+    assert "explore_grid" not in d and TrainerConfig(**d).to_dict() == d and TrainerConfig(**d).explore_grid == 0
+    d = TrainerConfig.b2(explore_grid=2).to_dict()
+    assert d["explore_grid"] == 2 and TrainerConfig(**d).explore_grid == 2
+    with pytest.raises(ValueError, match="explore_grid"):
+        TrainerConfig.b2(explore_grid=-1)
