@@ -378,6 +378,22 @@ def _devices(runs: pd.DataFrame | None, study: str) -> str:
     return f"; run on {' and '.join(devices)}" if devices != ["cpu"] and devices else ""
 
 
+def _comparison_rows(c: pd.DataFrame | None, title: str, splits: Sequence[str] | None) -> list[tuple[str, str, str]]:
+    """README rows ``(what, number, verdict)`` of a paired-comparison table (:func:`paired_comparison` per split),
+    keeping ``splits`` (None: all); none if the study has not run."""
+    if c is None:
+        return []
+    rows = []
+    for _, r in (c if splits is None else c[c["split"].isin(splits)]).iterrows():
+        label = EVAL_IMAGE_METRICS.get(r["metric"], r["metric"])
+        what = (
+            f"{title} · {r['template']}, {r['split']} prompts: {label}, {r['a']} − {r['b']} ({r['images']} paired "
+            f"images, {r['seeds_a']} seed{'s' if r['seeds_a'] > 1 else ''})"
+        )
+        rows.append((what, f"{r['a']} {r['mean_a']:.3f} / {r['b']} {r['mean_b']:.3f}", r["verdict"]))
+    return rows
+
+
 def readme_table(results: str | Path) -> str:
     """The README's "paper result -> notebook -> our number" table as markdown, read from the CSVs the notebooks
     wrote under ``results`` (a missing study is reported as not run, never filled in)."""
@@ -397,41 +413,13 @@ def readme_table(results: str | Path) -> str:
             for m, c in choice.items()
         )
         add("Tuning: each method's chosen setting (train-split CLIPScore gain over base, 2 seeds)", "02_tuning", vals)
-    c = read_table(results, "main_comparisons")
-    if c is not None:
-        for _, r in c.iterrows():
-            label = EVAL_IMAGE_METRICS.get(r["metric"], r["metric"])
-            add(
-                f"Main job · {r['template']}, {r['split']} prompts: {label}, {r['a']} − {r['b']} "
-                f"({r['images']} paired images, {r['seeds_a']} seed{'s' if r['seeds_a'] > 1 else ''})",
-                "03_train",
-                f"{r['a']} {r['mean_a']:.3f} / {r['b']} {r['mean_b']:.3f}",
-                r["verdict"],
-            )
-    c = read_table(results, "sparse_comparisons")
-    if c is not None:
-        for _, r in c[c["split"] == "test"].iterrows():
-            label = EVAL_IMAGE_METRICS.get(r["metric"], r["metric"])
-            add(
-                f"Sparse reward (trained on the judge's binary reward) · {r['template']}, test prompts: {label}, "
-                f"{r['a']} − {r['b']} ({r['images']} paired images, {r['seeds_a']} seed"
-                f"{'s' if r['seeds_a'] > 1 else ''})",
-                "11_sparse_reward",
-                f"{r['a']} {r['mean_a']:.3f} / {r['b']} {r['mean_b']:.3f}",
-                r["verdict"],
-            )
-    c = read_table(results, "coarse_comparisons")
-    if c is not None:
-        for _, r in c.iterrows():
-            label = EVAL_IMAGE_METRICS.get(r["metric"], r["metric"])
-            add(
-                f"Coarse recipe (notebook 03 with `recipe=coarse`) · {r['template']}, {r['split']} prompts: {label}, "
-                f"{r['a']} − {r['b']} ({r['images']} paired images, {r['seeds_a']} seed"
-                f"{'s' if r['seeds_a'] > 1 else ''})",
-                "03_train",
-                f"{r['a']} {r['mean_a']:.3f} / {r['b']} {r['mean_b']:.3f}",
-                r["verdict"],
-            )
+    for name, title, nb, splits in (
+        ("main_comparisons", "Main job", "03_train", None),
+        ("sparse_comparisons", "Sparse reward (trained on the judge's binary reward)", "11_sparse_reward", ("test",)),
+        ("coarse_comparisons", "Coarse recipe (notebook 03 with `recipe=coarse`)", "03_train", None),
+    ):
+        for row in _comparison_rows(read_table(results, name), title, splits):
+            add(row[0], nb, *row[1:])
     for name, recipe in (("sign_control", ""), ("coarse_sign_control", ", coarse recipe")):
         t = read_table(results, name)
         if t is None:
@@ -463,17 +451,9 @@ def readme_table(results: str | Path) -> str:
                 f"{max(r['snr_high'], 0) / r['images']:.1e}",
                 "signal resolved" if resolved else "no signal resolved",
             )
-    c = read_table(results, "table1_comparisons")
-    if c is not None:  # Table 1 with paired intervals (deliverable 5 of "RL that learns"); replaces mean ± std rows
-        for _, r in c[c["split"] == "test"].iterrows():
-            label = EVAL_IMAGE_METRICS.get(r["metric"], r["metric"])
-            add(
-                f"Table 1 · {r['template']}, test prompts: {label}, {r['a']} − {r['b']} ({r['images']} paired images, "
-                f"{r['seeds_a']} seed{'s' if r['seeds_a'] > 1 else ''})",
-                "04_templates",
-                f"{r['a']} {r['mean_a']:.3f} / {r['b']} {r['mean_b']:.3f}",
-                r["verdict"],
-            )
+    c = read_table(results, "table1_comparisons")  # Table 1 with paired intervals; replaces the mean ± std rows
+    for row in _comparison_rows(c, "Table 1", ("test",)):
+        add(row[0], "04_templates", *row[1:])
     t = read_table(results, "main_table")
     if t is not None:
         for template in dict.fromkeys(t.index.get_level_values(0)):

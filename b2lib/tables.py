@@ -15,6 +15,26 @@ import pandas as pd
 __all__ = ["TableFormat", "TABLES", "TableFormatError", "write_table", "read_table", "table_path"]
 
 _MEAN_STD = ("reward_mean_mean", "reward_mean_std", "judge_all_ok_mean", "judge_all_ok_std", "n")
+#: paired comparisons (b2lib.report.paired_comparison, one row per template, metric, pair and split)
+_COMPARISONS = (
+    "template",
+    "metric",
+    "a",
+    "b",
+    "mean_a",
+    "mean_b",
+    "diff",
+    "low",
+    "high",
+    "seeds_a",
+    "images",
+    "verdict",
+    "split",
+)
+#: the sign control (b2lib.report.sign_control)
+_SIGN_CONTROL = ("method", "metric", "seeds", "images") + tuple(
+    f"{k}{s}" for k in ("gain", "signal", "drift") for s in ("", "_low", "_high")
+)
 
 
 class TableFormatError(ValueError):
@@ -40,81 +60,25 @@ TABLES: dict[str, TableFormat] = {
     "main_comparisons": TableFormat(
         "main",
         "comparisons.csv",
-        (
-            "template",
-            "metric",
-            "a",
-            "b",
-            "mean_a",
-            "mean_b",
-            "diff",
-            "low",
-            "high",
-            "seeds_a",
-            "images",
-            "verdict",
-            "split",
-        ),
+        _COMPARISONS,
         writer="03_train",
     ),
     "sparse_comparisons": TableFormat(
         "sparse",
         "comparisons.csv",
-        (
-            "template",
-            "metric",
-            "a",
-            "b",
-            "mean_a",
-            "mean_b",
-            "diff",
-            "low",
-            "high",
-            "seeds_a",
-            "images",
-            "verdict",
-            "split",
-        ),
+        _COMPARISONS,
         writer="11_sparse_reward",
     ),
     "coarse_comparisons": TableFormat(
         "coarse",
         "comparisons.csv",
-        (
-            "template",
-            "metric",
-            "a",
-            "b",
-            "mean_a",
-            "mean_b",
-            "diff",
-            "low",
-            "high",
-            "seeds_a",
-            "images",
-            "verdict",
-            "split",
-        ),
+        _COMPARISONS,
         writer="03_train",
     ),
     "table1_comparisons": TableFormat(
         "templates",
         "comparisons.csv",
-        (
-            "template",
-            "metric",
-            "a",
-            "b",
-            "mean_a",
-            "mean_b",
-            "diff",
-            "low",
-            "high",
-            "seeds_a",
-            "images",
-            "verdict",
-            "split",
-        ),
+        _COMPARISONS,
         writer="04_templates",
     ),
     "main_table": TableFormat("templates", "main_table.csv", _MEAN_STD, ("template", "method"), writer="04_templates"),
@@ -135,16 +99,14 @@ TABLES: dict[str, TableFormat] = {
     "sign_control": TableFormat(
         "signal",
         "sign_control.csv",
-        ("method", "metric", "seeds", "images")
-        + tuple(f"{k}{s}" for k in ("gain", "signal", "drift") for s in ("", "_low", "_high")),
+        _SIGN_CONTROL,
         writer="09_learning_vs_drift",
     ),
     # notebook 09 run with the coarse recipe (run_name signal_coarse): the same table in a folder of its own
     "coarse_sign_control": TableFormat(
         "signal_coarse",
         "sign_control.csv",
-        ("method", "metric", "seeds", "images")
-        + tuple(f"{k}{s}" for k in ("gain", "signal", "drift") for s in ("", "_low", "_high")),
+        _SIGN_CONTROL,
         writer="09_learning_vs_drift",
     ),
     "signal_runs": TableFormat(
