@@ -338,7 +338,9 @@ def _run(cfg: RunConfig, acc, out: Path, t0: float, progress: bool) -> RunResult
     device = str(acc.device)
     pipe, reward = load_models(cfg.preset, cfg.model_dir, cfg.clip_dir, device=device)
     text_metric = _text_metric(cfg.preset, device) if (cfg.bertscore and main) else None
-    chain = trainer_config(cfg.preset, "ddpo", **cfg.overrides)  # evaluate with the chain the models are trained on
+    # evaluate with the chain the models are trained on (steps, eta, guidance); a tree's levels are not the chain's
+    chain_fields = {k: v for k, v in cfg.overrides.items() if k not in ("tree", "tree_progressive")}
+    chain = trainer_config(cfg.preset, "ddpo", **chain_fields)
     eval_kwargs = dict(
         judge_fn=judge,
         seed=cfg.eval_seed,

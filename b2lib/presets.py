@@ -12,6 +12,7 @@ Templates are named by what they test; the paper's names are accepted too: ``tem
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +26,7 @@ __all__ = [
     "TEMPLATE_ALIASES",
     "EMBEDDED",
     "EMBEDDED_TUNED",
+    "TUNED_AS",
     "RECIPES",
     "Preset",
     "get_preset",
@@ -45,7 +47,7 @@ TEMPLATE_ALIASES = {
     "template3": "relation",
 }
 #: trainable methods: B²-DiffuRL, the DDPO baseline, and each strategy alone (ablations)
-METHOD_NAMES = ("ddpo", "b2", "progressive", "branch")
+METHOD_NAMES = ("ddpo", "b2", "progressive", "branch", "tree")
 _PAPER_FILES = {"counting": "template1", "binding": "template2", "relation": "template3"}
 _PROMPT_DIR = Path(__file__).parent / "data" / "prompts"
 
@@ -146,7 +148,8 @@ def trainer_config(
         fields: dict = {"mixed_precision": mixed}  # the rest: TrainerConfig's defaults, the reference values
         scale_images = None  # the reference's prompts_per_stage prefixes x its branches
     else:
-        fields = {k: v for k, v in {**EMBEDDED, **EMBEDDED_TUNED.get(method, {})}.items() if k != "images_per_stage"}
+        tuned = EMBEDDED_TUNED.get(TUNED_AS.get(method, method), {})
+        fields = {k: v for k, v in {**EMBEDDED, **tuned}.items() if k != "images_per_stage"}
         scale_images = EMBEDDED["images_per_stage"]
     fields.update(RECIPES[recipe].get(method, {}))
     fields["seed"] = seed
@@ -166,8 +169,22 @@ def method_config(method: str, fields: dict, images_per_stage: int, branches: in
     method (the equal budget): "b2" (both strategies: ``images_per_stage // branches`` prefixes x ``branches``),
     "ddpo" (neither: ``images_per_stage`` independent trajectories), and one strategy alone for the ablations:
     "progressive" (backward progressive training, DDPO's sampling) and "branch" (branch-based sampling and selection
-    over the whole chain). ``fields`` (other ``TrainerConfig`` fields) is shared, so methods differ only where the
-    paper says they do. Pure: no defaults are read here."""
+    over the whole chain); "tree" (a branch tree, ``fields["tree"]`` its levels: ``images_per_stage // leaves``
+    prompts, one tree each; :mod:`b2lib.tree`). ``fields`` (other ``TrainerConfig`` fields) is shared, so methods
+    differ only where the paper says they do. Pure: no defaults are read here."""
+    if method == "tree":
+        if not fields.get("tree"):
+            raise ValueError(
+                "method 'tree' needs its levels: overrides={'tree': [[branch_at, branches], ...], 'window': 1}, "
+                "e.g. [[5, 2], [10, 2]] for a depth-2 tree of 4 leaves per prompt."
+            )
+        leaves = math.prod(int(b) for _, b in fields["tree"])
+        if images_per_stage % leaves:
+            raise ValueError(
+                f"images_per_stage={images_per_stage} must be a multiple of the tree's {leaves} leaves per prompt "
+                "for an equal budget."
+            )
+        return TrainerConfig.b2(**{**fields, "prompts_per_stage": images_per_stage // leaves})
     if method in ("b2", "branch"):
         if images_per_stage % branches:
             raise ValueError(
@@ -214,6 +231,10 @@ EMBEDDED_TUNED: dict[str, dict] = {
     "b2": dict(lr=3e-4, grad_accum=1),
 }
 
+#: Methods without a search of their own that take another method's tuned point: a tree is B² with more levels, so it
+#: gets B²'s step size and steps per stage (the same tuning budget, spent once).
+TUNED_AS: dict[str, str] = {"tree": "b2"}
+
 
 _COARSE_BRANCHED = dict(window=1, explore_grid=2, algorithm="grpo")
 #: Estimator recipes, per method: switches laid over the scale's settings (and its tuned point) before the sizes and
@@ -229,6 +250,7 @@ RECIPES: dict[str, dict[str, dict]] = {
     "coarse": {
         "b2": _COARSE_BRANCHED,
         "branch": _COARSE_BRANCHED,
+        "tree": _COARSE_BRANCHED,
         "ddpo": dict(explore_grid=2),
         "progressive": dict(explore_grid=2),
     },

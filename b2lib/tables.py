@@ -81,6 +81,12 @@ TABLES: dict[str, TableFormat] = {
         _COMPARISONS,
         writer="04_templates",
     ),
+    "trees_comparisons": TableFormat(
+        "trees",
+        "comparisons.csv",
+        _COMPARISONS,
+        writer="12_trees",
+    ),
     "main_table": TableFormat("templates", "main_table.csv", _MEAN_STD, ("template", "method"), writer="04_templates"),
     "generalisation": TableFormat(
         "templates", "generalisation.csv", (), ("template", "method"), header_rows=2, writer="04_templates"

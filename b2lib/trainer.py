@@ -127,6 +127,16 @@ class TrainerConfig:
     # plain sampling only (num_branches == 1): each drawn prompt is sampled this many times independently, so a
     # group-relative update (grpo) has groups without branching; 1 = DDPO's one sample per draw
     samples_per_prompt: int = 1
+    # branch trees (b2lib.tree): None = B²'s one split (or plain sampling); else ((branch_at, branches), ...), one
+    # pair per level: every live node splits into `branches` children at chain index `branch_at` (0 = x_T). Each trained
+    # transition gets a step-specific advantage (its node's value, the mean reward of its leaves, against its
+    # siblings'), normalised per level and prompt; `selection` then keeps B²'s best/worst among siblings (width
+    # pruning). The levels must store equally many steps (`window`, e.g. 1). num_branches, split_start/end and
+    # progressive are not used: the tree fixes where the chain branches.
+    tree: tuple[tuple[int, int], ...] | None = None
+    # backward-progressive depth: the deepest level is trained first and earlier ones open as stages go (B²'s interval
+    # schedule over levels: b2lib.tree.depth_schedule); False trains every level from the first stage
+    tree_progressive: bool = True
     # Weight of the per-step KL (closed form, averaged over latent dims like the log-probs). 0.01 is DPOK's default
     # KL weight and mid-range of Flow-GRPO's beta (0.004-0.04, same mean-over-dims KL): a starting point, not tuned.
     kl_coef: float = 0.01
@@ -146,7 +156,10 @@ class TrainerConfig:
     def __post_init__(self) -> None:
         if self.num_branches < 1:
             raise ValueError(f"num_branches must be >= 1, got {self.num_branches}.")
-        if self.selection and self.num_branches < 2:
+        if self.tree is not None:
+            self.tree = tuple((int(at), int(b)) for at, b in self.tree)
+            self._check_tree()
+        if self.selection and self.num_branches < 2 and self.tree is None:
             raise ValueError("selection compares samples within a branch group: it needs num_branches >= 2.")
         if self.normalization not in ("history", "per_prompt"):
             raise ValueError(f"normalization must be 'history' or 'per_prompt', got {self.normalization!r}.")
@@ -189,15 +202,48 @@ class TrainerConfig:
             return ProgressiveSchedule(self.num_stages, end, end, self.num_steps)
         return ProgressiveSchedule(self.num_stages, self.split_start, end, self.num_steps)
 
+    def _check_tree(self) -> None:
+        from .tree import _check_levels
+
+        levels = _check_levels(self.tree, self.num_steps)
+        ends = [lv.branch_at for lv in levels[1:]] + [self.num_steps]
+        stored = [
+            e - lv.branch_at if self.window is None else min(self.window, e - lv.branch_at)
+            for lv, e in zip(levels, ends)
+        ]
+        if len(set(stored)) > 1:
+            raise ValueError(
+                f"tree={self.tree} with window={self.window} stores {stored} steps per node at its levels; the trained "
+                "levels are stacked into one batch, so they must store the same number: set window to at most "
+                f"{min(e - lv.branch_at for lv, e in zip(levels, ends))} (e.g. window=1)."
+            )
+        if self.samples_per_prompt > 1:
+            raise ValueError("samples_per_prompt is for plain sampling; a tree already groups a prompt's samples.")
+
+    @property
+    def tree_leaves(self) -> int:
+        """Leaves per prompt of the tree (1 without one)."""
+        return math.prod(b for _, b in self.tree) if self.tree is not None else 1
+
+    @property
+    def depth_schedule(self) -> ProgressiveSchedule:
+        """Per stage, how many of the tree's levels are trained, the deepest first (``tree_progressive``), or all."""
+        from .tree import depth_schedule
+
+        if self.tree is None:
+            raise ValueError("depth_schedule needs a tree (TrainerConfig.tree).")
+        depth = len(self.tree)
+        return depth_schedule(self.num_stages, depth, start=1 if self.tree_progressive else depth)
+
     @property
     def images_per_stage(self) -> int:
-        return self.prompts_per_stage * self.num_branches
+        return self.prompts_per_stage * (self.tree_leaves if self.tree is not None else self.num_branches)
 
     def to_dict(self) -> dict:
         """The fields as JSON values. Fields added after run folders were first fingerprinted (:data:`ADDED_FIELDS`)
         are left out while they hold their default, so those folders keep their fingerprint (:mod:`b2lib.rundir`) and
         resume; ``TrainerConfig(**d)`` restores the default."""
-        out = {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(self).items()}
+        out = {k: _json_value(v) for k, v in vars(self).items()}
         for name in ADDED_FIELDS:
             if out.get(name) == getattr(TrainerConfig, name):
                 out.pop(name)
@@ -205,7 +251,11 @@ class TrainerConfig:
 
 
 #: TrainerConfig fields recorded in a run's fingerprint only when set (see :meth:`TrainerConfig.to_dict`)
-ADDED_FIELDS = ("explore_grid",)
+ADDED_FIELDS = ("explore_grid", "tree", "tree_progressive")
+
+
+def _json_value(value):
+    return [_json_value(v) for v in value] if isinstance(value, (tuple, list)) else value
 
 
 class RLTrainer:
@@ -334,6 +384,64 @@ class RLTrainer:
             batches.append(traj)
             rewards.append(scores)
         return Trajectories.cat(batches), torch.cat(rewards)
+
+    def sample_tree_stage(self, stage: int) -> dict:
+        """This stage's trees (one per drawn prompt, ``sample_batch_size`` prompts per batched call) and what the update
+        needs: ``leaves`` (the images, as Trajectories) and their ``rewards``, the trained levels' ``transitions`` with
+        their step-specific advantages ``z`` and the selection mask ``keep``, the trained level indices, and the
+        sampling's UNet rows. Prompts and noise come from the same streams as :meth:`sample_stage`."""
+        from .tree import sample_tree, trained_levels, tree_training_batch
+
+        cfg = self.config
+        levels = trained_levels(cfg.depth_schedule, stage)
+        prompt_gen, noise_gen = self._generator(stage, 0), self._generator(stage, 1)
+        n_prompts = math.ceil(cfg.prompts_per_stage / self.accelerator.num_processes)
+        picks = torch.randint(len(self.prompts), (n_prompts,), generator=prompt_gen).tolist()
+        leaves, rewards, batches, zs, keeps, rows = [], [], [], [], [], 0
+        for start in tqdm(
+            range(0, n_prompts, cfg.sample_batch_size),
+            desc=f"stage {stage} sample tree",
+            leave=False,
+            disable=not cfg.progress or not self.accelerator.is_local_main_process,
+        ):
+            prompts = [self.prompts[i] for i in picks[start : start + cfg.sample_batch_size]]
+            tree = sample_tree(
+                self.pipe,
+                prompts,
+                cfg.tree,
+                num_steps=cfg.num_steps,
+                guidance_scale=cfg.guidance_scale,
+                eta=cfg.eta,
+                generator=noise_gen,
+                window=cfg.window,
+                explore_grid=cfg.explore_grid,
+            )
+            scores = check_reward_output(
+                self.reward_fn(tree.leaves.images, tree.leaves.prompts), len(tree.leaves), "reward_fn"
+            )
+            if not torch.isfinite(scores).all():
+                raise FloatingPointError(
+                    f"reward_fn returned NaN/inf at stage {stage}; "
+                    "the last good state is the previous stage's checkpoint."
+                )
+            batch, z, keep = tree_training_batch(
+                tree, scores, levels, cfg.selection, cfg.pos_threshold, cfg.neg_threshold
+            )
+            leaves.append(tree.leaves)
+            rewards.append(scores)
+            batches.append(batch)
+            zs.append(z)
+            keeps.append(keep)
+            rows += tree.unet_rows
+        return {
+            "leaves": Trajectories.cat(leaves),
+            "rewards": torch.cat(rewards),
+            "transitions": Trajectories.cat(batches),
+            "z": torch.cat(zs),
+            "keep": torch.cat(keeps),
+            "levels": levels,
+            "unet_rows_sample": rows * self.accelerator.num_processes,
+        }
 
     # -------------------------------------------------------------------------------------------------- advantages
     def advantages(self, traj: Trajectories, rewards: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -563,26 +671,39 @@ class RLTrainer:
         stage = self.stage
         if stage >= self.config.num_stages:
             raise ValueError(f"All {self.config.num_stages} stages are done; raise num_stages to train further.")
+        cfg = self.config
         t0 = time.perf_counter()
-        traj, rewards = self.sample_stage(stage)
-        t1 = time.perf_counter()
-        adv, keep = self.advantages(traj, rewards)
-        kept, kept_adv = self._pad_to_global_max(traj.select(keep), adv[keep], traj)
+        if cfg.tree is None:
+            traj, rewards = self.sample_stage(stage)
+            t1 = time.perf_counter()
+            adv, keep = self.advantages(traj, rewards)
+            batch, split_step, extra = traj, self.schedule(stage), {}
+        else:  # a tree: the images are its leaves, the trained rows the nodes of its open levels
+            tree = self.sample_tree_stage(stage)
+            t1 = time.perf_counter()
+            traj, rewards, batch, keep = tree["leaves"], tree["rewards"], tree["transitions"], tree["keep"]
+            adv = weighted_advantages(tree["z"], cfg.adv_clip, cfg.pos_weight, cfg.neg_weight)
+            split_step = cfg.num_steps - cfg.tree[tree["levels"][0]][0]  # steps after the shallowest trained split
+            extra = {"tree_levels": len(tree["levels"])}
+        kept, kept_adv = self._pad_to_global_max(batch.select(keep), adv[keep], batch)
         stats = self.update(kept, kept_adv, stage)
         t2 = time.perf_counter()
         self.images_seen += len(traj) * self.accelerator.num_processes
         cost = unet_rows(
-            self.config,
+            cfg,
             len(traj),
             len(kept),
-            traj.num_steps,
+            batch.num_steps,
             self.accelerator.num_processes,
-            interval=self.schedule(stage),
+            interval=split_step,
         )
+        if cfg.tree is not None:  # the tree counts its own sampling rows (b2lib.tree.tree_unet_rows)
+            cost["unet_rows_sample"] = tree["unet_rows_sample"]
         self.unet_rows_seen += cost["unet_rows_sample"] + cost["unet_rows_train"]
         metrics = {
             "stage": stage,
-            "split_step": self.schedule(stage),
+            "split_step": split_step,
+            **extra,
             "images": len(traj),
             "images_seen": self.images_seen,
             "reward_mean": rewards.mean().item(),
@@ -590,7 +711,7 @@ class RLTrainer:
             "kept": int(keep.sum()),
             "kept_pos": int((keep & (adv > 0)).sum()),
             "kept_neg": int((keep & (adv <= 0)).sum()),
-            "flat_groups": flat_groups(rewards, traj.group_ids) if self.config.num_branches >= 2 else 0,
+            "flat_groups": flat_groups(rewards, traj.group_ids) if cfg.num_branches >= 2 or cfg.tree else 0,
             **cost,
             "unet_rows_seen": self.unet_rows_seen,
             **stats,

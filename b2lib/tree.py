@@ -43,6 +43,8 @@ __all__ = [
     "select_nodes",
     "depth_schedule",
     "trained_levels",
+    "level_transitions",
+    "tree_training_batch",
 ]
 
 
@@ -196,12 +198,14 @@ def node_values(rewards: torch.Tensor, ancestors: torch.Tensor) -> list[torch.Te
 
 
 def tree_advantages(
-    rewards: torch.Tensor, tree_or_ancestors, branches: Sequence[int] | None = None, eps: float = 1e-8
+    rewards: torch.Tensor, tree_or_ancestors, branches: Sequence[int] | None = None, eps: float = 1e-4
 ) -> list[torch.Tensor]:
     """Step-specific advantages: per level, each node's value minus the mean value of its siblings (the children of
-    its parent), divided by the standard deviation of those differences over the level's nodes of the same prompt
-    (population std; 0 where they are all 0). Credit for segment ``k`` therefore comes only from what differs after
-    split ``k``.
+    its parent), divided by ``std + eps``, the population standard deviation of those differences over the level's
+    nodes of the same prompt. Credit for segment ``k`` therefore comes only from what differs after split ``k``.
+    ``eps`` is in reward units, as in :func:`b2lib.advantages.group_relative_advantages` (so a depth-1 tree's
+    advantages are GRPO's within the branch group): siblings that barely differ get advantages shrunk towards 0
+    rather than noise blown up to unit scale, and siblings that agree exactly get 0.
 
     Pass a :class:`TreeSample`, or ``ancestors`` with the levels' ``branches``."""
     if isinstance(tree_or_ancestors, TreeSample):
@@ -219,8 +223,7 @@ def tree_advantages(
         nodes_per_prompt = math.prod(branches[: k + 1])
         by_prompt = diff.view(-1, nodes_per_prompt)
         std = by_prompt.std(dim=1, unbiased=False, keepdim=True)
-        z = torch.where(std > eps, by_prompt / std.clamp_min(eps), torch.zeros_like(by_prompt))
-        out.append(z.flatten().float())
+        out.append((by_prompt / (std + eps)).flatten().float())
     return out
 
 
@@ -248,3 +251,68 @@ def trained_levels(schedule: ProgressiveSchedule, stage: int) -> list[int]:
     """The levels trained at ``stage``: the deepest ``schedule(stage)`` ones (level indices, shallowest first)."""
     depth = schedule.num_steps
     return list(range(depth - schedule(stage), depth))
+
+
+def level_transitions(tree: TreeSample, level: int) -> Trajectories:
+    """Level ``level``'s stored transitions as :class:`~b2lib.sampling.Trajectories`, one row per node: what the
+    trainer's update consumes. A node's embeddings and prompt are its leaves' (all equal); its ``group_ids`` is its
+    parent (siblings share one); its ``images`` is its first leaf's (the update never reads them; kept so the rows
+    select and concatenate like any sample's)."""
+    seg = tree.segments[level]
+    nodes = seg["latents"].shape[0]
+    under = len(tree.leaves) // nodes  # leaves below one node of this level
+    first_leaf = torch.arange(nodes) * under
+    leaves = tree.leaves
+    return Trajectories(
+        latents=seg["latents"],
+        next_latents=seg["next_latents"],
+        timesteps=seg["timesteps"],
+        log_probs=seg["log_probs"],
+        prompt_embeds=leaves.prompt_embeds[first_leaf],
+        negative_prompt_embeds=(
+            leaves.negative_prompt_embeds[first_leaf] if leaves.negative_prompt_embeds is not None else None
+        ),
+        images=leaves.images[first_leaf],
+        group_ids=tree.parents(level),
+        prompts=[leaves.prompts[i] for i in first_leaf.tolist()],
+    )
+
+
+def tree_training_batch(
+    tree: TreeSample,
+    rewards: torch.Tensor,
+    levels: Sequence[int],
+    selection: bool = True,
+    pos_threshold: float = 0.5,
+    neg_threshold: float = -0.5,
+) -> tuple[Trajectories, torch.Tensor, torch.Tensor]:
+    """The trained transitions of ``levels`` (indices, e.g. :func:`trained_levels`), their step-specific advantages
+    (:func:`tree_advantages`) and the mask of rows to train: ``(transitions, z, keep)``, levels in the given order.
+
+    ``selection``: B²'s rule among each node's siblings (:func:`select_nodes`: width pruning); otherwise every node
+    of the trained levels is kept. Levels not listed are not trained (depth pruning, or the levels a progressive
+    depth schedule has not opened yet). The levels must store the same number of steps per node (e.g. a ``window``
+    no longer than the shortest segment), so their rows stack into one batch."""
+    if not levels:
+        raise ValueError("levels is empty: pass at least one level index to train (e.g. trained_levels(...)).")
+    if any(not 0 <= k < tree.depth for k in levels):
+        raise ValueError(f"levels {list(levels)} must be indices of the tree's {tree.depth} levels.")
+    steps = {tree.segments[k]["timesteps"].shape[1] for k in levels}
+    if len(steps) > 1:
+        raise ValueError(
+            f"The trained levels store different numbers of steps per node ({sorted(steps)}): set a window no longer "
+            "than the shortest segment (e.g. window=1, the stochastic step at each branch point only)."
+        )
+    z_all = tree_advantages(rewards, tree)
+    parts, zs, keeps = [], [], []
+    for k in levels:
+        z = z_all[k]
+        parts.append(level_transitions(tree, k))
+        zs.append(z)
+        branches = tree.levels[k].branches
+        keeps.append(
+            select_nodes(z, branches, pos_threshold, neg_threshold)
+            if selection
+            else torch.ones_like(z, dtype=torch.bool)
+        )
+    return Trajectories.cat(parts), torch.cat(zs), torch.cat(keeps)

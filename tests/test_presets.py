@@ -115,3 +115,15 @@ def test_recipe_reaches_the_run_and_the_cli_and_old_fingerprints_stay():
     assert parser().parse_args(["--recipe", "coarse"]).recipe == "coarse"
     with pytest.raises(ValueError, match="recipe"):
         RunConfig(recipe="fine")
+
+
+def test_tree_method_takes_its_levels_from_the_overrides_at_an_equal_image_budget():
+    cfg = trainer_config("embedded", "tree", recipe="coarse", tree=[[5, 2], [10, 2]])
+    assert cfg.tree == ((5, 2), (10, 2)) and cfg.window == 1 and cfg.explore_grid == 2 and cfg.algorithm == "grpo"
+    assert cfg.images_per_stage == trainer_config("embedded", "b2").images_per_stage and cfg.prompts_per_stage == 8
+    b2 = trainer_config("embedded", "b2")
+    assert (cfg.lr, cfg.grad_accum) == (b2.lr, b2.grad_accum)  # B²'s tuned point (presets.TUNED_AS)
+    with pytest.raises(ValueError, match="needs its levels"):
+        trainer_config("embedded", "tree")
+    with pytest.raises(ValueError, match="multiple of the tree"):
+        trainer_config("embedded", "tree", window=1, tree=[[5, 3], [10, 2]])

@@ -411,3 +411,60 @@ def test_fields_added_later_stay_out_of_the_fingerprint_at_their_default():
     assert d["explore_grid"] == 2 and TrainerConfig(**d).explore_grid == 2
     with pytest.raises(ValueError, match="explore_grid"):
         TrainerConfig.b2(explore_grid=-1)
+
+
+def test_depth_one_tree_trains_like_b2_with_group_relative_advantages(make_pipe):
+    """B² is the depth-1 tree: with one level at B²'s branch point, the trainer samples the same images, keeps the same
+    transitions and moves the adapter the same way as B² with group-relative advantages (z within the branch group;
+    the tree divides by the group's std, grpo by std + 1e-4, hence the tolerance)."""
+    common = _small(window=1, algorithm="grpo", num_stages=1, progressive=False, split_start=3, split_end=3)
+    runs = {}
+    for name, cfg in {
+        "b2": TrainerConfig.b2(**common),
+        "tree": TrainerConfig.b2(**common, tree=((3, 3),)),
+    }.items():
+        trainer = B2Trainer(make_pipe(), redness, PROMPTS, cfg)
+        before = _trainable(trainer.pipe)
+        log = trainer.train()
+        runs[name] = (log[0], {n: p - before[n] for n, p in _trainable(trainer.pipe).items()})
+    (b2, db2), (tree, dtree) = runs["b2"], runs["tree"]
+    assert tree["reward_mean"] == b2["reward_mean"] and tree["images"] == b2["images"] == 12
+    assert (tree["kept"], tree["kept_pos"], tree["kept_neg"]) == (b2["kept"], b2["kept_pos"], b2["kept_neg"])
+    assert tree["split_step"] == b2["split_step"] == 3 and tree["tree_levels"] == 1
+    assert tree["unet_rows_sample"] == b2["unet_rows_sample"] and tree["unet_rows_train"] == b2["unet_rows_train"]
+    assert max(d.abs().max().item() for d in db2.values()) > 0
+    for n in db2:
+        torch.testing.assert_close(dtree[n], db2[n], rtol=1e-2, atol=1e-6)
+
+
+def test_tree_trainer_opens_levels_deepest_first_and_counts_its_work(make_pipe):
+    """A depth-2 tree with progressive depth trains its deepest level at the first stage and both at the last; the
+    sampling cost is the tree's node count (b2lib.tree.tree_unet_rows), the training cost the kept nodes."""
+    from b2lib.tree import tree_unet_rows
+
+    cfg = TrainerConfig.b2(
+        **_small(window=1, algorithm="grpo", prompts_per_stage=2, selection=False, tree=((2, 2), (4, 2)))
+    )
+    assert cfg.images_per_stage == 8 and cfg.tree_leaves == 4
+    trainer = B2Trainer(make_pipe(), redness, PROMPTS, cfg)
+    before = _trainable(trainer.pipe)
+    first, last = trainer.train()
+    assert (first["tree_levels"], first["split_step"]) == (1, 2) and (last["tree_levels"], last["split_step"]) == (2, 4)
+    assert first["images"] == 8 and first["kept"] == 8 and last["kept"] == 8 + 4  # no selection: every node trained
+    assert first["unet_rows_sample"] == tree_unet_rows([(2, 2), (4, 2)], 6, prompts=2)["tree"]
+    assert last["unet_rows_train"] == 2 * 12 * 1 * 2  # epochs x kept nodes x stored steps x 2 rows (guided)
+    assert max((p - before[n]).abs().max().item() for n, p in _trainable(trainer.pipe).items()) > 0
+    flat = B2Trainer(make_pipe(), redness, PROMPTS, TrainerConfig(**{**cfg.to_dict(), "tree_progressive": False}))
+    assert flat.train(num_stages=1)[0]["tree_levels"] == 2
+
+
+def test_tree_config_checks_and_fingerprint():
+    cfg = TrainerConfig.b2(**_small(window=1, tree=[[2, 2], [4, 2]]))
+    assert cfg.tree == ((2, 2), (4, 2))
+    d = cfg.to_dict()
+    assert d["tree"] == [[2, 2], [4, 2]] and TrainerConfig(**d).to_dict() == d and TrainerConfig(**d).tree == cfg.tree
+    assert "tree" not in TrainerConfig.b2().to_dict() and "tree_progressive" not in TrainerConfig.b2().to_dict()
+    with pytest.raises(ValueError, match="window"):  # segments of 2 and 3 steps: levels would not stack
+        TrainerConfig.b2(**_small(tree=((1, 2), (3, 2))))
+    with pytest.raises(ValueError, match="increasing"):
+        TrainerConfig.b2(**_small(window=1, tree=((4, 2), (2, 2))))

@@ -69,10 +69,11 @@ def test_node_values_and_advantages_on_a_toy_tree():
     v0, v1 = node_values(rewards, ancestors)
     assert v0.tolist() == [0.5, 0.0] and v1.tolist() == [1.0, 0.0, 0.0, 0.0]
     z0, z1 = tree_advantages(rewards, ancestors, branches=[2, 2])
-    # level 0: values 0.5, 0 against their mean 0.25 -> +-0.25, std 0.25 -> +-1
-    assert z0.tolist() == pytest.approx([1.0, -1.0])
+    # level 0: values 0.5, 0 against their mean 0.25 -> +-0.25, std 0.25 -> +-0.25 / (0.25 + eps), eps = 1e-4
+    assert z0.tolist() == pytest.approx([0.25 / (0.25 + 1e-4), -0.25 / (0.25 + 1e-4)])
     # level 1: siblings (1, 0) -> +-0.5, (0, 0) -> 0, 0; std over the prompt's 4 nodes sqrt(0.125)
-    assert z1.tolist() == pytest.approx([0.5 / 0.125**0.5, -0.5 / 0.125**0.5, 0.0, 0.0])
+    s1 = 0.125**0.5 + 1e-4
+    assert z1.tolist() == pytest.approx([0.5 / s1, -0.5 / s1, 0.0, 0.0])
     # a level whose siblings all agree carries no credit (all zero, not NaN)
     z0, _ = tree_advantages(torch.tensor([1.0, 1.0, 1.0, 1.0]), ancestors, branches=[2, 2])
     assert z0.tolist() == [0.0, 0.0]
@@ -81,7 +82,15 @@ def test_node_values_and_advantages_on_a_toy_tree():
 def test_advantages_are_normalised_per_prompt_and_selection_prunes_width():
     ancestors = torch.tensor([[0], [1], [2], [3]])  # two prompts, one level of 2 (B²)
     z = tree_advantages(torch.tensor([1.0, 0.0, 10.0, 0.0]), ancestors, branches=[2])[0]
-    assert z.tolist() == pytest.approx([1.0, -1.0, 1.0, -1.0])  # the reward's scale per prompt does not matter
+    # the reward's scale per prompt does not matter (beyond eps, in reward units): z = d / (std + eps)
+    assert z.tolist() == pytest.approx([0.5 / 0.5001, -0.5 / 0.5001, 5 / 5.0001, -5 / 5.0001])
+    from b2lib.advantages import group_relative_advantages  # depth 1: GRPO within the branch group
+
+    rewards, groups = torch.tensor([0.3, 0.1, 0.2, 0.9, 0.9, 0.7]), torch.tensor([0, 0, 0, 1, 1, 1])
+    ancestors1 = torch.arange(6)[:, None]
+    torch.testing.assert_close(
+        tree_advantages(rewards, ancestors1, branches=[3])[0], group_relative_advantages(rewards, groups)
+    )
     keep = select_nodes(torch.tensor([1.0, -1.0, 0.2, -0.2]), branches=2)
     assert keep.tolist() == [True, True, False, False]
     with pytest.raises(ValueError, match="branches"):
