@@ -101,10 +101,11 @@ def health_curves(metrics, x: str = "images_seen", hue: str = "method"):
 def sweep_plot(table, x: str = "lr", hue: str = "grad_accum", y: str = "gain", col: str = "method"):
     """The tuning sweep: train-split reward gain over the base model per grid point, one panel per method; points are
     seeds, lines their mean."""
+    dodge = table[hue].nunique() > 1  # seaborn divides the dodge by (hue levels - 1)
     g = sns.catplot(
-        data=table, x=x, y=y, hue=hue, col=col, kind="point", errorbar=None, height=3.0, aspect=1.2, dodge=0.2
+        data=table, x=x, y=y, hue=hue, col=col, kind="point", errorbar=None, height=3.0, aspect=1.2, dodge=0.2 * dodge
     )
-    g.map_dataframe(sns.stripplot, x=x, y=y, hue=hue, dodge=True, alpha=0.5, palette="dark:k")
+    g.map_dataframe(sns.stripplot, x=x, y=y, hue=hue, dodge=dodge, alpha=0.5, palette="dark:k")
     for ax in g.axes.flat:
         ax.axhline(0.0, color="grey", lw=0.8, ls="--")
     g.set_axis_labels(x, "train reward − base (paired)")

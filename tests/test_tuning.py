@@ -42,3 +42,17 @@ def test_choose_takes_the_best_mean_among_fully_run_points():
     )  # one seed only (pruned): not eligible
     best = choose(table, GRID)["b2"]
     assert (best["lr"], best["grad_accum"]) == (1e-3, 4) and abs(best["mean_gain"] - 0.001) < 1e-12
+
+
+def test_sweep_plot_draws_a_grid_with_one_value_of_the_hue():
+    """A search over the learning rate alone (one grad_accum) still plots: seaborn cannot dodge a single hue level."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import pandas as pd
+
+    from b2lib.plots import sweep_plot
+
+    table = pd.DataFrame({"method": "b2", "lr": [1e-4, 3e-4, 1e-4], "grad_accum": 1, "gain": [0.03, 0.01, 0.05]})
+    fig = sweep_plot(table)
+    assert len(fig.axes) == 1
