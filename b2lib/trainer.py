@@ -363,27 +363,36 @@ class RLTrainer:
         )
         for start in bar:
             prompts = [self.prompts[i] for i in picks[start : start + cfg.sample_batch_size]]
-            kwargs = dict(
-                num_steps=cfg.num_steps,
-                guidance_scale=cfg.guidance_scale,
-                eta=cfg.eta,
-                generator=noise_gen,
-                window=cfg.window,
-                explore_grid=cfg.explore_grid,
-            )
+            kwargs = self._chain_kwargs(noise_gen)
             if cfg.num_branches >= 2:
                 traj = sample_branches(self.pipe, prompts, cfg.num_branches, trained_steps, **kwargs)
             else:
                 traj = sample_trajectories(self.pipe, prompts, trained_steps=trained_steps, **kwargs)
-            scores = check_reward_output(self.reward_fn(traj.images, traj.prompts), len(traj), "reward_fn")
-            if not torch.isfinite(scores).all():
-                raise FloatingPointError(
-                    f"reward_fn returned NaN/inf at stage {stage}; "
-                    "the last good state is the previous stage's checkpoint."
-                )
+            scores = self._score(traj.images, traj.prompts, stage)
             batches.append(traj)
             rewards.append(scores)
         return Trajectories.cat(batches), torch.cat(rewards)
+
+    def _chain_kwargs(self, generator: torch.Generator) -> dict:
+        """The sampler settings every stage uses, plain, branched or tree."""
+        cfg = self.config
+        return dict(
+            num_steps=cfg.num_steps,
+            guidance_scale=cfg.guidance_scale,
+            eta=cfg.eta,
+            generator=generator,
+            window=cfg.window,
+            explore_grid=cfg.explore_grid,
+        )
+
+    def _score(self, images: torch.Tensor, prompts: list[str], stage: int) -> torch.Tensor:
+        """``reward_fn`` on a batch, checked: one finite score per image, or an error naming the checkpoint to go on."""
+        scores = check_reward_output(self.reward_fn(images, prompts), len(images), "reward_fn")
+        if not torch.isfinite(scores).all():
+            raise FloatingPointError(
+                f"reward_fn returned NaN/inf at stage {stage}; the last good state is the previous stage's checkpoint."
+            )
+        return scores
 
     def sample_tree_stage(self, stage: int) -> dict:
         """This stage's trees (one per drawn prompt, ``sample_batch_size`` prompts per batched call) and what the update
@@ -405,25 +414,8 @@ class RLTrainer:
             disable=not cfg.progress or not self.accelerator.is_local_main_process,
         ):
             prompts = [self.prompts[i] for i in picks[start : start + cfg.sample_batch_size]]
-            tree = sample_tree(
-                self.pipe,
-                prompts,
-                cfg.tree,
-                num_steps=cfg.num_steps,
-                guidance_scale=cfg.guidance_scale,
-                eta=cfg.eta,
-                generator=noise_gen,
-                window=cfg.window,
-                explore_grid=cfg.explore_grid,
-            )
-            scores = check_reward_output(
-                self.reward_fn(tree.leaves.images, tree.leaves.prompts), len(tree.leaves), "reward_fn"
-            )
-            if not torch.isfinite(scores).all():
-                raise FloatingPointError(
-                    f"reward_fn returned NaN/inf at stage {stage}; "
-                    "the last good state is the previous stage's checkpoint."
-                )
+            tree = sample_tree(self.pipe, prompts, cfg.tree, **self._chain_kwargs(noise_gen))
+            scores = self._score(tree.leaves.images, tree.leaves.prompts, stage)
             batch, z, keep = tree_training_batch(
                 tree, scores, levels, cfg.selection, cfg.pos_threshold, cfg.neg_threshold
             )
