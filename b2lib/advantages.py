@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 __all__ = [
+    "GROUP_EPS",
     "HistoryNormalizer",
     "PerPromptStatTracker",
     "group_ids_of",
@@ -160,7 +161,11 @@ def weighted_advantages(
     return z.clamp(-adv_clip, adv_clip) * torch.where(z > 0, pos_weight, neg_weight)
 
 
-def group_relative_advantages(rewards, group_ids, eps: float = 1e-4) -> torch.Tensor:
+#: GRPO's std floor, in reward units (Flow-GRPO's value), shared by the branch-tree advantages (b2lib.tree)
+GROUP_EPS = 1e-4
+
+
+def group_relative_advantages(rewards, group_ids, eps: float = GROUP_EPS) -> torch.Tensor:
     """GRPO's advantages: each reward standardised within its group, ``(r - mean_g) / (std_g + eps)``.
 
     A group is the set of samples that answer the same question: for B², a branch group (one shared prefix, so the

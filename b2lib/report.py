@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -24,6 +24,10 @@ __all__ = [
     "collect",
     "load_eval_images",
     "paired_comparison",
+    "paired_comparisons",
+    "combine_runs",
+    "combine_metrics",
+    "run_cost",
     "sign_control",
     "run_table",
     "EVAL_IMAGE_METRICS",
@@ -169,6 +173,67 @@ def paired_comparison(
                     }
                 )
     return pd.DataFrame(rows)
+
+
+def paired_comparisons(
+    images: pd.DataFrame, splits: Sequence[str], pairs: Sequence[tuple[str, str]], **kwargs
+) -> pd.DataFrame:
+    """:func:`paired_comparison` on each split, one table with a ``split`` column."""
+    return pd.concat(
+        [paired_comparison(images, split, pairs=pairs, **kwargs).assign(split=split) for split in splits],
+        ignore_index=True,
+    )
+
+
+def combine_runs(
+    folders: Sequence[str | Path], renames: Sequence[Mapping[str, str]] | None = None, tol: float = 1e-5
+) -> pd.DataFrame:
+    """The per-image evaluations of several run folders evaluated alike (same prompts, same noise), as one table:
+    each folder's methods renamed by its mapping in ``renames`` (e.g. ``{"tree": "tree2"}``, or ``{"b2": "b2@coarse"}``
+    for a reference run), the base model's rows kept once.
+
+    Why the check: pairing across folders holds only if every folder's base model saw the same images; a base reward
+    that differs by more than ``tol`` on any image means the evaluations differ, and a ValueError says so."""
+    renames = list(renames) if renames is not None else [{}] * len(folders)
+    if len(renames) != len(folders):
+        raise ValueError(f"{len(folders)} folders but {len(renames)} renames: give one mapping per folder.")
+    frames = []
+    for folder, rename in zip(folders, renames):
+        df = load_eval_images(folder)
+        frames.append(df.assign(method=df["method"].replace(dict(rename))))
+    df = pd.concat(frames, ignore_index=True)
+    base = df[df["method"] == "base"]
+    spread = base.groupby(["template", "split", "image"])["reward"].agg(lambda r: r.max() - r.min())
+    if len(spread) and spread.max() > tol:
+        raise ValueError(
+            f"The base model's rewards differ between {[str(f) for f in folders]} by up to {spread.max():.3g}: "
+            "these runs were not evaluated on the same prompts and noise, so they cannot be paired."
+        )
+    base = base.drop_duplicates(["template", "split", "image"])
+    return pd.concat([base, df[df["method"] != "base"]], ignore_index=True)
+
+
+def combine_metrics(folders: Sequence[str | Path], renames: Sequence[Mapping[str, str]] | None = None) -> pd.DataFrame:
+    """The stage metrics (``metrics.csv``) of several run folders, methods renamed as in :func:`combine_runs`, with
+    each folder's template."""
+    renames = list(renames) if renames is not None else [{}] * len(folders)
+    frames = []
+    for folder, rename in zip(folders, renames):
+        m = pd.read_csv(Path(folder) / "metrics.csv")
+        template = json.loads((Path(folder) / "summary.json").read_text()).get("template")
+        frames.append(m.assign(method=m["method"].replace(dict(rename)), template=template))
+    return pd.concat(frames, ignore_index=True)
+
+
+def run_cost(metrics: pd.DataFrame) -> pd.DataFrame:
+    """Per template and method, the mean over seeds of a run's cost: images generated, sampling and training seconds,
+    samples kept per stage, and UNet rows (sampling + update forwards, ``unet_rows_seen`` at the last stage)."""
+    keys = ["template", "method", "seed"]
+    last = metrics.sort_values("stage").groupby(keys).tail(1).set_index(keys)["unet_rows_seen"].rename("unet_rows")
+    per_run = metrics.groupby(keys).agg(
+        images=("images", "sum"), sample_s=("sample_s", "sum"), train_s=("train_s", "sum"), kept=("kept", "mean")
+    )
+    return per_run.join(last).groupby(["template", "method"]).mean()
 
 
 def sign_control(

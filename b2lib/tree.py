@@ -22,6 +22,7 @@ from typing import Sequence
 import torch
 from diffusers import StableDiffusionPipeline
 
+from .advantages import GROUP_EPS
 from .sampling import (
     Trajectories,
     _prepare,
@@ -198,7 +199,7 @@ def node_values(rewards: torch.Tensor, ancestors: torch.Tensor) -> list[torch.Te
 
 
 def tree_advantages(
-    rewards: torch.Tensor, tree_or_ancestors, branches: Sequence[int] | None = None, eps: float = 1e-4
+    rewards: torch.Tensor, tree_or_ancestors, branches: Sequence[int] | None = None, eps: float = GROUP_EPS
 ) -> list[torch.Tensor]:
     """Step-specific advantages: per level, each node's value minus the mean value of its siblings (the children of
     its parent), divided by ``std + eps``, the population standard deviation of those differences over the level's

@@ -337,3 +337,46 @@ def test_readme_table_sign_control_rows_per_recipe(tmp_path):
     assert len(lines) == 2
     assert "b2, counting" in lines[0] and "| signal resolved |" in lines[0]
     assert "b2, coarse recipe, counting" in lines[1] and "signal not resolved" in lines[1]
+
+
+def _evaluated(folder, method, seed, base, trained, template="counting", split="train"):
+    """A run folder as run_experiment writes it for the readers: eval_images.csv, summary.json, metrics.csv."""
+    _run(folder, 1, method, seed, base, trained)
+    im = pd.read_csv(folder / "eval_images.csv").assign(split=split)
+    im.to_csv(folder / "eval_images.csv", index=False)
+    (folder / "summary.json").write_text(json.dumps({"template": template}))
+    stages = pd.DataFrame(
+        {
+            "method": method,
+            "seed": seed,
+            "stage": [0, 1],
+            "images": 32,
+            "sample_s": [1.0, 2.0],
+            "train_s": 0.5,
+            "kept": [10, 14],
+            "unet_rows_seen": [100, 250],
+            "reward_mean": 0.5,
+        }
+    )
+    stages.to_csv(folder / "metrics.csv", index=False)
+    return folder
+
+
+def test_combine_runs_renames_per_folder_pairs_across_folders_and_refuses_other_evaluations(tmp_path):
+    from b2lib.report import combine_metrics, combine_runs, paired_comparisons, run_cost
+
+    base = np.linspace(0.3, 0.7, len(PROMPTS))
+    a = _evaluated(tmp_path / "a", "tree", 0, base, base + 0.1)
+    b = _evaluated(tmp_path / "b", "b2", 0, base, base + 0.04)
+    images = combine_runs([a, b], [{"tree": "tree2"}, {}])
+    assert sorted(images["method"].unique()) == ["b2", "base", "tree2"]
+    assert (images["method"] == "base").sum() == len(PROMPTS)  # the base rows once
+    c = paired_comparisons(images, ["train"], [("tree2", "base"), ("tree2", "b2")], metrics=("reward",))
+    assert c["diff"].tolist() == pytest.approx([0.1, 0.06]) and (c["split"] == "train").all()
+    other = _evaluated(tmp_path / "other", "b2", 0, base + 0.01, base)
+    with pytest.raises(ValueError, match="cannot be paired"):
+        combine_runs([a, other])
+    metrics = combine_metrics([a, b], [{"tree": "tree2"}, {}])
+    cost = run_cost(metrics)
+    assert cost.loc[("counting", "tree2"), "images"] == 64 and cost.loc[("counting", "tree2"), "unet_rows"] == 250
+    assert cost.loc[("counting", "b2"), "sample_s"] == 3.0 and cost.loc[("counting", "b2"), "kept"] == 12
