@@ -8,6 +8,7 @@ import torch
 from diffusers import StableDiffusionPipeline
 from tqdm.auto import tqdm
 
+from .models import lora_fused
 from .sampling import sample_trajectories
 
 if TYPE_CHECKING:
@@ -26,26 +27,30 @@ def generate(
     seed: int = 0,
     batch_size: int = 32,
     progress: bool = False,
+    fuse_lora: bool = True,
 ) -> torch.Tensor:
     """Images ``(N, 3, H, W)`` in [0, 1] for ``prompts``, with the policy's own sampler (DDIM, eta, CFG).
 
     Batch ``b`` uses a generator seeded ``(seed, b)``, so two models given the same prompts and seed start from the
-    same noise: differences in the images are the models' doing.
+    same noise: differences in the images are the models' doing. A LoRA adapter is folded into the weights while
+    generating (``fuse_lora``, :func:`b2lib.models.lora_fused`): the base model's speed, the same images up to float
+    rounding.
     """
     out = []
     starts = range(0, len(prompts), batch_size)
-    for b, start in enumerate(tqdm(starts, desc="generate", leave=False, disable=not progress)):
-        gen = torch.Generator().manual_seed(seed * 100_003 + b)
-        traj = sample_trajectories(
-            pipe,
-            list(prompts[start : start + batch_size]),
-            num_steps=num_steps,
-            guidance_scale=guidance_scale,
-            eta=eta,
-            generator=gen,
-            trained_steps=1,
-        )
-        out.append(traj.images)
+    with lora_fused(pipe.unet, fuse_lora):
+        for b, start in enumerate(tqdm(starts, desc="generate", leave=False, disable=not progress)):
+            gen = torch.Generator().manual_seed(seed * 100_003 + b)
+            traj = sample_trajectories(
+                pipe,
+                list(prompts[start : start + batch_size]),
+                num_steps=num_steps,
+                guidance_scale=guidance_scale,
+                eta=eta,
+                generator=gen,
+                trained_steps=1,
+            )
+            out.append(traj.images)
     return torch.cat(out)
 
 

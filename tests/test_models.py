@@ -58,3 +58,42 @@ def test_lora_init_seeded_independent_of_global_rng(tiny_pipe):
     a, b, c = lora_a(0, 1), lora_a(0, 1000), lora_a(1, 1)
     assert a and all(torch.equal(x, y) for x, y in zip(a, b))
     assert not all(torch.equal(x, z) for x, z in zip(a, c))
+
+
+def test_lora_fused_same_outputs_and_restores_weights_exactly(tiny_pipe):
+    from b2lib.models import LORA_TARGETS, adapters_disabled, lora_fused
+
+    unet = tiny_pipe.unet
+    add_lora(unet, rank=2, target_modules=LORA_TARGETS["all"], seed=0)
+    torch.manual_seed(0)
+    for n, p in unet.named_parameters():
+        if "lora_B" in n:
+            p.data.normal_(0, 0.05)  # a trained adapter: B != 0, so fusing changes the weights
+    base = {n: p.detach().clone() for n, p in unet.named_parameters() if not p.requires_grad}
+    x, emb = torch.randn(2, 4, 8, 8), torch.randn(2, 16, 32)
+    with torch.no_grad():
+        unfused = unet(x, 10, encoder_hidden_states=emb).sample
+        with adapters_disabled(unet):
+            plain = unet(x, 10, encoder_hidden_states=emb).sample
+        for _ in range(3):  # repeated fuse/restore, as every stage does
+            with lora_fused(unet):
+                fused = unet(x, 10, encoder_hidden_states=emb).sample
+        after = unet(x, 10, encoder_hidden_states=emb).sample
+    assert (unfused - plain).abs().max() > 1e-2 * unfused.abs().max()  # the adapter matters
+    assert (fused - unfused).abs().max() <= 1e-5 * unfused.abs().max()  # float rounding only
+    assert torch.equal(after, unfused)  # unfused again, bit for bit
+    for n, p in unet.named_parameters():
+        if not p.requires_grad:
+            assert torch.equal(p, base[n]), n
+    with pytest.raises(RuntimeError, match="no_grad"):
+        with lora_fused(unet):
+            pass
+
+
+def test_lora_fused_is_a_no_op_without_adapter(tiny_pipe):
+    from b2lib.models import lora_fused
+
+    before = [p.detach().clone() for p in tiny_pipe.unet.parameters()]
+    with lora_fused(tiny_pipe.unet):  # no adapter: nothing to fuse, and no grad-mode requirement
+        pass
+    assert all(torch.equal(a, b) for a, b in zip(before, tiny_pipe.unet.parameters()))
