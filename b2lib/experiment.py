@@ -52,7 +52,9 @@ METHODS = METHOD_NAMES
 DEFAULT_METHODS = ("ddpo", "b2")
 #: RunConfig fields added after run folders were first fingerprinted, with their defaults: a run's settings record
 #: them only when set, so older folders keep their fingerprint and resume (see :meth:`RunConfig.settings`)
-_ADDED_AT_DEFAULT = {"recipe": "paper"}
+_ADDED_AT_DEFAULT = {"recipe": "paper", "budget": "images", "method_overrides": {}}
+#: the method whose ``stages`` define an equal compute budget (``RunConfig.budget="compute"``)
+COMPUTE_REFERENCE = "b2"
 
 
 class ConfigError(ValueError):
@@ -98,6 +100,11 @@ class RunConfig:
     recipe: str = "paper"  # the estimators: "paper" as published, "coarse" (b2lib.presets.RECIPES)
     reward_sign: int = 1  # -1: train on the negated reward (the sign control, b2lib.rewards.Negated); evaluation
     # always scores the real reward, so (gain(+1) - gain(-1)) / 2 is what the update learned and the mean their drift
+    budget: str = "images"  # "images": every method runs `stages` stages of images_per_stage images (the paper's
+    # equal-sample budget); "compute": `stages` is B²'s, and every other method runs the most stages whose UNet work
+    # (b2lib.trainer.nominal_work, forward-equivalents) stays within B²'s (B² trains less per image, so sees more)
+    method_overrides: dict = field(default_factory=dict)  # per method, TrainerConfig fields laid over `overrides`:
+    # each method's own tuned point, e.g. {"b2": {"lr": 1e-4}, "ddpo": {"lr": 3e-4, "timestep_fraction": 0.25}}
 
     def __post_init__(self) -> None:
         problems = self.problems()
@@ -182,39 +189,42 @@ class RunConfig:
             out.append(("device", f"use '' (the preset's), 'cpu' or 'cuda'; got {self.device!r}"))
         elif self.device == "cuda" and not torch.cuda.is_available():
             out.append(("device", "'cuda' but torch sees no GPU: leave it empty to run on the CPU"))
+        if self.budget not in ("images", "compute"):
+            out.append(
+                (
+                    "budget",
+                    f"use 'images' (equal images per method) or 'compute' (equal UNet work); got {self.budget!r}",
+                )
+            )
         if not isinstance(self.overrides, dict):
             out.append(
                 ("overrides", f"must be a dict of TrainerConfig fields, e.g. {{'lr': 3e-4}}; got {self.overrides!r}")
             )
-        elif not out:  # the trainer settings each method would get: only once the rest is sound
-            from .trainer import TrainerConfig
-
-            known = TrainerConfig.__dataclass_fields__
-            unknown = sorted(set(self.overrides) - set(known))
-            for key, value in self.overrides.items():
-                default = known[key].default if key in known else None
-                wrong = (
-                    (isinstance(default, bool) and not isinstance(value, bool))
-                    or (isinstance(default, float) and (isinstance(value, bool) or not isinstance(value, (int, float))))
-                    or (
-                        isinstance(default, int)
-                        and not isinstance(default, bool)
-                        and (isinstance(value, bool) or not isinstance(value, int))
-                    )
-                    or (isinstance(default, str) and not isinstance(value, str))
+        else:
+            out += _field_problems("overrides", self.overrides)
+        if not isinstance(self.method_overrides, dict) or not all(
+            isinstance(v, dict) for v in self.method_overrides.values()
+        ):
+            out.append(
+                (
+                    "method_overrides",
+                    f"must map methods to dicts of TrainerConfig fields, e.g. {{'ddpo': {{'lr': 3e-4}}}}; "
+                    f"got {self.method_overrides!r}",
                 )
-                if wrong:
-                    out.append(
-                        ("overrides", f"{key} must be a {type(default).__name__} like {default!r}; got {value!r}")
-                    )
+            )
+        else:
+            unknown = [m for m in self.method_overrides if m not in METHODS]
             if unknown:
-                out.append(("overrides", f"unknown TrainerConfig field(s) {unknown}"))
-            elif not any(f == "overrides" for f, _ in out):
-                for method in self.methods:
-                    try:
-                        self.trainer_config(method, self.seeds[0])
-                    except (TypeError, ValueError) as err:
-                        out.append(("overrides" if self.overrides else "images_per_stage", f"{method}: {err}"))
+                out.append(("method_overrides", f"unknown method(s) {unknown}; use any of {list(METHODS)}"))
+            for method, fields_ in self.method_overrides.items():
+                out += _field_problems("method_overrides", fields_, f"{method}: ")
+        if not out:  # the trainer settings each method would get: only once the rest is sound
+            for method in self.methods:
+                try:
+                    self.trainer_config(method, self.seeds[0])
+                except (TypeError, ValueError) as err:
+                    culprit = "overrides" if self.overrides or self.method_overrides else "images_per_stage"
+                    out.append((culprit, f"{method}: {err}"))
         return out
 
     def settings(self) -> dict:
@@ -235,21 +245,64 @@ class RunConfig:
 
     def trainer_config(self, method: str, seed: int, **extra):
         """``method``'s trainer settings in this run: the preset's, this run's sizes (0 = the preset's) and
-        ``overrides``, then ``extra`` (e.g. ``progress``). The one place a run turns into trainer settings."""
+        ``overrides`` and ``method_overrides[method]``, then ``extra`` (e.g. ``progress``); under ``budget="compute"``
+        the stage count that equals B²'s work. The one place a run turns into trainer settings."""
+        stages = self.stages
+        if self.budget == "compute" and method != COMPUTE_REFERENCE:
+            stages = self.equal_compute_stages(method)
+        return self._method_config(method, seed, stages, extra)
+
+    def _method_config(self, method: str, seed: int, stages: int, extra: dict):
+        fields_ = {**self.overrides, **self.method_overrides.get(method, {}), **extra}
         return trainer_config(
             self.preset,
             method,
-            stages=self.stages,
+            stages=stages,
             images_per_stage=self.images_per_stage,
             branches=self.branches,
             seed=seed,
             recipe=self.recipe,
-            **{**self.overrides, **extra},
+            **fields_,
         )
+
+    def equal_compute_stages(self, method: str) -> int:
+        """The stages ``method`` runs at B²'s compute (B² at ``stages``, both with their settings in this run): the
+        most whose :func:`~b2lib.trainer.nominal_work` stays within B²'s."""
+        from .trainer import equal_work_stages, nominal_work
+
+        work = nominal_work(self._method_config(COMPUTE_REFERENCE, 0, self.stages, {}))
+        return equal_work_stages(self._method_config(method, 0, 1, {}), work)
 
     def n_per_prompt(self, n_prompts: int) -> int:
         """Eval images per prompt: ``eval_n_per_prompt``, or the fewest that give ``eval_images`` over the prompts."""
         return self.eval_n_per_prompt or max(1, -(-self.eval_images // max(n_prompts, 1)))
+
+
+def _field_problems(name: str, fields_: dict, prefix: str = "") -> list[tuple[str, str]]:
+    """Unknown TrainerConfig fields and values of the wrong type in ``fields_`` (``overrides``, or one method's
+    ``method_overrides``), as ``(name, message)``."""
+    from .trainer import TrainerConfig
+
+    known = TrainerConfig.__dataclass_fields__
+    out = []
+    for key, value in fields_.items():
+        default = known[key].default if key in known else None
+        wrong = (
+            (isinstance(default, bool) and not isinstance(value, bool))
+            or (isinstance(default, float) and (isinstance(value, bool) or not isinstance(value, (int, float))))
+            or (
+                isinstance(default, int)
+                and not isinstance(default, bool)
+                and (isinstance(value, bool) or not isinstance(value, int))
+            )
+            or (isinstance(default, str) and not isinstance(value, str))
+        )
+        if wrong:
+            out.append((name, f"{prefix}{key} must be a {type(default).__name__} like {default!r}; got {value!r}"))
+    unknown = sorted(set(fields_) - set(known))
+    if unknown:
+        out.append((name, f"{prefix}unknown TrainerConfig field(s) {unknown}"))
+    return out
 
 
 @dataclass

@@ -25,6 +25,7 @@ __all__ = [
     "load_eval_images",
     "paired_comparison",
     "paired_comparisons",
+    "reference_pairs",
     "combine_runs",
     "combine_metrics",
     "run_cost",
@@ -183,6 +184,14 @@ def paired_comparisons(
         [paired_comparison(images, split, pairs=pairs, **kwargs).assign(split=split) for split in splits],
         ignore_index=True,
     )
+
+
+def reference_pairs(methods: Sequence[str], reference_methods: Sequence[str], tag: str) -> list[tuple[str, str]]:
+    """The comparisons of a run with a reference run whose methods carry ``tag``: each method against its namesake
+    there, ``(m, m + tag)``, and each of the reference's other methods against each of this run's, ``(r + tag, m)``;
+    e.g. a DDPO-only run against the B² seeds of another folder gives ``("b2@ref", "ddpo")``, B² − DDPO."""
+    pairs = [(m, m + tag) for m in methods if m in reference_methods]
+    return pairs + [(r + tag, m) for r in reference_methods if r not in methods for m in methods]
 
 
 def combine_runs(
@@ -434,6 +443,19 @@ def _recipe_note(study: Path) -> str:
     return ""
 
 
+def _budget_note(run: Path) -> str:
+    """ " (coarse recipe, equal UNet work: b2 120 stages, ddpo 62)" for a run folder: its recipe and budget from
+    ``config.json`` and each method's stage count from ``metrics.csv``. Read from the files, so a rerun updates it."""
+    config, metrics = run / "config.json", run / "metrics.csv"
+    if not config.exists() or not metrics.exists():
+        return ""
+    cfg = json.loads(config.read_text())
+    stages = pd.read_csv(metrics).groupby("method")["stage"].nunique()
+    budget = "equal UNet work" if cfg.get("budget", "images") == "compute" else "equal images"
+    counts = ", ".join(f"{m} {int(stages[m])}" for m in cfg.get("methods", stages.index) if m in stages)
+    return f" ({cfg.get('recipe', 'paper')} recipe, {budget}: stages {counts})"
+
+
 def _devices(runs: pd.DataFrame | None, study: str) -> str:
     """ "; run on cpu and cuda" for a study's runs when they did not all run on the CPU (from notebook 09's
     runs table)."""
@@ -479,7 +501,16 @@ def readme_table(results: str | Path) -> str:
         )
         add("Tuning: each method's chosen setting (train-split CLIPScore gain over base, 2 seeds)", "02_tuning", vals)
     for name, title, nb, splits in (
-        ("main_comparisons", "Main job", "03_train", None),
+        ("main_comparisons", "Main job" + _budget_note(results / "main"), "03_train", None),
+        ("coarse120_comparisons", "B² at 120 stages" + _budget_note(results / "coarse120"), "03_train", None),
+        ("compute_ddpo_comparisons", "DDPO at B²'s compute" + _budget_note(results / "compute_ddpo"), "03_train", None),
+        (
+            "compute_vs_coarse120",
+            "Equal compute: B² (120 stages, `results/coarse120`) vs DDPO (`results/compute_ddpo`)",
+            "03_train",
+            None,
+        ),
+        ("main_paper_comparisons", "Former main job" + _budget_note(results / "main_paper"), "03_train", None),
         ("sparse_comparisons", "Sparse reward (trained on the judge's binary reward)", "11_sparse_reward", ("test",)),
         ("coarse_comparisons", "Coarse recipe (notebook 03 with `recipe=coarse`)", "03_train", None),
     ):

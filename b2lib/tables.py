@@ -63,6 +63,11 @@ TABLES: dict[str, TableFormat] = {
         _COMPARISONS,
         writer="03_train",
     ),
+    "main_paper_comparisons": TableFormat("main_paper", "comparisons.csv", _COMPARISONS, writer="03_train"),
+    "coarse120_comparisons": TableFormat("coarse120", "comparisons.csv", _COMPARISONS, writer="03_train"),
+    "compute_ddpo_comparisons": TableFormat("compute_ddpo", "comparisons.csv", _COMPARISONS, writer="03_train"),
+    # notebook 03's reference cell: this run's DDPO against B²'s seeds in results/coarse120 (reference_run)
+    "compute_vs_coarse120": TableFormat("compute_ddpo", "vs_coarse120.csv", _COMPARISONS, writer="03_train"),
     "sparse_comparisons": TableFormat(
         "sparse",
         "comparisons.csv",

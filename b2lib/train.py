@@ -50,6 +50,17 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--reward-sign", type=int, default=d["reward_sign"], choices=[1, -1])
     p.add_argument("--overrides", default="{}", help="TrainerConfig fields as JSON, e.g. '{\"lr\": 3e-4}'")
     p.add_argument(
+        "--method-overrides",
+        default="{}",
+        help='per method, TrainerConfig fields as JSON, e.g. \'{"ddpo": {"lr": 3e-4}}\'',
+    )
+    p.add_argument(
+        "--budget",
+        default=d["budget"],
+        choices=["images", "compute"],
+        help="equal images per method, or equal UNet work (--stages is B²'s)",
+    )
+    p.add_argument(
         "--no-resume",
         action="store_true",
         help="start over: the output folder's earlier content is moved aside (not deleted)",
@@ -62,13 +73,15 @@ def config_from_args(argv: list[str] | None = None) -> tuple[RunConfig, argparse
     """Parse and validate; exits with a usage error (status 2) naming the flags at fault."""
     p = parser()
     a = p.parse_args(argv)
-    try:
-        overrides = json.loads(a.overrides)
-    except json.JSONDecodeError as err:
-        p.error(
-            f"--overrides: not valid JSON ({err.msg} at character {err.pos}); "
-            'write it like \'{"lr": 3e-4, "grad_accum": 1}\''
-        )
+    parsed = {}
+    for name, example in (
+        ("overrides", '{"lr": 3e-4, "grad_accum": 1}'),
+        ("method_overrides", '{"ddpo": {"lr": 3e-4}}'),
+    ):
+        try:
+            parsed[name] = json.loads(getattr(a, name))
+        except json.JSONDecodeError as err:
+            p.error(f"{flag(name)}: not valid JSON ({err.msg} at character {err.pos}); write it like '{example}'")
     names = {
         "methods",
         "template",
@@ -89,19 +102,20 @@ def config_from_args(argv: list[str] | None = None) -> tuple[RunConfig, argparse
         "recipe",
         "reward_sign",
         "device",
+        "budget",
     }
     kwargs = {n: getattr(a, n) for n in names}
     kwargs.update(
         methods=tuple(a.methods),
         seeds=tuple(a.seeds),
         eval_splits=tuple(a.eval_splits),
-        overrides=overrides,
+        **parsed,
         resume=not a.no_resume,
     )
     try:
         cfg = RunConfig(**kwargs)
     except ConfigError as err:
-        spelled = {f: flag(f) for f in names | {"overrides"}}
+        spelled = {f: flag(f) for f in names | {"overrides", "method_overrides"}}
         p.error("\n" + str(ConfigError(err.problems, spelled)))
     return cfg, a
 

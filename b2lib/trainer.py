@@ -54,6 +54,9 @@ __all__ = [
     "flat_groups",
     "micro_batches",
     "unet_rows",
+    "nominal_work",
+    "equal_work_stages",
+    "TRAIN_ROW_WORK",
     "update_size",
 ]
 
@@ -836,6 +839,43 @@ def unet_rows(
     )
     train = cfg.epochs_per_stage * n_trained * trained_steps_per_sample(trained_steps, cfg.timestep_fraction)
     return {"unet_rows_sample": sample * cfg_rows * processes, "unet_rows_train": train * cfg_rows * processes}
+
+
+#: forward-equivalents of one training row: its forward and its backward (about two forwards)
+TRAIN_ROW_WORK = 3
+
+
+def nominal_work(cfg: TrainerConfig) -> int:
+    """A whole run's UNet work before it runs, in forward-equivalent sample-rows: every stage's sampling rows plus its
+    training rows x :data:`TRAIN_ROW_WORK` (+1 under ``dpok``/``grpo``: the reference model's forward), counting as
+    kept every sample the selection could keep (at most the best and the worst of each branch group).
+
+    Why: an equal *compute* budget (``RunConfig.budget="compute"``) must fix each method's number of stages before
+    training; counting B²'s upper bound of kept samples errs in the other methods' favour. Trees are not covered."""
+    if cfg.tree is not None:
+        raise ValueError("nominal_work does not count trees yet: give tree runs an equal image budget.")
+    images = cfg.images_per_stage
+    branched = cfg.num_branches >= 2
+    n_trained = min(images, 2 * (images // cfg.num_branches)) if branched and cfg.selection else images
+    per_train_row = TRAIN_ROW_WORK + (1 if cfg.algorithm in ("dpok", "grpo") else 0)
+    total = 0
+    for stage in range(cfg.num_stages):
+        interval = cfg.schedule(stage)
+        trained = min(cfg.window, interval) if cfg.window else interval
+        rows = unet_rows(cfg, images, n_trained, trained, interval=interval)
+        total += rows["unet_rows_sample"] + per_train_row * rows["unet_rows_train"]
+    return total
+
+
+def equal_work_stages(cfg: TrainerConfig, work: int) -> int:
+    """The most stages of ``cfg`` (its other settings as they are) whose :func:`nominal_work` stays within ``work``;
+    at least 1."""
+    from dataclasses import replace
+
+    stages = 1
+    while nominal_work(replace(cfg, num_stages=stages + 1)) <= work:
+        stages += 1
+    return stages
 
 
 def update_size(before: Sequence[torch.Tensor], after: Sequence[torch.Tensor]) -> dict[str, float]:

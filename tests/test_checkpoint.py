@@ -177,3 +177,26 @@ def test_non_finite_loss_names_the_last_finite_checkpoint(make_pipe, tmp_path):
     trainer.policy_terms = poisoned
     with pytest.raises(FloatingPointError, match=r"last finite state is .*stage_0001.*'lr': 1e-05"):
         trainer.train(checkpoint_dir=tmp_path)
+
+
+def test_the_committed_main_job_loras_load_in_the_shipped_pipeline_with_stock_diffusers():
+    """What the independent evaluation does with ``results/main``: the shipped pipeline from its folder, stock
+    ``load_lora_weights`` on each committed LoRA, and the adapted UNet is not the base UNet (a trained adapter)."""
+    from diffusers import StableDiffusionPipeline
+
+    from b2lib.paths import REPO_ROOT
+
+    loras = sorted((REPO_ROOT / "results" / "main").glob("*_seed*/lora"))
+    assert {p.parent.name.split("_seed")[0] for p in loras} == {"ddpo", "b2"}
+    pipe = StableDiffusionPipeline.from_pretrained(REPO_ROOT / "b2lib" / "world" / "weights" / "pipeline")
+    unet = pipe.unet
+    x = torch.randn(2, unet.config.in_channels, unet.config.sample_size, unet.config.sample_size)
+    emb = torch.randn(2, 8, unet.config.cross_attention_dim)
+    with torch.no_grad():
+        base = unet(x, 500, encoder_hidden_states=emb).sample
+    for lora in loras:
+        pipe.load_lora_weights(lora, adapter_name=lora.parent.name)
+        with torch.no_grad():
+            adapted = unet(x, 500, encoder_hidden_states=emb).sample
+        assert (adapted - base).abs().max() > 1e-4 * base.abs().max(), lora
+        pipe.unload_lora_weights()

@@ -127,3 +127,45 @@ def test_tree_method_takes_its_levels_from_the_overrides_at_an_equal_image_budge
         trainer_config("embedded", "tree")
     with pytest.raises(ValueError, match="multiple of the tree"):
         trainer_config("embedded", "tree", window=1, tree=[[5, 3], [10, 2]])
+
+
+def _notebook_parameters(name: str) -> dict:
+    """The literal assignments of a notebook's parameters cell (what papermill would replace)."""
+    import ast
+    import json
+
+    from b2lib.paths import REPO_ROOT
+
+    cells = json.loads((REPO_ROOT / "notebooks" / f"{name}.ipynb").read_text())["cells"]
+    cell = next(c for c in cells if "parameters" in c.get("metadata", {}).get("tags", []))
+    tree = ast.parse("".join(cell["source"]))
+    return {n.targets[0].id: ast.literal_eval(n.value) for n in tree.body if isinstance(n, ast.Assign)}
+
+
+def test_main_job_uses_each_methods_recorded_search_at_its_budget():
+    """The main job's tuned points are not typed in by hand: each equals its search's choice (notebook 02 at the main
+    job's budget, chosen on the train-split reward), with the search's fixed settings; DDPO was searched at no more
+    stages than the equal-compute budget gives it."""
+    import json
+
+    from b2lib.paths import REPO_ROOT
+
+    params = _notebook_parameters("03_train")
+    cfg = RunConfig(
+        recipe=params["recipe"],
+        stages=params["stages"],
+        budget=params["budget"],
+        method_overrides=params["method_overrides"],
+    )
+    for method, search in (("b2", "longrun_coarse"), ("ddpo", "longrun_coarse_ddpo")):
+        folder = REPO_ROOT / "results" / search
+        choice = json.loads((folder / "choice.json").read_text())[method]
+        run = json.loads(next((folder / "runs").glob(f"{method}_*/config.json")).read_text())
+        fixed = {k: v for k, v in run["overrides"].items() if k not in choice}  # what the search held fixed
+        point = {k: v for k, v in choice.items() if k != "mean_gain"}
+        assert params["method_overrides"][method] == {**fixed, **point}, method
+        assert run["recipe"] == params["recipe"]
+        tcfg = cfg.trainer_config(method, 0)
+        assert all(getattr(tcfg, k) == v for k, v in {**fixed, **point}.items())
+        assert run["stages"] <= tcfg.num_stages
+    assert cfg.trainer_config("b2", 0).num_stages == params["stages"]

@@ -380,3 +380,15 @@ def test_combine_runs_renames_per_folder_pairs_across_folders_and_refuses_other_
     cost = run_cost(metrics)
     assert cost.loc[("counting", "tree2"), "images"] == 64 and cost.loc[("counting", "tree2"), "unet_rows"] == 250
     assert cost.loc[("counting", "b2"), "sample_s"] == 3.0 and cost.loc[("counting", "b2"), "kept"] == 12
+
+
+def test_reference_pairs_compare_namesakes_and_the_references_other_methods():
+    from b2lib.report import reference_pairs
+
+    assert reference_pairs(["b2"], ["b2"], "@r") == [("b2", "b2@r")]
+    assert reference_pairs(["ddpo"], ["b2"], "@r") == [("b2@r", "ddpo")]
+    assert reference_pairs(["ddpo", "b2"], ["b2", "tree"], "@r") == [
+        ("b2", "b2@r"),
+        ("tree@r", "ddpo"),
+        ("tree@r", "b2"),
+    ]

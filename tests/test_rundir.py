@@ -156,3 +156,40 @@ def test_a_finished_folder_refuses_other_settings_and_a_full_fine_tune_exports_i
     run_experiment(RunConfig(**{**tiny, "template": "binding", "resume": False}), progress=False)
     assert json.loads((tmp_path / "run.json").read_text())["settings"]["run"]["template"] == "binding"
     assert len(list(tmp_path.parent.glob(f"{tmp_path.name}.replaced-*"))) == 1
+
+
+def test_compute_budget_gives_each_method_the_stages_of_b2s_work():
+    from b2lib.trainer import nominal_work
+
+    kw = dict(recipe="coarse", stages=12, method_overrides={"ddpo": {"timestep_fraction": 0.25}, "b2": {"lr": 1e-4}})
+    cfg = RunConfig(budget="compute", **kw)
+    b2, ddpo = cfg.trainer_config("b2", 0), cfg.trainer_config("ddpo", 0)
+    assert b2.num_stages == 12 and b2.lr == 1e-4 and b2.timestep_fraction == 1.0  # overrides stay per method
+    assert ddpo.timestep_fraction == 0.25 and ddpo.lr != 1e-4
+    more = RunConfig(
+        budget="compute",
+        **{**kw, "method_overrides": {"ddpo": {"timestep_fraction": 0.25, "num_stages": ddpo.num_stages + 1}}},
+    )
+    assert nominal_work(ddpo) <= nominal_work(b2) < nominal_work(more.trainer_config("ddpo", 0))
+    # B² samples a shared prefix and trains one step of 2 samples per group, DDPO the whole chain of every image
+    assert 1 <= ddpo.num_stages < 12
+    # the equal-image budget: every method runs `stages`
+    assert RunConfig(**kw).trainer_config("ddpo", 0).num_stages == 12
+    # both fields stay out of the fingerprint at their defaults, and are recorded when set
+    assert "budget" not in RunConfig().settings()["run"] and "method_overrides" not in RunConfig().settings()["run"]
+    assert cfg.settings()["run"]["budget"] == "compute"
+
+
+def test_method_overrides_are_checked():
+    with pytest.raises(ConfigError, match=r"method_overrides: unknown method\(s\) \['ppo'\]"):
+        RunConfig(method_overrides={"ppo": {"lr": 1e-3}})
+    with pytest.raises(ConfigError, match=r"method_overrides: ddpo: lr must be a float"):
+        RunConfig(method_overrides={"ddpo": {"lr": "fast"}})
+    with pytest.raises(ConfigError, match="method_overrides: must map methods to dicts"):
+        RunConfig(method_overrides={"ddpo": 1e-3})
+    with pytest.raises(ConfigError, match="budget: use 'images'"):
+        RunConfig(budget="wall")
+    r = _cli("--budget", "compute", "--method-overrides", "{ddpo: 1}")
+    assert r.returncode == 2 and "--method-overrides: not valid JSON" in r.stderr
+    r = _cli("--method-overrides", '{"ddpo": {"lr_rate": 1}}')
+    assert r.returncode == 2 and "--method-overrides: ddpo: unknown TrainerConfig field(s) ['lr_rate']" in r.stderr

@@ -468,3 +468,35 @@ def test_tree_config_checks_and_fingerprint():
         TrainerConfig.b2(**_small(tree=((1, 2), (3, 2))))
     with pytest.raises(ValueError, match="increasing"):
         TrainerConfig.b2(**_small(window=1, tree=((4, 2), (2, 2))))
+
+
+def test_nominal_work_closed_forms_and_equal_work_stages():
+    from dataclasses import replace
+
+    from b2lib.trainer import TRAIN_ROW_WORK, equal_work_stages, nominal_work
+
+    # DDPO: no branches, no selection; every image's 20 steps sampled (x2 CFG), ceil(0.25 * 20) = 5 trained
+    ddpo = TrainerConfig.ddpo(
+        num_stages=7, prompts_per_stage=32, num_branches=1, num_steps=20, guidance_scale=5.0, timestep_fraction=0.25
+    )
+    assert not ddpo.selection and ddpo.epochs_per_stage == 2
+    per_stage = 32 * 20 * 2 + TRAIN_ROW_WORK * 2 * 32 * 5 * 2
+    assert nominal_work(ddpo) == 7 * per_stage
+    # B² with a one-step window under GRPO: the prefix once per group, the interval once per image; at most the best
+    # and the worst of each of the 8 groups trained, on one step, each row a forward, a backward and a reference forward
+    b2 = TrainerConfig.b2(
+        num_stages=5, prompts_per_stage=8, num_branches=4, num_steps=20, split_start=10, window=1, algorithm="grpo"
+    )
+    expected = 0
+    for stage in range(5):
+        s = b2.schedule(stage)
+        sample = (8 * (20 - s) + 32 * s) * 2
+        expected += sample + (TRAIN_ROW_WORK + 1) * b2.epochs_per_stage * 16 * 1 * 2
+    assert nominal_work(b2) == expected
+    # the equal-work count is the largest that fits
+    budget = nominal_work(b2)
+    n = equal_work_stages(replace(ddpo, num_stages=1), budget)
+    assert nominal_work(replace(ddpo, num_stages=n)) <= budget < nominal_work(replace(ddpo, num_stages=n + 1))
+    assert n == max(1, math.floor(budget / per_stage))
+    with pytest.raises(ValueError, match="trees"):
+        nominal_work(TrainerConfig.b2(tree=((5, 2), (10, 2)), window=1))
