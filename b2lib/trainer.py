@@ -851,9 +851,11 @@ def nominal_work(cfg: TrainerConfig) -> int:
     kept every sample the selection could keep (at most the best and the worst of each branch group).
 
     Why: an equal *compute* budget (``RunConfig.budget="compute"``) must fix each method's number of stages before
-    training; counting B²'s upper bound of kept samples errs in the other methods' favour. Trees are not covered."""
+    training; counting B²'s upper bound of kept samples errs in the other methods' favour. A tree (``cfg.tree``)
+    samples its nodes (:func:`b2lib.tree.tree_unet_rows`) and trains the stored steps of its open levels' nodes, at
+    most the best and the worst of each sibling group under selection."""
     if cfg.tree is not None:
-        raise ValueError("nominal_work does not count trees yet: give tree runs an equal image budget.")
+        return _nominal_tree_work(cfg)
     images = cfg.images_per_stage
     branched = cfg.num_branches >= 2
     n_trained = min(images, 2 * (images // cfg.num_branches)) if branched and cfg.selection else images
@@ -864,6 +866,33 @@ def nominal_work(cfg: TrainerConfig) -> int:
         trained = min(cfg.window, interval) if cfg.window else interval
         rows = unet_rows(cfg, images, n_trained, trained, interval=interval)
         total += rows["unet_rows_sample"] + per_train_row * rows["unet_rows_train"]
+    return total
+
+
+def _nominal_tree_work(cfg: TrainerConfig) -> int:
+    from .tree import _check_levels, trained_levels, tree_unet_rows
+
+    levels = _check_levels(cfg.tree, cfg.num_steps)
+    guided = cfg.guidance_scale > 1.0
+    sample = cfg.prompts_per_stage * tree_unet_rows(levels, cfg.num_steps, guidance=guided)["tree"]
+    ends = [lv.branch_at for lv in levels[1:]] + [cfg.num_steps]
+    stored = [
+        e - lv.branch_at if cfg.window is None else min(cfg.window, e - lv.branch_at) for lv, e in zip(levels, ends)
+    ]
+    nodes, parents = [], 1
+    for lv in levels:  # per prompt: the nodes of each level, and the sibling groups they form
+        kept = parents * lv.branches
+        nodes.append(min(kept, 2 * parents) if cfg.selection else kept)
+        parents *= lv.branches
+    per_train_row = TRAIN_ROW_WORK + (1 if cfg.algorithm in ("dpok", "grpo") else 0)
+    total = 0
+    for stage in range(cfg.num_stages):
+        rows = sum(
+            nodes[k] * trained_steps_per_sample(stored[k], cfg.timestep_fraction)
+            for k in trained_levels(cfg.depth_schedule, stage)
+        )
+        train = cfg.epochs_per_stage * cfg.prompts_per_stage * rows * (2 if guided else 1)
+        total += sample + per_train_row * train
     return total
 
 

@@ -498,5 +498,14 @@ def test_nominal_work_closed_forms_and_equal_work_stages():
     n = equal_work_stages(replace(ddpo, num_stages=1), budget)
     assert nominal_work(replace(ddpo, num_stages=n)) <= budget < nominal_work(replace(ddpo, num_stages=n + 1))
     assert n == max(1, math.floor(budget / per_stage))
-    with pytest.raises(ValueError, match="trees"):
-        nominal_work(TrainerConfig.b2(tree=((5, 2), (10, 2)), window=1))
+    # a depth-1 tree is B² with a fixed branch point: the same work
+    kw = dict(num_stages=3, prompts_per_stage=8, num_steps=20, window=1, algorithm="grpo")
+    tree1 = TrainerConfig.b2(tree=((10, 4),), **kw)
+    fixed = TrainerConfig.b2(progressive=False, split_end=10, num_branches=4, **kw)
+    assert nominal_work(tree1) == nominal_work(fixed)
+    # a depth-2 tree, both levels open: nodes sampled once each; per prompt 2 level-0 nodes (1 group, both kept) and
+    # 4 level-1 nodes (2 groups, at most 2 kept each), one stored step each, two epochs, a guided step 2 rows
+    tree2 = TrainerConfig.b2(tree=((5, 2), (10, 2)), tree_progressive=False, **kw)
+    sample = 8 * (5 + 2 * 5 + 4 * 10) * 2
+    train = 2 * 8 * (2 + 4) * 1 * 2
+    assert nominal_work(tree2) == 3 * (sample + (TRAIN_ROW_WORK + 1) * train)
