@@ -169,3 +169,11 @@ def test_main_job_uses_each_methods_recorded_search_at_its_budget():
         assert all(getattr(tcfg, k) == v for k, v in {**fixed, **point}.items())
         assert run["stages"] <= tcfg.num_stages
     assert cfg.trainer_config("b2", 0).num_stages == params["stages"]
+
+
+def test_table1_runs_the_main_jobs_setup():
+    """Notebook 04 (Table 1 on every template) trains with notebook 03's recipe, budget and tuned points: changing
+    the main job's setup without Table 1's (or the reverse) fails here."""
+    main, table1 = _notebook_parameters("03_train"), _notebook_parameters("04_templates")
+    for name in ("recipe", "stages", "budget", "method_overrides", "images_per_stage", "branches", "eval_images"):
+        assert table1[name] == main[name], name
