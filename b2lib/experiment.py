@@ -82,9 +82,10 @@ class RunConfig:
     clip_dir: str = ""
     run_name: str = "main"
     output_dir: str = ""  # "": results/<run_name> (a temp folder for smoke runs)
+    # evaluation sizes, 0 = the preset's (presets.Preset: embedded and paper 512 images, every prompt; smoke 4 over 2)
     eval_n_per_prompt: int = 0  # images per eval prompt; 0: enough for eval_images (ceil(eval_images / prompts))
-    eval_max_prompts: int = 0  # 0: every prompt of the split; k: a fixed, evenly spaced subset of k
-    eval_images: int = 512  # with eval_n_per_prompt=0: at least this many eval images per model and split
+    eval_max_prompts: int = 0  # k: a fixed, evenly spaced subset of k prompts of the split; 0: the preset's (all)
+    eval_images: int = 0  # with eval_n_per_prompt=0: at least this many eval images per model and split
     eval_seed: int = 1234
     resume: bool = True  # continue from checkpoints found in the output folder
     overrides: dict = field(default_factory=dict)  # extra TrainerConfig fields, e.g. {"lr": 3e-4}
@@ -110,6 +111,10 @@ class RunConfig:
         problems = self.problems()
         if problems:
             raise ConfigError(problems)
+        scale = get_preset(self.preset)
+        for name in ("eval_images", "eval_max_prompts", "eval_n_per_prompt"):  # 0: the preset's (so recorded)
+            if getattr(self, name) == 0:
+                setattr(self, name, getattr(scale, name))
         self.methods = tuple(self.methods)
         self.seeds = tuple(self.seeds)
         self.train_prompts = tuple(self.train_prompts) if self.train_prompts is not None else None
@@ -132,8 +137,8 @@ class RunConfig:
             ("stages", 0, "0 = the preset's default"),
             ("images_per_stage", 0, "0 = the preset's default"),
             ("eval_n_per_prompt", 0, "0 = enough for eval_images"),
-            ("eval_max_prompts", 0, "0 = every prompt"),
-            ("eval_images", 1, ""),
+            ("eval_max_prompts", 0, "0 = the preset's (every prompt)"),
+            ("eval_images", 0, "0 = the preset's"),
             ("grid_prompts", 0, ""),
             ("eval_seed", 0, ""),
         ):
@@ -160,9 +165,7 @@ class RunConfig:
             v = getattr(self, name)
             if not isinstance(v, str):
                 out.append((name, f"must be a folder path or '' (the preset's); got {v!r}"))
-            elif (
-                v and (self.preset == "embedded" or v.startswith(("/", ".", "~"))) and not Path(v).expanduser().is_dir()
-            ):
+            elif v and (self.preset != "paper" or v.startswith(("/", ".", "~"))) and not Path(v).expanduser().is_dir():
                 out.append((name, f"{v!r} does not exist (or is not a folder); '' uses the preset's model"))
         for name in ("resume", "bertscore", "save_lora"):
             if not isinstance(getattr(self, name), bool):
@@ -175,7 +178,7 @@ class RunConfig:
             out.append(("eval_splits", f"use 'test' and/or 'train'; got {self.eval_splits!r}"))
         if self.reward not in ("clip", "judge"):
             out.append(("reward", f"use 'clip' (CLIPScore) or 'judge' (binary, embedded preset); got {self.reward!r}"))
-        elif self.reward == "judge" and self.preset != "embedded":
+        elif self.reward == "judge" and self.preset == "paper":
             out.append(("reward", "'judge' needs the embedded world's programmatic judge: use preset='embedded'"))
         from .presets import RECIPES
 
@@ -316,7 +319,7 @@ class RunResult:
 
 
 def _judge_fn(preset: str):
-    if preset == "embedded":
+    if get_preset(preset).world:
         from .world import judge_batch
 
         return judge_batch
@@ -324,7 +327,7 @@ def _judge_fn(preset: str):
 
 
 def _stage_metric_fn(preset: str):
-    if preset == "embedded":
+    if get_preset(preset).world:
         from .world.evaluation import judge_metrics
 
         return judge_metrics
@@ -336,7 +339,7 @@ def _text_metric(preset: str, device: str):
     """BERTScore for evaluation: the world's captioner + packaged MiniLM (embedded), BLIP + roberta-large (paper)."""
     from .bertscore import BertScore
 
-    if preset == "embedded":
+    if get_preset(preset).world:
         return BertScore.for_world(device=device)
     return BertScore.from_pretrained(device=device)
 

@@ -3,6 +3,13 @@
 * ``"paper"``: Stable Diffusion v1.4 and OpenCLIP ViT-H-14 (laion2B-s32B-b79K) from the hub, the paper's prompt
   templates, the reference hyper-parameters (``TrainerConfig`` defaults), fp16 on GPU.
 * ``"embedded"``: the shape world whose weights ship in ``b2lib/world/weights``, on CPU, in minutes.
+* ``"smoke"``: the embedded world at toy size (:data:`SMOKE`), the same code path in seconds: what the test suite and
+  CI run every notebook at (:mod:`b2lib.notebook`), and ``--preset smoke`` on the command line.
+
+A preset is the one place a scale's defaults live: its models and device (:class:`Preset`), its trainer settings
+(``TrainerConfig``'s defaults for the paper, :data:`EMBEDDED` for the world, with :data:`SMOKE` laid over them) and
+its evaluation sizes. Every entry point (``RunConfig``, the CLI, the studies, the benchmark, the notebooks' smoke
+size) reads them from here, with 0 meaning "the preset's".
 
 Templates are named by what they test; the paper's names are accepted too: ``template1``/``counting`` (the paper's
 "a {animal} {activity}", mirrored in the world by counting), ``template2``/``binding`` ("{colour} {fruit}"),
@@ -25,6 +32,7 @@ __all__ = [
     "PRESETS",
     "TEMPLATE_ALIASES",
     "EMBEDDED",
+    "SMOKE",
     "EMBEDDED_TUNED",
     "TUNED_AS",
     "RECIPES",
@@ -37,7 +45,7 @@ __all__ = [
     "method_config",
 ]
 
-PRESETS = ("embedded", "paper")
+PRESETS = ("embedded", "paper", "smoke")
 TEMPLATE_ALIASES = {
     "counting": "counting",
     "template1": "counting",
@@ -54,12 +62,18 @@ _PROMPT_DIR = Path(__file__).parent / "data" / "prompts"
 
 @dataclass(frozen=True)
 class Preset:
+    """A scale's models, device and evaluation sizes (its trainer settings: :func:`trainer_config`)."""
+
     name: str
     pipeline: str  # hub name or folder ("" = the shipped world weights)
     clip_model: str
     clip_pretrained: str
     device: str
     torch_dtype: torch.dtype
+    world: bool = False  # the embedded world's models, prompts and judge (embedded, smoke)
+    eval_images: int = 512  # per model and split (RunConfig.eval_images = 0)
+    eval_max_prompts: int = 0  # 0: every prompt of the split (RunConfig.eval_max_prompts = 0)
+    eval_n_per_prompt: int = 0  # 0: enough for eval_images (RunConfig.eval_n_per_prompt = 0)
 
 
 def get_preset(name: str) -> Preset:
@@ -73,8 +87,9 @@ def get_preset(name: str) -> Preset:
             "cuda" if cuda else "cpu",
             torch.float16 if cuda else torch.float32,
         )
-    if name == "embedded":
-        return Preset("embedded", "", "b2-world-clip", "", "cpu", torch.float32)
+    if name in ("embedded", "smoke"):
+        sizes = {k: v for k, v in SMOKE.items() if k.startswith("eval_")} if name == "smoke" else {}
+        return Preset(name, "", "b2-world-clip", "", "cpu", torch.float32, world=True, **sizes)
     raise ValueError(f"Unknown preset {name!r}: use one of {PRESETS}.")
 
 
@@ -89,7 +104,7 @@ def load_prompts(preset: str, template: str, split: str = "train") -> list[str]:
     template = canonical_template(template)
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}.")
-    if get_preset(preset).name == "paper":
+    if not get_preset(preset).world:
         return json.loads((_PROMPT_DIR / f"{_PAPER_FILES[template]}_{split}.json").read_text())
     from .world.prompts import split_prompts
 
@@ -103,7 +118,7 @@ def load_models(preset: str, model_dir: str = "", clip_dir: str = "", device: st
     an error that says so."""
     p = get_preset(preset)
     device = device or p.device
-    if p.name == "embedded":
+    if p.world:
         from .world.models import load_clip_score, load_world_pipeline
 
         return load_world_pipeline(model_dir or None, device=device), load_clip_score(clip_dir or None, device=device)
@@ -131,7 +146,8 @@ def trainer_config(
     **overrides,
 ) -> TrainerConfig:
     """The ``TrainerConfig`` of ``method`` at a scale, in three layers, later ones winning: the scale's trainer
-    settings (the paper's reference values, or :data:`EMBEDDED` with the method's tuned point :data:`EMBEDDED_TUNED`),
+    settings (the paper's reference values, or :data:`EMBEDDED` with the method's tuned point :data:`EMBEDDED_TUNED`,
+    and for ``"smoke"`` the toy sizes of :data:`SMOKE` over them),
     the sizes (``stages``, ``images_per_stage``, ``branches``; 0 or None = the scale's), then ``overrides`` (any
     ``TrainerConfig`` field). :func:`method_config` then turns the method's name into its switches. ``recipe`` (a key
     of :data:`RECIPES`) adds the method's estimator switches to the first layer: ``"paper"`` none, ``"coarse"`` coarse
@@ -143,14 +159,16 @@ def trainer_config(
         raise ValueError(f"Unknown method {method!r}: use one of {METHOD_NAMES}.")
     if recipe not in RECIPES:
         raise ValueError(f"Unknown recipe {recipe!r}: use one of {sorted(RECIPES)}.")
-    if get_preset(preset).name == "paper":
-        mixed = "fp16" if get_preset(preset).torch_dtype == torch.float16 else "no"
+    scale = get_preset(preset)
+    if not scale.world:
+        mixed = "fp16" if scale.torch_dtype == torch.float16 else "no"
         fields: dict = {"mixed_precision": mixed}  # the rest: TrainerConfig's defaults, the reference values
         scale_images = None  # the reference's prompts_per_stage prefixes x its branches
     else:
         tuned = EMBEDDED_TUNED.get(TUNED_AS.get(method, method), {})
-        fields = {k: v for k, v in {**EMBEDDED, **tuned}.items() if k != "images_per_stage"}
-        scale_images = EMBEDDED["images_per_stage"]
+        toy = {k: v for k, v in SMOKE.items() if not k.startswith("eval_")} if scale.name == "smoke" else {}
+        fields = {k: v for k, v in {**EMBEDDED, **tuned, **toy}.items() if k != "images_per_stage"}
+        scale_images = toy.get("images_per_stage", EMBEDDED["images_per_stage"])
     fields.update(RECIPES[recipe].get(method, {}))
     fields["seed"] = seed
     if stages:
@@ -221,6 +239,21 @@ EMBEDDED: dict = dict(
     lora_rank=8,
     lora_targets="all",
     history=8,
+)
+
+#: The smoke size: the embedded world's settings with these laid over them (trainer fields, then the evaluation sizes
+#: of :class:`Preset`): a 4-step chain trained from step 2, 2 stages of 8 images, 2 branches, 4 evaluation images over
+#: 2 prompts. The same code path as a real run, in seconds. :data:`b2lib.notebook.SMOKE` (what notebooks run under
+#: the test suite) is derived from it.
+SMOKE: dict = dict(
+    num_stages=2,
+    images_per_stage=8,
+    num_branches=2,
+    num_steps=4,
+    split_start=2,
+    eval_images=4,
+    eval_max_prompts=2,
+    eval_n_per_prompt=2,
 )
 
 #: Per method, the point of the equal-budget search (notebook 02, ``results/tuning/choice.json``) with the highest

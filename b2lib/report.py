@@ -548,7 +548,8 @@ def readme_table(results: str | Path) -> str:
                 "signal resolved" if resolved else "no signal resolved",
             )
     c = read_table(results, "table1_comparisons")  # Table 1 with paired intervals; replaces the mean ± std rows
-    for row in _comparison_rows(c, "Table 1", ("test",)):
+    table1_runs = sorted(f.parent for f in (results / "templates").glob("*/config.json"))  # one folder per template
+    for row in _comparison_rows(c, "Table 1" + (_budget_note(table1_runs[0]) if table1_runs else ""), ("test",)):
         add(row[0], "04_templates", *row[1:])
     t = read_table(results, "main_table")
     if t is not None:

@@ -15,7 +15,7 @@ import json
 from dataclasses import fields
 
 from .experiment import METHODS, ConfigError, RunConfig, run_experiment
-from .presets import RECIPES
+from .presets import PRESETS, RECIPES
 
 _DEFAULTS = {f.name: f.default for f in fields(RunConfig) if f.default is not f.default_factory}
 
@@ -30,14 +30,14 @@ def parser() -> argparse.ArgumentParser:
     d = _DEFAULTS
     p.add_argument("--methods", nargs="+", default=list(d["methods"]), choices=METHODS)
     p.add_argument("--template", default=d["template"])
-    p.add_argument("--preset", default=d["preset"], choices=["embedded", "paper"])
+    p.add_argument("--preset", default=d["preset"], choices=list(PRESETS))
     helps = {
         "stages": "0: the preset's default",
         "images_per_stage": "0: the preset's default",
         "branches": "0: the preset's default",
         "eval_n_per_prompt": "0: enough images per prompt for --eval-images",
-        "eval_max_prompts": "0: every prompt of the split",
-        "eval_images": "evaluation images per model and split",
+        "eval_max_prompts": "a subset of k prompts of the split; 0: the preset's (every prompt; smoke 2)",
+        "eval_images": "evaluation images per model and split; 0: the preset's (512; smoke 4)",
     }
     for name, text in helps.items():
         p.add_argument(flag(name), type=int, default=d[name], help=f"{text} (default {d[name]})")

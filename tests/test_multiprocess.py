@@ -42,21 +42,11 @@ def test_main_job_cli_under_two_processes(tmp_path):
         "b2lib.train",
         "--template",
         "counting",
-        "--stages",
-        "2",
-        "--images-per-stage",
-        "8",
-        "--branches",
-        "2",
-        "--eval-n-per-prompt",
-        "2",
-        "--eval-max-prompts",
-        "2",
+        "--preset",
+        "smoke",  # the embedded world at toy size: every size from presets.SMOKE
         "--output-dir",
         str(tmp_path),
         "--no-progress",
-        "--overrides",
-        '{"num_steps": 4, "split_start": 2}',
     ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -64,6 +54,7 @@ def test_main_job_cli_under_two_processes(tmp_path):
     assert summary["processes"] == 2
     assert summary["code"] is None or len(summary["code"]["commit"]) == 40  # the code that produced the numbers
     assert {r["model"] for r in summary["eval"]} == {"base", "ddpo_seed0", "b2_seed0"}
+    assert {(r["n_images"], r["n_prompts"]) for r in summary["eval"]} == {(4, 2)}  # the smoke preset's evaluation
     assert (tmp_path / "b2_seed0" / "lora" / "pytorch_lora_weights.safetensors").exists()
 
 

@@ -177,3 +177,58 @@ def test_table1_runs_the_main_jobs_setup():
     main, table1 = _notebook_parameters("03_train"), _notebook_parameters("04_templates")
     for name in ("recipe", "stages", "budget", "method_overrides", "images_per_stage", "branches", "eval_images"):
         assert table1[name] == main[name], name
+
+
+def test_smoke_is_a_preset_whose_sizes_reach_every_entry_point(monkeypatch):
+    """The smoke size is set once (``presets.SMOKE``): the smoke preset's trainer and evaluation sizes, the
+    notebooks' smoke parameters and ``--preset smoke`` all read it, and the other presets keep their sizes (512
+    evaluation images, every prompt: what existing run folders recorded, so their fingerprints stay)."""
+    from b2lib import presets
+    from b2lib.notebook import smoke_params
+    from b2lib.train import config_from_args
+
+    tcfg = trainer_config("smoke", "b2")
+    toy = presets.SMOKE
+    assert (tcfg.num_stages, tcfg.num_steps, tcfg.split_start, tcfg.num_branches) == (2, 4, 2, 2)
+    assert tcfg.prompts_per_stage * tcfg.num_branches == toy["images_per_stage"]
+    assert trainer_config("smoke", "b2", lr=0.5).lr == 0.5  # overrides still win
+    assert {k: getattr(tcfg, k) for k in ("lr", "lora_rank")} == {
+        k: getattr(trainer_config("embedded", "b2"), k) for k in ("lr", "lora_rank")
+    }  # everything but the sizes is the embedded world's
+    run = RunConfig(preset="smoke")
+    assert (run.eval_images, run.eval_max_prompts, run.eval_n_per_prompt) == (4, 2, 2)
+    assert RunConfig(preset="smoke", eval_images=8).eval_images == 8
+    assert (RunConfig().eval_images, RunConfig().eval_max_prompts) == (512, 0)
+    assert RunConfig().settings()["run"]["eval_images"] == 512
+    nb = smoke_params()
+    assert (nb["stages"], nb["images_per_stage"], nb["branches"], nb["eval_images"]) == (2, 8, 2, 4)
+
+    monkeypatch.setitem(presets.SMOKE, "num_stages", 3)  # the one line a maintainer would change
+    monkeypatch.setitem(presets.SMOKE, "eval_images", 6)
+    cli, _ = config_from_args(["--preset", "smoke"])
+    assert cli.settings() == RunConfig(preset="smoke").settings()
+    assert cli.trainer_config("ddpo", 0).num_stages == 3 and cli.eval_images == 6
+    assert smoke_params()["stages"] == 3 and smoke_params()["eval_images"] == 6
+    assert trainer_config("smoke", "b2").num_stages == 3
+
+
+def test_committed_run_folders_keep_their_fingerprints():
+    """The settings of notebook 03's committed main job, rebuilt from its parameters, still match the fingerprint its
+    folder recorded: a change of defaults that would make the main job start over fails here."""
+    from b2lib.paths import REPO_ROOT
+    from b2lib.rundir import check_fingerprint
+
+    p = _notebook_parameters("03_train")
+    cfg = RunConfig(
+        methods=("ddpo", "b2"),
+        template=p["template"],
+        preset=p["preset"],
+        stages=p["stages"],
+        seeds=tuple(p["seeds"]),
+        recipe=p["recipe"],
+        budget=p["budget"],
+        method_overrides=p["method_overrides"],
+        eval_images=p["eval_images"],
+        eval_splits=tuple(p["eval_splits"]),
+    )
+    check_fingerprint(REPO_ROOT / "results" / "main", cfg.settings())

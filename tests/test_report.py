@@ -269,6 +269,12 @@ def test_readme_table_table1_rows_replace_mean_std_when_intervals_exist(tmp_path
     assert len(lines) == 1 and "b2 − ddpo (512 paired images, 5 seeds)" in lines[0]
     assert "no difference resolved" in lines[0]
     assert any(x.startswith("| Diversity · binding") for x in readme_table(tmp_path).splitlines())
+    run = tmp_path / "templates" / "binding"  # notebook 04's run folder: the title states its recipe and budget
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"recipe": "coarse", "budget": "compute", "methods": ["ddpo", "b2"]}))
+    pd.DataFrame({"method": ["ddpo"] * 2 + ["b2"] * 3, "stage": [0, 1, 0, 1, 2]}).to_csv(run / "metrics.csv")
+    lines = [x for x in readme_table(tmp_path).splitlines() if x.startswith("| Table 1")]
+    assert lines[0].startswith("| Table 1 (coarse recipe, equal UNet work: stages ddpo 2, b2 3) · binding")
 
 
 def test_readme_table_coarse_recipe_rows(tmp_path):
