@@ -19,7 +19,16 @@ import sys
 from pathlib import Path
 from typing import Any
 
-__all__ = ["RunSettingsError", "RunLockedError", "fingerprint", "check_fingerprint", "move_aside", "RunLock", "flatten"]
+__all__ = [
+    "RunSettingsError",
+    "RunLockedError",
+    "fingerprint",
+    "check_fingerprint",
+    "reuse_problems",
+    "move_aside",
+    "RunLock",
+    "flatten",
+]
 
 FINGERPRINT_FILE = "run.json"
 LOCK_FILE = ".lock"
@@ -85,6 +94,58 @@ def check_fingerprint(folder: str | os.PathLike, settings: dict) -> str:
     tmp.write_text(json.dumps({"fingerprint": digest, "settings": json.loads(_canonical(settings))}, indent=2))
     tmp.replace(path)
     return digest
+
+
+#: run settings that make two folders' evaluations pairable (the same prompts, the same noise, the same reward)
+_EVAL_SETTINGS = (
+    "template",
+    "preset",
+    "reward",
+    "reward_sign",
+    "eval_images",
+    "eval_max_prompts",
+    "eval_n_per_prompt",
+    "eval_seed",
+    "eval_prompts",
+    "train_prompts",
+)
+
+
+def reuse_problems(folders: list[str | os.PathLike], settings: dict) -> list[str]:
+    """Why finished run folders made elsewhere cannot stand in for a run with ``settings`` (empty: they can).
+
+    Why: a study (Table 1) may take a template's models from runs already made with its setup instead of training
+    them again. That holds only if every model it asks for (``settings["trainer"]``: method x seed) is in one of the
+    folders with exactly the trainer settings asked for, every folder is finished, and every folder was evaluated
+    alike (the run settings in ``_EVAL_SETTINGS``), so the models pair image by image. Each problem names the folder
+    and the field."""
+    problems, held = [], set()
+    asked_run, asked = settings["run"], settings["trainer"]
+    for folder in map(Path, folders):
+        path = folder / FINGERPRINT_FILE
+        if not path.exists() or not (folder / "summary.json").exists():
+            problems.append(f"{folder}: not a finished run folder (no {FINGERPRINT_FILE} or summary.json)")
+            continue
+        saved = json.loads(_canonical(json.loads(path.read_text()).get("settings", {})))
+        want = json.loads(_canonical(settings))
+        for key in _EVAL_SETTINGS:
+            if saved["run"].get(key) != want["run"].get(key):
+                problems.append(f"{folder}: run.{key} is {saved['run'].get(key)!r}, asked for {asked_run.get(key)!r}")
+        missing = set(want["run"].get("eval_splits", ["test"])) - set(saved["run"].get("eval_splits", ["test"]))
+        if missing:
+            problems.append(f"{folder}: not evaluated on the split(s) {sorted(missing)}")
+        for model, tcfg in saved.get("trainer", {}).items():
+            if model not in asked:
+                continue
+            old, new = flatten(tcfg), flatten(want["trainer"][model])
+            problems += [
+                f"{folder}: trainer.{model}.{k} is {old.get(k, '(unset)')!r}, asked for {new.get(k, '(unset)')!r}"
+                for k in sorted(set(old) | set(new))
+                if old.get(k) != new.get(k)
+            ]
+            held.add(model)
+    problems += [f"no folder holds {model}" for model in asked if model not in held]
+    return problems
 
 
 def move_aside(folder: str | os.PathLike) -> Path | None:

@@ -193,3 +193,29 @@ def test_method_overrides_are_checked():
     assert r.returncode == 2 and "--method-overrides: not valid JSON" in r.stderr
     r = _cli("--method-overrides", '{"ddpo": {"lr_rate": 1}}')
     assert r.returncode == 2 and "--method-overrides: ddpo: unknown TrainerConfig field(s) ['lr_rate']" in r.stderr
+
+
+def test_reuse_problems_names_every_reason_a_folder_cannot_stand_in(tmp_path):
+    from b2lib.rundir import reuse_problems
+
+    def folder(name, cfg, finished=True):
+        d = tmp_path / name
+        check_fingerprint(d, cfg.settings())
+        if finished:
+            (d / "summary.json").write_text("{}")
+        return d
+
+    asked = RunConfig(methods=("ddpo", "b2"), seeds=(0, 1), stages=3, eval_splits=("test",))
+    b2 = folder("b2", RunConfig(methods=("b2",), seeds=(0, 1), stages=3, eval_splits=("test", "train")))
+    ddpo = folder("ddpo", RunConfig(methods=("ddpo",), seeds=(0, 1), stages=3))
+    assert reuse_problems([b2, ddpo], asked.settings()) == []
+    assert reuse_problems([b2], asked.settings()) == ["no folder holds ddpo_seed0", "no folder holds ddpo_seed1"]
+    lr = folder("lr", RunConfig(methods=("ddpo",), seeds=(0, 1), stages=3, overrides={"lr": 0.5}))
+    assert f"{lr}: trainer.ddpo_seed0.lr is 0.5, asked for" in reuse_problems([b2, lr], asked.settings())[0]
+    noise = folder("noise", RunConfig(methods=("ddpo",), seeds=(0, 1), stages=3, eval_seed=7))
+    assert reuse_problems([b2, noise], asked.settings()) == [f"{noise}: run.eval_seed is 7, asked for 1234"]
+    test_only = folder("test_only", RunConfig(methods=("b2",), seeds=(0, 1), stages=3))
+    both = RunConfig(methods=("ddpo", "b2"), seeds=(0, 1), stages=3, eval_splits=("test", "train"))
+    assert f"{test_only}: not evaluated on the split(s) ['train']" in reuse_problems([test_only, ddpo], both.settings())
+    unfinished = folder("unfinished", RunConfig(methods=("ddpo",), seeds=(0, 1), stages=3), finished=False)
+    assert reuse_problems([b2, unfinished], asked.settings())[0].startswith(f"{unfinished}: not a finished run")
