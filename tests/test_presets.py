@@ -130,52 +130,54 @@ def test_tree_method_takes_its_levels_from_the_overrides_at_an_equal_image_budge
 
 
 def _notebook_parameters(name: str) -> dict:
-    """The literal assignments of a notebook's parameters cell (what papermill would replace)."""
-    import ast
+    """A notebook's parameters as its parameters cell sets them (what papermill would override), the cell executed."""
     import json
 
     from b2lib.paths import REPO_ROOT
 
     cells = json.loads((REPO_ROOT / "notebooks" / f"{name}.ipynb").read_text())["cells"]
     cell = next(c for c in cells if "parameters" in c.get("metadata", {}).get("tags", []))
-    tree = ast.parse("".join(cell["source"]))
-    return {n.targets[0].id: ast.literal_eval(n.value) for n in tree.body if isinstance(n, ast.Assign)}
+    namespace: dict = {}
+    exec("".join(cell["source"]), namespace)
+    return {k: v for k, v in namespace.items() if not k.startswith("__") and k != "MAIN"}
 
 
-def test_main_job_uses_each_methods_recorded_search_at_its_budget():
-    """The main job's tuned points are not typed in by hand: each equals its search's choice (notebook 02 at the main
-    job's budget, chosen on the train-split reward), with the search's fixed settings; DDPO was searched at no more
-    stages than the equal-compute budget gives it."""
+def test_main_setup_is_each_methods_recorded_search_at_its_budget():
+    """The main setup's tuned points are not typed in by hand: each equals its search's choice (notebook 02 at the
+    main job's budget, chosen on the train-split reward), with the search's fixed settings; DDPO was searched at no
+    more stages than the equal-compute budget gives it."""
     import json
 
     from b2lib.paths import REPO_ROOT
+    from b2lib.setups import MAIN
 
-    params = _notebook_parameters("03_train")
-    cfg = RunConfig(
-        recipe=params["recipe"],
-        stages=params["stages"],
-        budget=params["budget"],
-        method_overrides=params["method_overrides"],
-    )
+    cfg = RunConfig(**MAIN)
     for method, search in (("b2", "longrun_coarse"), ("ddpo", "longrun_coarse_ddpo")):
         folder = REPO_ROOT / "results" / search
         choice = json.loads((folder / "choice.json").read_text())[method]
         run = json.loads(next((folder / "runs").glob(f"{method}_*/config.json")).read_text())
         fixed = {k: v for k, v in run["overrides"].items() if k not in choice}  # what the search held fixed
         point = {k: v for k, v in choice.items() if k != "mean_gain"}
-        assert params["method_overrides"][method] == {**fixed, **point}, method
-        assert run["recipe"] == params["recipe"]
+        assert MAIN["method_overrides"][method] == {**fixed, **point}, method
+        assert run["recipe"] == MAIN["recipe"]
         tcfg = cfg.trainer_config(method, 0)
         assert all(getattr(tcfg, k) == v for k, v in {**fixed, **point}.items())
         assert run["stages"] <= tcfg.num_stages
-    assert cfg.trainer_config("b2", 0).num_stages == params["stages"]
+    assert cfg.trainer_config("b2", 0).num_stages == MAIN["stages"]
 
 
-def test_table1_runs_the_main_jobs_setup():
-    """Notebook 04 (Table 1 on every template) trains with notebook 03's recipe, budget and tuned points: changing
-    the main job's setup without Table 1's (or the reverse) fails here."""
+def test_main_job_and_table1_take_the_main_setup(monkeypatch):
+    """Notebooks 03 (the main job) and 04 (Table 1) read their recipe, stages, budget and tuned points from
+    ``b2lib.setups.MAIN``: one line changed there reaches both."""
+    from b2lib import setups
+
+    for name in ("03_train", "04_templates"):
+        params = _notebook_parameters(name)
+        assert {k: params[k] for k in setups.MAIN} == setups.MAIN, name
+    monkeypatch.setitem(setups.MAIN, "stages", 7)
+    assert _notebook_parameters("03_train")["stages"] == _notebook_parameters("04_templates")["stages"] == 7
     main, table1 = _notebook_parameters("03_train"), _notebook_parameters("04_templates")
-    for name in ("recipe", "stages", "budget", "method_overrides", "images_per_stage", "branches", "eval_images"):
+    for name in ("images_per_stage", "branches", "eval_images"):
         assert table1[name] == main[name], name
 
 

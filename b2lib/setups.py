@@ -1,0 +1,28 @@
+"""Named experiment setups: what the studies that compare methods run with, set in one place.
+
+A setup is a recipe, a budget and each method's tuned point, chosen together: the tuned points come from a recorded
+search on the train-split reward at that recipe and budget (notebook 02: ``results/longrun_coarse`` for B²,
+``results/longrun_coarse_ddpo`` for DDPO; a test checks that they equal the searches' choices). Notebooks 03 (the
+main job) and 04 (Table 1) take their defaults from :data:`MAIN` in their parameters cell, so changing the setup here
+changes both (papermill's ``-p`` still overrides any of them for one run).
+
+This module imports nothing heavy: a notebook reads it in its parameters cell, before
+:func:`b2lib.notebook.setup` sets the offline hub.
+"""
+
+from __future__ import annotations
+
+__all__ = ["MAIN"]
+
+#: The main job's setup (fields of :class:`b2lib.experiment.RunConfig`): the coarse recipe, B² for 120 stages of the
+#: embedded preset's 32 images, every other method for the stages of the same UNet work (``budget="compute"``), each
+#: method at its own searched point (``method_overrides``).
+MAIN: dict = dict(
+    recipe="coarse",
+    stages=120,
+    budget="compute",
+    method_overrides={
+        "b2": {"lr": 0.0001, "grad_accum": 1},
+        "ddpo": {"lr": 0.0001, "grad_accum": 1, "timestep_fraction": 0.25},
+    },
+)
