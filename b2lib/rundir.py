@@ -25,6 +25,7 @@ __all__ = [
     "fingerprint",
     "check_fingerprint",
     "reuse_problems",
+    "reusable",
     "move_aside",
     "RunLock",
     "flatten",
@@ -146,6 +147,17 @@ def reuse_problems(folders: list[str | os.PathLike], settings: dict) -> list[str
             held.add(model)
     problems += [f"no folder holds {model}" for model in asked if model not in held]
     return problems
+
+
+def reusable(folders: list[str | os.PathLike], settings: dict) -> list[Path]:
+    """``folders`` as paths when they can stand in for a run with ``settings`` (:func:`reuse_problems`); otherwise a
+    :class:`RunSettingsError` listing every problem."""
+    problems = reuse_problems(folders, settings)
+    if problems:
+        raise RunSettingsError(
+            "These run folders cannot stand in for the run asked for:\n" + "\n".join(f"  {p}" for p in problems)
+        )
+    return [Path(f) for f in folders]
 
 
 def move_aside(folder: str | os.PathLike) -> Path | None:

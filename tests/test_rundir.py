@@ -196,7 +196,7 @@ def test_method_overrides_are_checked():
 
 
 def test_reuse_problems_names_every_reason_a_folder_cannot_stand_in(tmp_path):
-    from b2lib.rundir import reuse_problems
+    from b2lib.rundir import reusable, reuse_problems
 
     def folder(name, cfg, finished=True):
         d = tmp_path / name
@@ -219,3 +219,6 @@ def test_reuse_problems_names_every_reason_a_folder_cannot_stand_in(tmp_path):
     assert f"{test_only}: not evaluated on the split(s) ['train']" in reuse_problems([test_only, ddpo], both.settings())
     unfinished = folder("unfinished", RunConfig(methods=("ddpo",), seeds=(0, 1), stages=3), finished=False)
     assert reuse_problems([b2, unfinished], asked.settings())[0].startswith(f"{unfinished}: not a finished run")
+    assert reusable([b2, ddpo], asked.settings()) == [b2, ddpo]
+    with pytest.raises(RunSettingsError, match="no folder holds ddpo_seed0"):
+        reusable([b2], asked.settings())
