@@ -294,7 +294,7 @@ def curves_grid(
             ax = axes[r, c]
             sns.lineplot(data=data, x=x, y=col, hue=hue, errorbar="sd", ax=ax, legend=(r == 0 and c == 0))
             ax.set_title(f"{value} · {col.replace('_', ' ')}" if value is not None else col, fontsize=9)
-            ax.set_xlabel("images generated")
+            ax.set_xlabel(X_LABELS.get(x, x))
             ax.set_ylabel("")
     fig.tight_layout()
     return fig
@@ -323,7 +323,8 @@ def factor_lines(
     value_col: str = "value",
     metrics: Sequence[str] = ("judge_all_ok", "reward_mean", "clip_diversity"),
 ):
-    """Sensitivity: one panel per (factor, metric), the metric against the factor's values."""
+    """Sensitivity: one panel per (factor, metric), the metric against the factor's values; with several seeds per
+    value, their mean and a bar of one std."""
     import pandas as pd
 
     table = pd.DataFrame(table)
@@ -333,10 +334,12 @@ def factor_lines(
         len(metrics), len(factors), figsize=(3.2 * len(factors), 2.6 * len(metrics)), squeeze=False
     )
     for c, f in enumerate(factors):
-        data = table[table[factor_col] == f].sort_values(value_col)
+        rows = table[table[factor_col] == f].assign(**{value_col: lambda t: t[value_col].astype(float)})
+        data = rows.groupby(value_col)[metrics].agg(["mean", "std"]).sort_index()
         for r, m in enumerate(metrics):
             ax = axes[r, c]
-            ax.plot(data[value_col].astype(float), data[m], marker="o")
+            std = data[(m, "std")].fillna(0.0)
+            ax.errorbar(data.index, data[(m, "mean")], yerr=std, marker="o", capsize=3)
             if r == 0:
                 ax.set_title(f, fontsize=9)
             if c == 0:

@@ -513,6 +513,8 @@ def readme_table(results: str | Path) -> str:
         ("main_paper_comparisons", "Former main job" + _budget_note(results / "main_paper"), "03_train", None),
         ("sparse_comparisons", "Sparse reward (trained on the judge's binary reward)", "11_sparse_reward", ("test",)),
         ("coarse_comparisons", "Coarse recipe (notebook 03 with `recipe=coarse`)", "03_train", None),
+        ("strategy_comparisons", "Strategy ablation (main setup, equal UNet work)", "06_ablations", ("test",)),
+        ("compat_comparisons", "Compatibility (main setup, equal UNet work)", "07_compatibility", ("test",)),
     ):
         for row in _comparison_rows(read_table(results, name), title, splits):
             add(row[0], nb, *row[1:])
@@ -614,12 +616,18 @@ def readme_table(results: str | Path) -> str:
             f"{m} {_ms(t, m, 'reward_mean')}" for m in ("ddpo", "progressive", "branch", "b2") if m in t.index
         )
         add("Ablation: CLIPScore (same order)", "06_ablations", vals)
-    s = read_table(results, "sensitivity")
+    s, note = read_table(results, "sensitivity"), ""
+    if s is None:  # not run with the main setup: the one-seed grid at the former preset
+        s, note = read_table(results, "sensitivity_paper"), " · former preset, `results/ablations_paper`"
     if s is not None:
         for factor, rows in s.groupby("factor", sort=False):
-            vals = ", ".join(f"{v:g}: {j:.3f}" for v, j in zip(rows["value"], rows["judge_all_ok"]))
-            add(f"Sensitivity to {factor} (judge aligned, 1 seed)", "06_ablations", vals)
-    c = read_table(results, "compat")
+            per_value = rows.groupby("value", sort=True)["judge_all_ok"].agg(["mean", "count"])
+            vals = ", ".join(f"{v:g}: {r['mean']:.3f}" for v, r in per_value.iterrows())
+            n = int(per_value["count"].max())
+            add(f"Sensitivity to {factor} (judge aligned, {n} seed{'s' if n > 1 else ''}){note}", "06_ablations", vals)
+    c, folder = read_table(results, "compat"), "compat"
+    if c is None:  # not run with the main setup: the one-seed study at the former preset
+        c, folder = read_table(results, "compat_paper"), "compat_paper"
     if c is not None:
         for algo in dict.fromkeys(c.index.get_level_values(0)):
             if (algo, "ddpo") in c.index and (algo, "b2") in c.index:
@@ -637,7 +645,8 @@ def readme_table(results: str | Path) -> str:
                 n = int(c.loc[(algo, "b2"), "n"])
                 add(
                     f"Compatibility · {algo}: judge aligned ({n} seed{'s' if n > 1 else ''})"
-                    + _recipe_note(results / "compat"),
+                    + _recipe_note(results / folder)
+                    + (" · former preset, `results/compat_paper`" if folder == "compat_paper" else ""),
                     "07_compatibility",
                     vals,
                     verdict if n > 1 else f"{verdict} (1 seed: no spread)",

@@ -72,13 +72,10 @@ def reusable_runs(study: str, template: str, seeds, results: str | Path | None =
 
 
 def strategy_runs(base: RunConfig, out: str | Path, seeds, methods=("ddpo", "progressive", "branch", "b2")):
-    """Neither strategy (DDPO), each strategy alone, both: one run folder per (method, seed)."""
+    """Neither strategy (DDPO), each strategy alone, both: one run folder per method (``out/<method>``) holding every
+    seed, so the base model is evaluated once per folder and folders run in parallel."""
     out = Path(out)
-    return [
-        replace(base, methods=(m,), seeds=(s,), output_dir=str(out / f"{m}_seed{s}"), save_lora=False)
-        for m in methods
-        for s in seeds
-    ]
+    return [replace(base, methods=(m,), seeds=tuple(seeds), output_dir=str(out / m)) for m in methods]
 
 
 def _variant(base: RunConfig, factor: str, value) -> RunConfig:
@@ -122,26 +119,28 @@ def sensitivity_runs(
 def compat_runs(
     base: RunConfig, out: str | Path, seeds, algorithms=("ppo", "dpok", "grpo"), methods=("ddpo", "b2")
 ) -> list[RunConfig]:
-    """Each RL update with and without B²: one run folder per (algorithm, method, seed). GRPO without B² samples
-    each drawn prompt B times independently (its groups), at the same image budget."""
+    """Each RL update with and without B²: one run folder per (algorithm, method), ``out/<algorithm>_<method>``,
+    holding every seed. GRPO without B² samples each drawn prompt B times independently (its groups), at the same
+    image budget (a field of DDPO's own settings, since under an equal-compute budget B²'s settings are read too)."""
     out = Path(out)
     runs = []
     for a in algorithms:
         for m in methods:
-            overrides = {**base.overrides, "algorithm": a}
+            per_method = {k: dict(v) for k, v in base.method_overrides.items()}
             if a == "grpo" and m == "ddpo":  # groups without branching: each drawn prompt sampled B times
-                overrides["samples_per_prompt"] = base.trainer_config("b2", base.seeds[0]).num_branches
-            for s in seeds:
-                runs.append(
-                    replace(
-                        base,
-                        methods=(m,),
-                        seeds=(s,),
-                        overrides=overrides,
-                        output_dir=str(out / f"{a}_{m}_seed{s}"),
-                        save_lora=False,
-                    )
+                groups = base.trainer_config("b2", base.seeds[0]).num_branches
+                per_method["ddpo"] = {**per_method.get("ddpo", {}), "samples_per_prompt": groups}
+            runs.append(
+                replace(
+                    base,
+                    methods=(m,),
+                    seeds=tuple(seeds),
+                    overrides={**base.overrides, "algorithm": a},
+                    method_overrides=per_method,
+                    output_dir=str(out / f"{a}_{m}"),
+                    save_lora=False,
                 )
+            )
     return runs
 
 

@@ -86,6 +86,12 @@ TABLES: dict[str, TableFormat] = {
         _COMPARISONS,
         writer="04_templates",
     ),
+    "strategy_comparisons": TableFormat(
+        "ablations",
+        "strategy_comparisons.csv",
+        _COMPARISONS,
+        writer="06_ablations",
+    ),
     "trees_comparisons": TableFormat(
         "trees",
         "comparisons.csv",
@@ -106,7 +112,16 @@ TABLES: dict[str, TableFormat] = {
     "sensitivity": TableFormat(
         "ablations", "sensitivity.csv", ("factor", "value", "judge_all_ok"), writer="06_ablations"
     ),
+    # notebook 06 at the former preset (one seed per arm and point), kept for its sensitivity grid
+    "sensitivity_paper": TableFormat(
+        "ablations_paper", "sensitivity.csv", ("factor", "value", "judge_all_ok"), writer="06_ablations"
+    ),
     "compat": TableFormat("compat", "compat.csv", _MEAN_STD, ("algorithm", "method"), writer="07_compatibility"),
+    "compat_comparisons": TableFormat("compat", "comparisons.csv", _COMPARISONS, writer="07_compatibility"),
+    # notebook 07 at the former preset (one seed)
+    "compat_paper": TableFormat(
+        "compat_paper", "compat.csv", _MEAN_STD, ("algorithm", "method"), writer="07_compatibility"
+    ),
     "sign_control": TableFormat(
         "signal",
         "sign_control.csv",

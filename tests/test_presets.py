@@ -181,6 +181,24 @@ def test_main_job_and_table1_take_the_main_setup(monkeypatch):
         assert table1[name] == main[name], name
 
 
+def test_the_studies_take_the_main_setup(monkeypatch):
+    """The ablation, compatibility and tree studies (notebooks 06, 07, 12) read the main setup too, and a variant
+    without a search of its own (each strategy alone, a tree) takes B²'s searched point."""
+    from b2lib import setups
+
+    for name in ("06_ablations", "07_compatibility", "12_trees"):
+        params = _notebook_parameters(name)
+        assert {k: params[k] for k in ("recipe", "stages", "budget")} == {
+            k: setups.MAIN[k] for k in ("recipe", "stages", "budget")
+        }, name
+        tuned = params["method_overrides"]
+        assert {m: tuned[m] for m in setups.MAIN["method_overrides"]} == setups.MAIN["method_overrides"], name
+        assert all(tuned[m] == tuned["b2"] for m in set(tuned) - {"ddpo"}), name
+    monkeypatch.setitem(setups.MAIN, "method_overrides", {"b2": {"lr": 0.5}, "ddpo": {"lr": 0.25}})
+    assert _notebook_parameters("06_ablations")["method_overrides"]["branch"] == {"lr": 0.5}
+    assert _notebook_parameters("12_trees")["method_overrides"]["tree"] == {"lr": 0.5}
+
+
 def test_smoke_is_a_preset_whose_sizes_reach_every_entry_point(monkeypatch):
     """The smoke size is set once (``presets.SMOKE``): the smoke preset's trainer and evaluation sizes, the
     notebooks' smoke parameters and ``--preset smoke`` all read it, and the other presets keep their sizes (512

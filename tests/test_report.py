@@ -398,3 +398,35 @@ def test_reference_pairs_compare_namesakes_and_the_references_other_methods():
         ("tree@r", "ddpo"),
         ("tree@r", "b2"),
     ]
+
+
+def test_readme_table_strategy_ablation_rows_carry_intervals(tmp_path):
+    row = dict(
+        template="counting",
+        metric="reward",
+        mean_a=0.8,
+        mean_b=0.78,
+        diff=0.02,
+        low=-0.01,
+        high=0.05,
+        seeds_a=5,
+        images=512,
+        verdict="no difference resolved, +0.020 [-0.010, +0.050]",
+        split="test",
+    )
+    rows = [{**row, "a": a, "b": b} for a, b in (("progressive", "base"), ("b2", "branch"))]
+    write_table(pd.DataFrame(rows), tmp_path / "ablations", "strategy_comparisons")
+    lines = [x for x in readme_table(tmp_path).splitlines() if x.startswith("| Strategy ablation")]
+    assert len(lines) == 2 and "progressive − base" in lines[0] and "b2 − branch" in lines[1]
+    assert all("5 seeds" in x and "no difference resolved" in x for x in lines)
+
+
+def test_readme_table_sensitivity_averages_seeds_and_falls_back_to_the_former_grid(tmp_path):
+    old = pd.DataFrame({"factor": ["branches"] * 2, "value": [2, 4], "judge_all_ok": [0.2, 0.4]})
+    write_table(old, tmp_path / "ablations_paper", "sensitivity_paper")
+    line = next(x for x in readme_table(tmp_path).splitlines() if "Sensitivity to branches" in x)
+    assert "1 seed)" in line and "former preset" in line and "2: 0.200, 4: 0.400" in line
+    new = pd.DataFrame({"factor": ["branches"] * 4, "value": [2, 2, 4, 4], "judge_all_ok": [0.1, 0.3, 0.5, 0.7]})
+    write_table(new, tmp_path / "ablations", "sensitivity")  # the main setup's grid, two seeds: replaces the former
+    line = next(x for x in readme_table(tmp_path).splitlines() if "Sensitivity to branches" in x)
+    assert "2 seeds)" in line and "former" not in line and "2: 0.200, 4: 0.600" in line

@@ -1,5 +1,7 @@
 """Study grids (each variant changes one thing, equal budgets) and the report's tables (closed forms)."""
 
+from pathlib import Path
+
 from b2lib.experiment import RunConfig
 from b2lib.presets import trainer_config
 from b2lib.studies import SENSITIVITY, compat_runs, sensitivity_runs, strategy_runs
@@ -45,14 +47,18 @@ def test_sensitivity_points_change_one_thing_at_equal_budget(tmp_path):
 
 def test_strategy_and_compat_grids(tmp_path):
     s = strategy_runs(RunConfig(), tmp_path, seeds=[0, 1])
-    assert len(s) == 8 and len({c.output_dir for c in s}) == 8 and all(len(c.methods) == 1 for c in s)
+    assert [c.output_dir for c in s] == [str(tmp_path / m) for m in ("ddpo", "progressive", "branch", "b2")]
+    assert all(len(c.methods) == 1 and c.seeds == (0, 1) for c in s)
     configs = {m: trainer_config("embedded", m) for m in ("ddpo", "progressive", "branch", "b2")}
     assert [configs[m].progressive for m in configs] == [False, True, False, True]
     assert [configs[m].num_branches > 1 for m in configs] == [False, False, True, True]
     assert {_images(RunConfig(), m) for m in configs} == {640}
-    c = compat_runs(RunConfig(), tmp_path, seeds=[0], algorithms=("ppo", "grpo"))
+    c = compat_runs(RunConfig(), tmp_path, seeds=[0, 1], algorithms=("ppo", "grpo"))
     assert [x.overrides["algorithm"] for x in c] == ["ppo", "ppo", "grpo", "grpo"]
-    assert [x.overrides.get("samples_per_prompt", 1) for x in c] == [1, 1, 4, 1]  # grpo without B²: groups of B
+    assert [Path(x.output_dir).name for x in c] == ["ppo_ddpo", "ppo_b2", "grpo_ddpo", "grpo_b2"]
+    assert all(x.seeds == (0, 1) for x in c)
+    groups = [x.trainer_config(x.methods[0], 0).samples_per_prompt for x in c]
+    assert groups == [1, 1, 4, 1]  # grpo without B²: groups of B
 
 
 def test_reusable_runs_all_or_nothing(tmp_path, monkeypatch):
