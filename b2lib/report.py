@@ -510,6 +510,13 @@ def readme_table(results: str | Path) -> str:
             "03_train",
             None,
         ),
+        ("images_ddpo_comparisons", "DDPO at B²'s images" + _budget_note(results / "images_ddpo"), "03_train", None),
+        (
+            "images_vs_coarse120",
+            "Equal images: B² (120 stages, `results/coarse120`) vs DDPO (120 stages, `results/images_ddpo`)",
+            "03_train",
+            None,
+        ),
         ("main_paper_comparisons", "Former main job" + _budget_note(results / "main_paper"), "03_train", None),
         ("sparse_comparisons", "Sparse reward (trained on the judge's binary reward)", "11_sparse_reward", ("test",)),
         ("coarse_comparisons", "Coarse recipe (notebook 03 with `recipe=coarse`)", "03_train", None),

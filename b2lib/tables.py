@@ -68,6 +68,9 @@ TABLES: dict[str, TableFormat] = {
     "compute_ddpo_comparisons": TableFormat("compute_ddpo", "comparisons.csv", _COMPARISONS, writer="03_train"),
     # notebook 03's reference cell: this run's DDPO against B²'s seeds in results/coarse120 (reference_run)
     "compute_vs_coarse120": TableFormat("compute_ddpo", "vs_coarse120.csv", _COMPARISONS, writer="03_train"),
+    # DDPO at B²'s images (120 stages, the paper's equal-sample view), and against B²'s seeds in results/coarse120
+    "images_ddpo_comparisons": TableFormat("images_ddpo", "comparisons.csv", _COMPARISONS, writer="03_train"),
+    "images_vs_coarse120": TableFormat("images_ddpo", "vs_coarse120.csv", _COMPARISONS, writer="03_train"),
     "sparse_comparisons": TableFormat(
         "sparse",
         "comparisons.csv",
