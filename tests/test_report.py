@@ -210,7 +210,8 @@ def test_readme_table_snr_rows(tmp_path):
     assert "1 trained step," in lines[1] and "| signal resolved |" in lines[1]
 
 
-def test_readme_table_sparse_reward_rows(tmp_path):
+def _comparison_row(**changes) -> dict:
+    """One row of a paired-comparison table (5 seeds, 512 images), with ``changes`` laid over it."""
     row = dict(
         template="counting",
         metric="judge_all_ok",
@@ -225,6 +226,11 @@ def test_readme_table_sparse_reward_rows(tmp_path):
         images=512,
         verdict="b2 higher, +0.050 [+0.010, +0.090]",
     )
+    return {**row, **changes}
+
+
+def test_readme_table_sparse_reward_rows(tmp_path):
+    row = _comparison_row()
     rows = [{**row, "split": "test"}, {**row, "split": "train"}]
     write_table(pd.DataFrame(rows), tmp_path / "sparse", "sparse_comparisons")
     lines = [x for x in readme_table(tmp_path).splitlines() if x.startswith("| Sparse reward")]
@@ -233,18 +239,14 @@ def test_readme_table_sparse_reward_rows(tmp_path):
 
 
 def test_readme_table_table1_rows_replace_mean_std_when_intervals_exist(tmp_path):
-    row = dict(
+    row = _comparison_row(
         template="binding",
         metric="reward_mean",
-        a="b2",
         b="ddpo",
         mean_a=0.5,
         mean_b=0.45,
-        diff=0.05,
         low=-0.01,
         high=0.11,
-        seeds_a=5,
-        images=512,
         verdict="no difference resolved, +0.050 [-0.010, +0.110]",
     )
     idx = pd.MultiIndex.from_tuples([("binding", m) for m in ("base", "ddpo", "b2")], names=["template", "method"])
@@ -401,16 +403,13 @@ def test_reference_pairs_compare_namesakes_and_the_references_other_methods():
 
 
 def test_readme_table_strategy_ablation_rows_carry_intervals(tmp_path):
-    row = dict(
-        template="counting",
+    row = _comparison_row(
         metric="reward",
         mean_a=0.8,
         mean_b=0.78,
         diff=0.02,
         low=-0.01,
         high=0.05,
-        seeds_a=5,
-        images=512,
         verdict="no difference resolved, +0.020 [-0.010, +0.050]",
         split="test",
     )
