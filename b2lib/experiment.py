@@ -43,6 +43,8 @@ __all__ = [
     "run_experiment",
     "run_many",
     "write_eval_images",
+    "eval_split_prompts",
+    "eval_settings",
     "EVAL_IMAGE_COLUMNS",
     "METHODS",
 ]
@@ -355,6 +357,34 @@ def _save_samples(images: dict, n_per_prompt: int, k: int, path: Path) -> None:
     save_file(tensors, str(path))
 
 
+def eval_split_prompts(cfg: RunConfig) -> dict[str, list[str]]:
+    """The prompts each evaluation split scores (``"test"``, ``"train"``): the run's own lists if it set them, else the
+    template's, cut to ``eval_max_prompts`` evenly spaced ones. One place, so an evaluation added to a finished run
+    (:func:`b2lib.reevaluate.add_eval_split`) scores exactly what the run itself would have."""
+    template = canonical_template(cfg.template)
+    train = list(cfg.train_prompts) if cfg.train_prompts else load_prompts(cfg.preset, template, "train")
+    test = list(cfg.eval_prompts) if cfg.eval_prompts else load_prompts(cfg.preset, template, "test")
+    return {
+        "test": test if cfg.eval_prompts else subset(test, cfg.eval_max_prompts),
+        "train": subset(train, cfg.eval_max_prompts),
+    }
+
+
+def eval_settings(cfg: RunConfig, device: str, bertscore: bool = True) -> dict:
+    """Keyword arguments of :func:`b2lib.evaluate.evaluate_prompts` for ``cfg``'s evaluation: its judge, noise seed,
+    text metric and the chain the models were trained on (steps, eta, guidance; a tree's levels are not the chain's)."""
+    chain_fields = {k: v for k, v in cfg.overrides.items() if k not in ("tree", "tree_progressive")}
+    chain = trainer_config(cfg.preset, "ddpo", **chain_fields)
+    return dict(
+        judge_fn=_judge_fn(cfg.preset),
+        seed=cfg.eval_seed,
+        text_metric=_text_metric(cfg.preset, device) if (cfg.bertscore and bertscore) else None,
+        num_steps=chain.num_steps,
+        guidance_scale=chain.guidance_scale,
+        eta=chain.eta,
+    )
+
+
 def run_experiment(cfg: RunConfig, progress: bool = True, accelerator=None) -> RunResult:
     """Train and evaluate as ``cfg`` says. Under ``accelerate launch`` every process trains (sampling split over
     processes, gradients synchronised); evaluation and files are the main process's job."""
@@ -381,30 +411,13 @@ def _run(cfg: RunConfig, acc, out: Path, t0: float, progress: bool) -> RunResult
     main = acc.is_main_process
     template = canonical_template(cfg.template)
     train_prompts = list(cfg.train_prompts) if cfg.train_prompts else load_prompts(cfg.preset, template, "train")
-    split_prompts = {
-        "test": list(cfg.eval_prompts)
-        if cfg.eval_prompts
-        else subset(load_prompts(cfg.preset, template, "test"), cfg.eval_max_prompts),
-        "train": subset(train_prompts, cfg.eval_max_prompts),
-    }
+    split_prompts = eval_split_prompts(cfg)
     eval_prompts = split_prompts[cfg.eval_splits[0]]
-    judge = _judge_fn(cfg.preset)
     metric_fn = _stage_metric_fn(cfg.preset)
 
     device = str(acc.device)
     pipe, reward = load_models(cfg.preset, cfg.model_dir, cfg.clip_dir, device=device)
-    text_metric = _text_metric(cfg.preset, device) if (cfg.bertscore and main) else None
-    # evaluate with the chain the models are trained on (steps, eta, guidance); a tree's levels are not the chain's
-    chain_fields = {k: v for k, v in cfg.overrides.items() if k not in ("tree", "tree_progressive")}
-    chain = trainer_config(cfg.preset, "ddpo", **chain_fields)
-    eval_kwargs = dict(
-        judge_fn=judge,
-        seed=cfg.eval_seed,
-        text_metric=text_metric,
-        num_steps=chain.num_steps,
-        guidance_scale=chain.guidance_scale,
-        eta=chain.eta,
-    )
+    eval_kwargs = eval_settings(cfg, device, bertscore=cfg.bertscore and main)
     rows, images, per_image = [], {}, []
     n_first = cfg.n_per_prompt(len(eval_prompts))
     eval_batch = [p for p in eval_prompts for _ in range(n_first)]

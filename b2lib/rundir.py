@@ -24,6 +24,7 @@ __all__ = [
     "RunLockedError",
     "fingerprint",
     "check_fingerprint",
+    "record_settings",
     "reuse_problems",
     "reusable",
     "move_aside",
@@ -90,7 +91,17 @@ def check_fingerprint(folder: str | os.PathLike, settings: dict) -> str:
             + "\nFix: use another output folder (run_name / --run-name, output_dir / --output-dir), or start over here "
             "with resume=False (--no-resume): the folder's present content is then moved aside, not deleted."
         )
+    return record_settings(folder, settings)
+
+
+def record_settings(folder: str | os.PathLike, settings: dict) -> str:
+    """Write ``settings`` and their fingerprint to the folder's ``run.json`` (atomically: a crash leaves the old file
+    or the new one). :func:`check_fingerprint` calls it for a new folder; a finished run whose settings grew (an
+    evaluation split added by :func:`b2lib.reevaluate.add_eval_split`) calls it to record what the folder now holds."""
+    folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    path = folder / FINGERPRINT_FILE
+    digest = fingerprint(settings)
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps({"fingerprint": digest, "settings": json.loads(_canonical(settings))}, indent=2))
     tmp.replace(path)
