@@ -23,6 +23,7 @@ import pandas as pd
 
 from .evaluate import evaluate_prompts
 from .experiment import RunConfig, eval_settings, eval_split_prompts, write_eval_images
+from .paths import code_version
 from .presets import load_models
 from .rundir import RunLock, RunSettingsError, check_fingerprint, record_settings
 
@@ -51,7 +52,14 @@ def load_trained(cfg: RunConfig, folder: Path, label: str, device: str = "cpu"):
         return pipe, reward
     lora, unet = folder / label / "lora", folder / label / "unet"
     if lora.is_dir():
-        pipe.load_lora_weights(str(lora))
+        from diffusers.utils import logging as diffusers_logging
+
+        level = diffusers_logging.get_verbosity()
+        diffusers_logging.set_verbosity_error()  # not the notice, per model, that the adapter has no text-encoder part
+        try:
+            pipe.load_lora_weights(str(lora))
+        finally:
+            diffusers_logging.set_verbosity(level)
     elif unet.is_dir():
         from diffusers import UNet2DConditionModel
 
@@ -75,8 +83,8 @@ def add_eval_split(
 ) -> pd.DataFrame:
     """Score every model of the finished run in ``folder`` (the base model and each ``<method>_seed<s>``) on
     ``split`` (``"train"`` or ``"test"``) and add the rows to ``eval.csv``, ``eval_images.csv`` and ``summary.json``;
-    ``config.json`` and ``run.json`` then list the split. Returns the new rows of ``eval.csv`` (empty if the run
-    already had the split).
+    ``config.json`` and ``run.json`` then list the split, and ``summary.json``'s ``added_splits`` records the call
+    (code version, the check below). Returns the new rows of ``eval.csv`` (empty if the run already had the split).
 
     First one trained model is re-scored on the run's first split: if its per-image rewards differ from the stored
     ones by more than ``check_tol`` (the loaded model is not the one the run evaluated), nothing is written and a
@@ -100,6 +108,7 @@ def add_eval_split(
         kwargs = eval_settings(cfg, device, bertscore=cfg.bertscore)
 
         trained = models[models["model"] != "base"]
+        check = {}
         if len(trained):  # the saved model must be the evaluated one
             label = trained["model"].iloc[0]
             table, _ = _score(cfg, folder, label, first, prompts[first], kwargs, device)
@@ -111,6 +120,7 @@ def add_eval_split(
                     f"evaluation by up to {gap:.3g} in reward (tolerance {check_tol}); the saved model or the "
                     "evaluation code is not what the run used, so no rows were added."
                 )
+            check = {"model": label, "split": first, "max_reward_gap": gap}
 
         rows, tables = [], []
         for model, method, seed in tqdm(
@@ -127,6 +137,7 @@ def add_eval_split(
         summary_path = folder / "summary.json"
         summary = json.loads(summary_path.read_text())
         summary["eval"] = summary.get("eval", []) + json.loads(new.to_json(orient="records"))
+        summary.setdefault("added_splits", []).append({"split": split, "code": code_version(), "check": check})
         summary_path.write_text(json.dumps(summary, indent=2, default=str))
         grown = replace(cfg, eval_splits=(*cfg.eval_splits, split))
         config = json.loads((folder / "config.json").read_text())

@@ -32,6 +32,7 @@ __all__ = [
     "sign_control",
     "run_table",
     "EVAL_IMAGE_METRICS",
+    "generalisation_rows",
     "mean_std",
     "format_mean_std",
     "load_samples",
@@ -481,6 +482,49 @@ def _comparison_rows(c: pd.DataFrame | None, title: str, splits: Sequence[str] |
     return rows
 
 
+def generalisation_rows(c: pd.DataFrame | None) -> list[tuple[str, str, str]]:
+    """README rows ``(what, number, verdict)``: each method's paired gain over the base model on the training prompts
+    next to its gain on the held-out (test) prompts, per template and metric, from Table 1's comparisons evaluated on
+    both splits (notebook 04 with ``eval_splits: [test, train]``). None if the train split was not evaluated.
+
+    Why this form: the two splits are different images, so the gains are not paired with each other; each carries its
+    own interval. A gain resolved on both says it carries over to prompts not seen in training; on train only, that it
+    may not."""
+    if c is None or "train" not in set(c["split"]):
+        return []
+    rows = []
+    vs_base = c[(c["b"] == "base") & c["split"].isin(["train", "test"])]
+    for (template, metric), g in vs_base.groupby(["template", "metric"], sort=False):
+        parts, verdicts = [], []
+        for method in dict.fromkeys(g["a"]):
+            by = g[g["a"] == method].set_index("split")
+            if not {"train", "test"} <= set(by.index):
+                continue
+            tr, te = by.loc["train"], by.loc["test"]
+            parts.append(
+                f"{method} train {tr['diff']:+.3f} [{tr['low']:+.3f}, {tr['high']:+.3f}] · test {te['diff']:+.3f} "
+                f"[{te['low']:+.3f}, {te['high']:+.3f}]"
+            )
+            up_tr, up_te = tr["low"] > 0, te["low"] > 0
+            verdicts.append(
+                f"{method}: "
+                + (
+                    "gain on both"
+                    if up_tr and up_te
+                    else "gain on train prompts only"
+                    if up_tr
+                    else "gain on held-out prompts only"
+                    if up_te
+                    else "no gain resolved"
+                )
+            )
+        if parts:
+            label = EVAL_IMAGE_METRICS.get(metric, metric)
+            what = f"Generalisation · {template}: {label}, gain over base on train vs held-out prompts"
+            rows.append((what, " / ".join(parts), "; ".join(verdicts)))
+    return rows
+
+
 def readme_table(results: str | Path) -> str:
     """The README's "paper result -> notebook -> our number" table as markdown, read from the CSVs the notebooks
     wrote under ``results`` (a missing study is reported as not run, never filled in)."""
@@ -599,8 +643,10 @@ def readme_table(results: str | Path) -> str:
                 add(f"Diversity · {template}: {name}", "04_templates", vals, verdict)
     else:
         add("Table 1, diversity, curves", "04_templates", "not run yet")
+    for row in generalisation_rows(c):
+        add(row[0], "04_templates", *row[1:])
     g = read_table(results, "generalisation")
-    if g is not None:
+    if g is not None and not generalisation_rows(c):
         col = ("judge_all_ok_mean", "gap")
         for template in dict.fromkeys(g.index.get_level_values(0)):
             vals = " / ".join(

@@ -48,7 +48,11 @@ def test_a_split_added_later_equals_the_split_asked_for_at_the_start(finished, t
     assert list(got["prompt"]) == list(want["prompt"])  # the same prompts and images, in the same order
     assert (got["reward"] - want["reward"]).abs().max() < 1e-4  # loaded adapter vs in-memory: float rounding only
     evals = pd.read_csv(later / "eval.csv")
-    assert len(evals) == 4 and len(json.loads((later / "summary.json").read_text())["eval"]) == 4
+    summary = json.loads((later / "summary.json").read_text())
+    assert len(evals) == 4 and len(summary["eval"]) == 4
+    ((added,),) = [summary["added_splits"]]
+    assert added["split"] == "train" and added["check"]["model"] == "b2_seed0" and added["check"]["split"] == "test"
+    assert 0 <= added["check"]["max_reward_gap"] < 1e-4
     # the folder now stands for a run that asked for both splits, and a second call adds nothing
     assert run_config(later).eval_splits == ("test", "train")
     asked = RunConfig(**TINY, eval_splits=("test", "train"))

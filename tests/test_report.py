@@ -429,3 +429,27 @@ def test_readme_table_sensitivity_averages_seeds_and_falls_back_to_the_former_gr
     write_table(new, tmp_path / "ablations", "sensitivity")  # the main setup's grid, two seeds: replaces the former
     line = next(x for x in readme_table(tmp_path).splitlines() if "Sensitivity to branches" in x)
     assert "2 seeds)" in line and "former" not in line and "2: 0.200, 4: 0.600" in line
+
+
+def test_generalisation_rows_put_each_gain_on_train_and_held_out_prompts_side_by_side(tmp_path):
+    from b2lib.report import generalisation_rows
+
+    rows = [
+        {**_comparison_row(), "split": "test"},
+        {**_comparison_row(diff=0.2, low=0.1, high=0.3), "split": "train"},
+        {**_comparison_row(a="ddpo", diff=0.01, low=-0.02, high=0.04), "split": "test"},
+        {**_comparison_row(a="ddpo", diff=0.06, low=0.02, high=0.1), "split": "train"},
+        {**_comparison_row(b="ddpo"), "split": "train"},  # method − method pairs are not gains over base
+    ]
+    assert generalisation_rows(pd.DataFrame(rows[:1])) == []  # test split only: the table has not run
+    ((what, number, verdict),) = generalisation_rows(pd.DataFrame(rows))
+    assert what == "Generalisation · counting: judge: aligned, gain over base on train vs held-out prompts"
+    assert number == (
+        "b2 train +0.200 [+0.100, +0.300] · test +0.050 [+0.010, +0.090] / "
+        "ddpo train +0.060 [+0.020, +0.100] · test +0.010 [-0.020, +0.040]"
+    )
+    assert verdict == "b2: gain on both; ddpo: gain on train prompts only"
+    write_table(pd.DataFrame(rows), tmp_path / "templates", "table1_comparisons")
+    lines = readme_table(tmp_path).splitlines()
+    assert sum(x.startswith("| Generalisation · counting: judge: aligned") for x in lines) == 1
+    assert not any("train − test" in x for x in lines)  # the gap row without intervals gives way
