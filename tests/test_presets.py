@@ -166,6 +166,28 @@ def test_main_setup_is_each_methods_recorded_search_at_its_budget():
     assert cfg.trainer_config("b2", 0).num_stages == MAIN["stages"]
 
 
+def test_each_strategy_alone_was_searched_and_chose_the_point_the_ablation_trains():
+    """The ablation's single-strategy arms (notebook 06) train at B²'s point; each had its own search (notebook 02,
+    the same grid as B²'s, at the arm's equal-compute stages, chosen on the train-split reward), and this fails if
+    a search chose another point than the one the arm was trained with."""
+    import json
+
+    from b2lib.paths import REPO_ROOT
+    from b2lib.setups import MAIN
+
+    params = _notebook_parameters("06_ablations")
+    cfg = RunConfig(**{**MAIN, "methods": ("progressive", "branch")})
+    for arm in ("progressive", "branch"):
+        folder = REPO_ROOT / "results" / f"longrun_coarse_{arm}"
+        choice = json.loads((folder / "choice.json").read_text())[arm]
+        runs = [json.loads(f.read_text()) for f in (folder / "runs").glob(f"{arm}_*/config.json")]
+        assert {r["overrides"]["lr"] for r in runs} == {0.0001, 0.0003, 0.001}  # B²'s grid
+        assert all(r["recipe"] == MAIN["recipe"] for r in runs)
+        assert {r["stages"] for r in runs} == {cfg.trainer_config(arm, 0).num_stages}, arm
+        point = {k: v for k, v in choice.items() if k != "mean_gain"}
+        assert params["method_overrides"][arm] == point, arm
+
+
 def test_main_job_and_table1_take_the_main_setup(monkeypatch):
     """Notebooks 03 (the main job) and 04 (Table 1) read their recipe, stages, budget and tuned points from
     ``b2lib.setups.MAIN``: one line changed there reaches both."""
