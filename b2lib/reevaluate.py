@@ -72,7 +72,7 @@ def load_trained(cfg: RunConfig, folder: Path, label: str, device: str = "cpu"):
     return pipe, reward
 
 
-def _score(cfg: RunConfig, folder: Path, label: str, split: str, prompts: list[str], kwargs: dict, device: str):
+def _score(cfg: RunConfig, folder: Path, label: str, prompts: list[str], kwargs: dict, device: str):
     pipe, reward = load_trained(cfg, folder, label, device)
     table, summary, _ = evaluate_prompts(pipe, prompts, reward, n_per_prompt=cfg.n_per_prompt(len(prompts)), **kwargs)
     return table, summary
@@ -111,7 +111,7 @@ def add_eval_split(
         check = {}
         if len(trained):  # the saved model must be the evaluated one
             label = trained["model"].iloc[0]
-            table, _ = _score(cfg, folder, label, first, prompts[first], kwargs, device)
+            table, _ = _score(cfg, folder, label, prompts[first], kwargs, device)
             stored = per_image[(per_image["model"] == label) & (per_image["split"] == first)]["reward"].to_numpy()
             gap = float(abs(table["reward"].to_numpy() - stored).max()) if len(stored) == len(table) else float("inf")
             if gap > check_tol:
@@ -127,7 +127,7 @@ def add_eval_split(
             models.itertuples(index=False), total=len(models), desc=f"{folder.name}: {split}", disable=not progress
         ):
             seed = None if pd.isna(seed) else int(seed)
-            table, summary = _score(cfg, folder, model, split, prompts[split], kwargs, device)
+            table, summary = _score(cfg, folder, model, prompts[split], kwargs, device)
             rows.append({"model": model, "method": method, "seed": seed, "split": split, **summary})
             tables.append(table.assign(model=model, method=method, seed=seed, split=split, image=range(len(table))))
 
