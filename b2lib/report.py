@@ -22,6 +22,7 @@ __all__ = [
     "health_summary",
     "completed_runs",
     "collect",
+    "trained_algorithms",
     "load_eval_images",
     "paired_comparison",
     "paired_comparisons",
@@ -70,28 +71,56 @@ def completed_runs(root: str | Path, pattern: str = "*") -> list[Path]:
     return sorted(p.parent for p in Path(root).glob(f"{pattern}/summary.json"))
 
 
+def trained_algorithms(folder: str | Path) -> dict[str, str]:
+    """``{model: algorithm}`` (e.g. ``{"b2_seed0": "grpo"}``): the RL update each model of a run folder was trained
+    with, read from the trainer settings the run recorded (``run.json``).
+
+    Why not the run's ``overrides``: a recipe may set the update per method (the coarse recipe gives B² the
+    group-relative update and leaves DDPO on PPO-clip), so a folder without an ``algorithm`` override can hold
+    models trained with different updates; labelling them all "ppo" once mislabelled B² in the compatibility study.
+    Empty for folders written before run.json recorded trainer settings."""
+    path = Path(folder) / "run.json"
+    if not path.exists():
+        return {}
+    trainer = json.loads(path.read_text()).get("settings", {}).get("trainer", {})
+    return {model: cfg.get("algorithm", "ppo") for model, cfg in trainer.items() if isinstance(cfg, dict)}
+
+
+def _algorithm_column(df: pd.DataFrame, algorithms: Mapping[str, str], fallback: str) -> pd.Series:
+    """Each row's update: its model's recorded one (``model`` column, else ``<method>_seed<seed>``), else
+    ``fallback`` (the run's override, or "ppo"); the base model's rows get ``fallback`` too (it was not trained)."""
+    if "model" in df:
+        models = df["model"].astype(str)
+    elif {"method", "seed"} <= set(df.columns):
+        models = df["method"].astype(str) + "_seed" + df["seed"].astype("Int64").astype(str)
+    else:
+        return pd.Series(fallback, index=df.index)
+    return models.map(algorithms).fillna(fallback)
+
+
 def collect(*roots: str | Path, tag: str | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Every run folder under ``roots`` (a run folder itself, or a folder of run folders) -> ``(evals, metrics)``,
-    with ``run`` (folder name), ``template`` and ``algorithm`` (the RL update; "ppo" unless overridden) added.
-    ``tag`` is stored as a ``tag`` column."""
+    with ``run`` (folder name), ``template`` and ``algorithm`` (the RL update each row's model was trained with:
+    :func:`trained_algorithms`, else the run's override, else "ppo") added. ``tag`` is stored as a ``tag`` column."""
     evals, metrics = [], []
     for d in _run_dirs(roots):
         summary = json.loads((d / "summary.json").read_text())
         config = json.loads((d / "config.json").read_text()) if (d / "config.json").exists() else {}
         overrides = config.get("overrides", {})
+        algorithms, fallback = trained_algorithms(d), overrides.get("algorithm", "ppo")
         extra = {
             "run": d.name,
             "template": summary.get("template"),
             "tag": tag,
-            "algorithm": overrides.get("algorithm", "ppo"),
             "overrides": json.dumps(overrides, sort_keys=True),
         }
         e = pd.read_csv(d / "eval.csv")
         if "split" not in e:
             e["split"] = "test"
-        evals.append(e.assign(**extra))
+        evals.append(e.assign(**extra, algorithm=_algorithm_column(e, algorithms, fallback)))
         if (d / "metrics.csv").exists() and (d / "metrics.csv").stat().st_size > 1:
-            metrics.append(pd.read_csv(d / "metrics.csv").assign(**extra))
+            m = pd.read_csv(d / "metrics.csv")
+            metrics.append(m.assign(**extra, algorithm=_algorithm_column(m, algorithms, fallback)))
     if not evals:
         raise FileNotFoundError(
             f"No run folders (with summary.json) under {[str(r) for r in roots]}: run the "
@@ -565,7 +594,9 @@ def readme_table(results: str | Path) -> str:
         ("sparse_comparisons", "Sparse reward (trained on the judge's binary reward)", "11_sparse_reward", ("test",)),
         ("coarse_comparisons", "Coarse recipe (notebook 03 with `recipe=coarse`)", "03_train", None),
         ("strategy_comparisons", "Strategy ablation (main setup, equal UNet work)", "06_ablations", ("test",)),
+        ("sensitivity_comparisons", "Sensitivity of B² (each point − the main setup's)", "06_ablations", ("test",)),
         ("compat_comparisons", "Compatibility (main setup, equal UNet work)", "07_compatibility", ("test",)),
+        ("compat_replicates", "Replicate (the same settings and seeds trained twice)", "07_compatibility", ("test",)),
     ):
         for row in _comparison_rows(read_table(results, name), title, splits):
             add(row[0], nb, *row[1:])

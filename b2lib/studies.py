@@ -8,13 +8,14 @@ same number of images, so differences are the variant's doing.
 from __future__ import annotations
 
 import json
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pandas as pd
 
 from .experiment import RunConfig
 from .presets import trainer_config
+from .rundir import reuse_problems
 
 __all__ = [
     "SENSITIVITY",
@@ -28,7 +29,12 @@ __all__ = [
     "strategy_runs",
     "sensitivity_runs",
     "compat_runs",
+    "CompatPlan",
+    "compat_plan",
     "sensitivity_table",
+    "SensitivityPlan",
+    "sensitivity_plan",
+    "sensitivity_comparisons",
 ]
 
 #: factor -> values tried (the preset default is included as a point of every factor). Branch counts divide the
@@ -144,12 +150,65 @@ def compat_runs(
     return runs
 
 
+@dataclass
+class CompatPlan:
+    """Where each (update, method) of the compatibility study comes from.
+
+    ``train``: the run folders to hand to :func:`~b2lib.experiment.run_many` (it reads finished ones back);
+    ``models``: ``(folder, method, label)`` for every (update, method), ``label`` being ``"<method>@<update>"``;
+    ``replicates``: ``(folder, other_folder, method, update)`` where a folder trained here and a reused folder hold
+    the same models with the same settings (a replicate: their difference is run-to-run noise, not a setting)."""
+
+    train: list[RunConfig] = field(default_factory=list)
+    models: list[tuple[Path, str, str]] = field(default_factory=list)
+    replicates: list[tuple[Path, Path, str, str]] = field(default_factory=list)
+
+    @property
+    def folders(self) -> list[Path]:
+        return [folder for folder, _, _ in self.models]
+
+    @property
+    def renames(self) -> list[dict[str, str]]:
+        """One mapping per entry of :attr:`folders`, for :func:`b2lib.report.combine_runs`."""
+        return [{method: label} for _, method, label in self.models]
+
+
+def compat_plan(
+    base: RunConfig,
+    out: str | Path,
+    seeds,
+    algorithms=("ppo", "dpok", "grpo"),
+    methods=("ddpo", "b2"),
+    reuse=(),
+) -> CompatPlan:
+    """Every (update, method) of :func:`compat_runs`, taken from its own folder under ``out`` when that run has
+    finished, else from the first folder of ``reuse`` that holds the same models with exactly the trainer settings
+    and evaluation asked for (:func:`b2lib.rundir.reuse_problems`), else trained.
+
+    Why by settings and not by name: a recipe can set the update per method (the coarse recipe trains B² with the
+    group-relative update and DDPO with PPO-clip), so "the main job's runs" are not "PPO's runs"; only a folder whose
+    recorded trainer settings match a cell may stand in for it."""
+    plan = CompatPlan()
+    for cfg in compat_runs(base, out, seeds, algorithms, methods):
+        algorithm, method = cfg.overrides["algorithm"], cfg.methods[0]
+        label, here = f"{method}@{algorithm}", Path(cfg.output_dir)
+        same = [Path(f) for f in reuse if not reuse_problems([f], cfg.settings())]
+        if (here / "summary.json").exists() or not same:
+            plan.train.append(cfg)
+            plan.models.append((here, method, label))
+            plan.replicates += [(here, other, method, algorithm) for other in same[:1]]
+        else:
+            plan.models.append((same[0], method, label))
+    return plan
+
+
 def sensitivity_table(runs: list[tuple[str, object, RunConfig]]) -> pd.DataFrame:
     """One row per (factor, value): the fine-tuned model's test metrics (read from its run folder)."""
     rows = []
     for factor, value, cfg in runs:
         ev = pd.read_csv(Path(cfg.output_dir) / "eval.csv")
         ev = ev[(ev["method"] != "base") & (ev.get("split", "test") == "test")]
+        ev = ev[ev["seed"].astype(float).isin([float(s) for s in cfg.seeds])]  # a reused folder may hold more seeds
         summary = json.loads((Path(cfg.output_dir) / "summary.json").read_text())
         for _, r in ev.iterrows():
             rows.append(
@@ -162,6 +221,65 @@ def sensitivity_table(runs: list[tuple[str, object, RunConfig]]) -> pd.DataFrame
                 }
             )
     return pd.DataFrame(rows)
+
+
+@dataclass
+class SensitivityPlan:
+    """B²'s one-factor grid over several seeds. ``runs``: ``(factor, value, RunConfig)`` per point and seed (the
+    default point's config names a reused folder where one matched); ``train``: the folders to hand to
+    :func:`~b2lib.experiment.run_many`; ``defaults``: each factor's default value; ``seeds``: the study's seeds."""
+
+    runs: list[tuple[str, object, RunConfig]] = field(default_factory=list)
+    train: list[RunConfig] = field(default_factory=list)
+    defaults: dict = field(default_factory=dict)
+    seeds: tuple = ()
+
+    def label(self, factor: str, value) -> str:
+        """The method name a point's models get in the paired table: ``"default"`` or ``"<factor>=<value>"``."""
+        return "default" if self.defaults.get(factor) == value else f"{factor}={value}"
+
+
+def sensitivity_plan(base: RunConfig, out: str | Path, seeds, grid: dict | None = None, reuse=()) -> SensitivityPlan:
+    """:func:`sensitivity_runs` for each seed (``out/seed<s>/<factor>_<value>``), seed-major so that an interrupted
+    study leaves whole seeds. A seed's default point is read from the first folder of ``reuse`` that holds that seed's
+    B² with exactly the default's trainer settings and evaluation (:func:`b2lib.rundir.reuse_problems`; the main job's
+    runs, when the grid is centred on the main setup), else trained once in ``out/seed<s>/default``.
+
+    Why reuse: the default point is the main job's B² itself; training it again costs a run per seed and gives a
+    replicate, not a new point."""
+    plan = SensitivityPlan(seeds=tuple(seeds))
+    for s in seeds:
+        points = sensitivity_runs(replace(base, seeds=(s,)), Path(out) / f"seed{s}", seed=s, grid=grid)
+        default = replace(
+            base, methods=("b2",), seeds=(s,), output_dir=str(Path(out) / f"seed{s}" / "default"), save_lora=False
+        )
+        plan.defaults = {k: v for k, v in sensitivity_defaults(default).items() if k != "budget"}
+        same = [Path(f) for f in reuse if not reuse_problems([f], default.settings())]
+        for factor, value, cfg in points:
+            if cfg.output_dir == default.output_dir and same:
+                cfg = replace(cfg, output_dir=str(same[0]))
+            plan.runs.append((factor, value, cfg))
+    reused = {str(f) for f in reuse}
+    plan.train = [c for c in {c.output_dir: c for _, _, c in plan.runs}.values() if c.output_dir not in reused]
+    return plan
+
+
+def sensitivity_comparisons(plan: SensitivityPlan, splits=("test",)) -> pd.DataFrame:
+    """Each point of the grid against the default point, paired (the same evaluation prompts and noise for every
+    run): the :func:`b2lib.report.paired_comparison` table with ``factor`` and ``value`` columns added. Seeds are
+    resampled per side, so a point may have fewer finished seeds than the default."""
+    from .report import combine_runs, paired_comparisons
+
+    entries: dict[str, str] = {}
+    for factor, value, cfg in plan.runs:
+        entries[cfg.output_dir] = plan.label(factor, value)
+    per_image = combine_runs(list(entries), [{"b2": label} for label in entries.values()])
+    per_image = per_image[(per_image["method"] != "default") | per_image["seed"].isin(list(plan.seeds))]
+    points = {plan.label(f, v): (f, v) for f, v, _ in plan.runs if plan.label(f, v) != "default"}
+    table = paired_comparisons(per_image, splits, [(label, "default") for label in points])
+    table.insert(0, "value", table["a"].map(lambda a: points[a][1]))
+    table.insert(0, "factor", table["a"].map(lambda a: points[a][0]))
+    return table
 
 
 #: notebook 09's budget study: images per stage as multiples of the preset's (4x, 16x of the embedded 32)

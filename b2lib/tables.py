@@ -115,12 +115,17 @@ TABLES: dict[str, TableFormat] = {
     "sensitivity": TableFormat(
         "ablations", "sensitivity.csv", ("factor", "value", "judge_all_ok"), writer="06_ablations"
     ),
+    "sensitivity_comparisons": TableFormat(
+        "ablations", "sensitivity_comparisons.csv", ("factor", "value", *_COMPARISONS), writer="06_ablations"
+    ),
     # notebook 06 at the former preset (one seed per arm and point), kept for its sensitivity grid
     "sensitivity_paper": TableFormat(
         "ablations_paper", "sensitivity.csv", ("factor", "value", "judge_all_ok"), writer="06_ablations"
     ),
     "compat": TableFormat("compat", "compat.csv", _MEAN_STD, ("algorithm", "method"), writer="07_compatibility"),
     "compat_comparisons": TableFormat("compat", "comparisons.csv", _COMPARISONS, writer="07_compatibility"),
+    # a cell of notebook 07 trained there and in another study with the same settings and seeds: run-to-run noise
+    "compat_replicates": TableFormat("compat", "replicates.csv", _COMPARISONS, writer="07_compatibility"),
     # notebook 07 at the former preset (one seed)
     "compat_paper": TableFormat(
         "compat_paper", "compat.csv", _MEAN_STD, ("algorithm", "method"), writer="07_compatibility"

@@ -453,3 +453,26 @@ def test_generalisation_rows_put_each_gain_on_train_and_held_out_prompts_side_by
     lines = readme_table(tmp_path).splitlines()
     assert sum(x.startswith("| Generalisation · counting: judge: aligned") for x in lines) == 1
     assert not any("train − test" in x for x in lines)  # the gap row without intervals gives way
+
+
+def test_collect_labels_each_model_with_the_update_it_was_trained_with(tmp_path):
+    """A folder without an ``algorithm`` override can hold models trained with different updates (the coarse recipe:
+    B² group-relative, DDPO PPO-clip): the label comes from the recorded trainer settings, not from the overrides."""
+    from b2lib.experiment import RunConfig
+    from b2lib.report import collect, trained_algorithms
+    from b2lib.rundir import check_fingerprint
+
+    folder = tmp_path / "coarse"
+    check_fingerprint(folder, RunConfig(methods=("ddpo", "b2"), seeds=(0,), stages=3, recipe="coarse").settings())
+    assert trained_algorithms(folder) == {"ddpo_seed0": "ppo", "b2_seed0": "grpo"}
+    (folder / "summary.json").write_text(json.dumps({"template": "counting"}))
+    models = ["base", "ddpo_seed0", "b2_seed0"]
+    pd.DataFrame({"model": models, "method": ["base", "ddpo", "b2"], "seed": [None, 0, 0], "reward_mean": 0.5}).to_csv(
+        folder / "eval.csv", index=False
+    )
+    pd.DataFrame({"method": ["ddpo", "b2"], "seed": [0, 0], "stage": 0, "reward_mean": 0.5}).to_csv(
+        folder / "metrics.csv", index=False
+    )
+    evals, metrics = collect(folder)
+    assert dict(zip(evals["model"], evals["algorithm"])) == {"base": "ppo", "ddpo_seed0": "ppo", "b2_seed0": "grpo"}
+    assert dict(zip(metrics["method"], metrics["algorithm"])) == {"ddpo": "ppo", "b2": "grpo"}

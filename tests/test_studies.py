@@ -2,6 +2,8 @@
 
 from pathlib import Path
 
+import pytest
+
 from b2lib.experiment import RunConfig
 from b2lib.presets import trainer_config
 from b2lib.studies import SENSITIVITY, compat_runs, sensitivity_runs, strategy_runs
@@ -125,3 +127,84 @@ def test_census_summary_shares_and_kept_per_group():
     t = census_summary(census).loc[10]
     assert t.loc["flat_low", "groups"] == 2 and t.loc["flat_low", "share"] == 0.5
     assert t.loc["mixed", "kept_per_group"] == 2 and t.loc["flat_low", "kept_per_group"] == 0.5
+
+
+def test_compat_plan_reuses_a_folder_only_for_the_cell_its_trainer_settings_match(tmp_path):
+    """The coarse recipe trains B² with the group-relative update and DDPO with PPO-clip, so a folder of the main job
+    may stand in for b2@grpo and ddpo@ppo only; every other cell is trained, and a cell finished here that a reused
+    folder also matches is a replicate."""
+    from b2lib.rundir import check_fingerprint
+    from b2lib.studies import compat_plan
+
+    base = RunConfig(methods=("ddpo", "b2"), seeds=(0, 1), stages=3, recipe="coarse", eval_splits=("test",))
+
+    def finished(folder, cfg):
+        check_fingerprint(folder, cfg.settings())
+        (folder / "summary.json").write_text("{}")
+        return folder
+
+    main_b2 = finished(tmp_path / "main_b2", RunConfig(methods=("b2",), seeds=(0, 1), stages=3, recipe="coarse"))
+    assert main_b2.exists() and base.trainer_config("b2", 0).algorithm == "grpo"
+    out = tmp_path / "compat"
+    plan = compat_plan(base, out, seeds=(0, 1), reuse=[main_b2])
+    labels = {label: folder for folder, _, label in plan.models}
+    assert labels["b2@grpo"] == main_b2 and labels["b2@ppo"] == out / "ppo_b2"
+    assert labels["ddpo@ppo"] == out / "ppo_ddpo"  # the main job's DDPO would run other stages under B²@PPO's work
+    assert [Path(c.output_dir).name for c in plan.train] == ["ppo_ddpo", "ppo_b2", "dpok_ddpo", "dpok_b2", "grpo_ddpo"]
+    assert plan.replicates == [] and plan.renames[1] == {"b2": "b2@ppo"}
+    (out / "grpo_b2").mkdir(parents=True)
+    (out / "grpo_b2" / "summary.json").write_text("{}")  # trained here already: read back, and a replicate
+    plan = compat_plan(base, out, seeds=(0, 1), reuse=[main_b2])
+    assert plan.folders[-1] == out / "grpo_b2" and plan.replicates == [(out / "grpo_b2", main_b2, "b2", "grpo")]
+
+
+def test_sensitivity_plan_reads_the_default_point_from_a_matching_folder_and_pairs_each_point_with_it(tmp_path):
+    """Seed-major points; the default point of every seed from a reused folder that holds that seed's B² with the
+    same settings (not trained again); each point − default computed on the shared test images."""
+    import json
+
+    import numpy as np
+    import pandas as pd
+
+    from b2lib.rundir import check_fingerprint
+    from b2lib.studies import sensitivity_comparisons, sensitivity_plan
+
+    base = RunConfig(methods=("b2",), seeds=(0,), stages=4, eval_splits=("test",))
+    main = tmp_path / "main"
+    check_fingerprint(main, RunConfig(methods=("b2",), seeds=(0, 1), stages=4).settings())
+    (main / "summary.json").write_text("{}")
+    grid = {"threshold": [0.5, 0.7]}
+    plan = sensitivity_plan(base, tmp_path / "sens", seeds=(0, 1), grid=grid, reuse=[main])
+    assert [(f, v, Path(c.output_dir).name, c.seeds) for f, v, c in plan.runs] == [
+        ("threshold", 0.5, "main", (0,)),
+        ("threshold", 0.7, "threshold_0.7", (0,)),
+        ("threshold", 0.5, "main", (1,)),
+        ("threshold", 0.7, "threshold_0.7", (1,)),
+    ]
+    assert [Path(c.output_dir).parent.name for c in plan.train] == ["seed0", "seed1"]
+    assert plan.label("threshold", 0.5) == "default" and plan.label("threshold", 0.7) == "threshold=0.7"
+    untrained = sensitivity_plan(base, tmp_path / "sens", seeds=(0,), grid=grid)
+    assert [Path(c.output_dir).name for c in untrained.train] == ["default", "threshold_0.7"]
+
+    # per-image scores: the default's seed s scores 0.5 + 0.01 s on every image, the point's 0.1 more
+    def images(folder, seeds, offset):
+        rows = [
+            dict(method="base", seed=np.nan, split="test", image=i, prompt=f"p{i % 4}", reward=0.4) for i in range(8)
+        ]
+        rows += [
+            dict(method="b2", seed=s, split="test", image=i, prompt=f"p{i % 4}", reward=0.5 + 0.01 * s + offset)
+            for s in seeds
+            for i in range(8)
+        ]
+        pd.DataFrame(rows).to_csv(folder / "eval_images.csv", index=False)
+        (folder / "summary.json").write_text(json.dumps({"template": "counting"}))
+
+    images(main, (0, 1, 2), 0.0)  # a seed the study does not run is left out of the default
+    for s in (0, 1):
+        folder = tmp_path / "sens" / f"seed{s}" / "threshold_0.7"
+        folder.mkdir(parents=True)
+        images(folder, (s,), 0.1)
+    table = sensitivity_comparisons(plan)
+    row = table[table["metric"] == "reward"].iloc[0]
+    assert (row["factor"], row["value"], row["a"], row["b"]) == ("threshold", 0.7, "threshold=0.7", "default")
+    assert row["diff"] == pytest.approx(0.1) and row["seeds_a"] == row["seeds_b"] == 2
