@@ -12,7 +12,7 @@ This module imports nothing heavy: a notebook reads it in its parameters cell, b
 
 from __future__ import annotations
 
-__all__ = ["MAIN"]
+__all__ = ["MAIN", "MAIN_SENSITIVITY"]
 
 #: The main job's setup (fields of :class:`b2lib.experiment.RunConfig`): the coarse recipe, B² for 120 stages of the
 #: embedded preset's 32 images, every other method for the stages of the same UNet work (``budget="compute"``), each
@@ -26,3 +26,13 @@ MAIN: dict = dict(
         "ddpo": {"lr": 0.0001, "grad_accum": 1, "timestep_fraction": 0.25},
     },
 )
+
+#: B²'s one-factor sensitivity grid around :data:`MAIN` (notebook 06): each factor's values include MAIN's own
+#: (4 branches, split_start 10, 120 stages, threshold 0.5); "stages" keeps MAIN's total images fixed
+#: (:func:`b2lib.studies.sensitivity_runs`).
+MAIN_SENSITIVITY: dict = {
+    "branches": [2, 4, 8],
+    "split_start": [5, 10, 15],
+    "stages": [60, 120, 240],
+    "threshold": [0.5, 0.7],
+}

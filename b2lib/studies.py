@@ -31,6 +31,7 @@ __all__ = [
     "compat_runs",
     "CompatPlan",
     "compat_plan",
+    "replicate_comparisons",
     "sensitivity_table",
     "SensitivityPlan",
     "sensitivity_plan",
@@ -221,6 +222,24 @@ def sensitivity_table(runs: list[tuple[str, object, RunConfig]]) -> pd.DataFrame
                 }
             )
     return pd.DataFrame(rows)
+
+
+def replicate_comparisons(plan: CompatPlan, pairs: list[tuple[str, str]], splits=("test",)) -> pd.DataFrame | None:
+    """For each replicate of ``plan`` (a cell trained here whose settings a reused folder matches): the two replicates
+    against each other, and every pair of ``pairs`` that involves that cell again with the other replicate in its
+    place (labelled ``"<method>@<update> (<folder>)"``). None when there is no replicate.
+
+    Why: the two hold the same settings and seeds, so their difference is run-to-run noise (thread count, float
+    rounding); a verdict that flips between them is not robust."""
+    from .report import combine_runs, paired_comparisons
+
+    tables = []
+    for _, other, method, algorithm in plan.replicates:
+        label, alt = f"{method}@{algorithm}", f"{method}@{algorithm} ({other.name})"
+        both = combine_runs(plan.folders + [other], plan.renames + [{method: alt}])
+        again = [(alt, b) for a, b in pairs if a == label] + [(a, alt) for a, b in pairs if b == label]
+        tables.append(paired_comparisons(both, list(splits), [(label, alt)] + again))
+    return pd.concat(tables, ignore_index=True) if tables else None
 
 
 @dataclass

@@ -208,3 +208,20 @@ def test_sensitivity_plan_reads_the_default_point_from_a_matching_folder_and_pai
     row = table[table["metric"] == "reward"].iloc[0]
     assert (row["factor"], row["value"], row["a"], row["b"]) == ("threshold", 0.7, "threshold=0.7", "default")
     assert row["diff"] == pytest.approx(0.1) and row["seeds_a"] == row["seeds_b"] == 2
+
+
+def test_the_main_sensitivity_grid_is_centred_on_the_main_setup():
+    """Every factor of notebook 06's grid holds the main setup's own value, so the main job's B² is its default."""
+    from b2lib.setups import MAIN, MAIN_SENSITIVITY
+    from b2lib.studies import sensitivity_defaults
+
+    main = RunConfig(
+        methods=("b2",),
+        seeds=(0,),
+        stages=MAIN["stages"],
+        recipe=MAIN["recipe"],
+        method_overrides=MAIN["method_overrides"],
+    )
+    defaults = sensitivity_defaults(main)
+    assert set(MAIN_SENSITIVITY) <= set(SENSITIVITY)
+    assert all(defaults[factor] in values for factor, values in MAIN_SENSITIVITY.items())
