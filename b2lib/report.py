@@ -597,6 +597,7 @@ def readme_table(results: str | Path) -> str:
         ("sensitivity_comparisons", "Sensitivity of B² (each point − the main setup's)", "06_ablations", ("test",)),
         ("compat_comparisons", "Compatibility (main setup, equal UNet work)", "07_compatibility", ("test",)),
         ("compat_replicates", "Replicate (the same settings and seeds trained twice)", "07_compatibility", ("test",)),
+        ("trees_comparisons", "Branch trees (main setup, equal UNet work)", "12_trees", ("test",)),
     ):
         for row in _comparison_rows(read_table(results, name), title, splits):
             add(row[0], nb, *row[1:])
@@ -778,11 +779,18 @@ def reward_trend(metrics: pd.DataFrame, column: str = "reward_mean") -> pd.DataF
         slopes, noises, n_stages = [], [], 0
         for _, r in m.groupby("seed"):
             x, y = r["stage"].to_numpy(float), r[column].to_numpy(float)
+            ok = np.isfinite(x) & np.isfinite(y)  # a stage without a reward (e.g. nothing sampled) has no point
+            x, y = x[ok], y[ok]
+            if len(np.unique(x)) < 2:  # one stage: no line through it
+                continue
             slope, intercept = np.polyfit(x, y, 1)
             slopes.append(slope)
             noises.append(float(np.std(y - (slope * x + intercept), ddof=2)) if len(x) > 2 else float("nan"))
             n_stages = max(n_stages, len(x))
         slopes = np.asarray(slopes)
+        if not len(slopes):
+            rows.append({"method": method, "seeds": 0, "stages": n_stages})
+            continue
         span = n_stages - 1
         rise = float(slopes.mean() * span)
         half = (

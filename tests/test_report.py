@@ -317,6 +317,18 @@ def test_reward_trend_closed_form():
     assert t["noise"] == pytest.approx(0.05 * np.sqrt(20 / 18))
 
 
+def test_reward_trend_skips_missing_rewards_and_one_stage_runs():
+    """A smoke run has one stage, and a stage without samples has no reward: neither may break the table."""
+    from b2lib.report import reward_trend
+
+    rows = [{"method": "b2", "seed": s, "stage": k, "reward_mean": 0.5 + 0.1 * k} for s in (0, 1) for k in range(3)]
+    rows += [{"method": "b2", "seed": 0, "stage": 3, "reward_mean": float("nan")}]
+    rows += [{"method": "tree", "seed": 0, "stage": 0, "reward_mean": 0.4}]
+    t = reward_trend(pd.DataFrame(rows)).set_index("method")
+    assert t.loc["b2", "rise"] == pytest.approx(0.2) and t.loc["b2", "seeds"] == 2 and t.loc["b2", "stages"] == 3
+    assert t.loc["tree", "seeds"] == 0 and pd.isna(t.loc["tree", "rise"])
+
+
 def test_health_summary_means_per_method():
     from b2lib.report import health_summary
 
