@@ -598,6 +598,7 @@ def readme_table(results: str | Path) -> str:
         ("compat_comparisons", "Compatibility (main setup, equal UNet work)", "07_compatibility", ("test",)),
         ("compat_replicates", "Replicate (the same settings and seeds trained twice)", "07_compatibility", ("test",)),
         ("trees_comparisons", "Branch trees (main setup, equal UNet work)", "12_trees", ("test",)),
+        ("trees_images_comparisons", "Branch trees (main setup, equal images)", "12_trees", ("test",)),
     ):
         for row in _comparison_rows(read_table(results, name), title, splits):
             add(row[0], nb, *row[1:])
@@ -826,3 +827,17 @@ def health_summary(
         m["groups"] = (m["images"] // branches).where(m["method"].isin(branched))
         cols.insert(4, "groups")
     return m.groupby("method", sort=False)[[c for c in cols if c in m]].mean()
+
+
+def health_table(
+    metrics: pd.DataFrame, branches: int | None = None, branched: Sequence[str] = ("b2", "branch")
+) -> pd.DataFrame:
+    """One row per method with everything a reader checks before believing a final number: the stage means of
+    :func:`health_summary`, the largest KL to the base model, ``approx_kl`` and clip fraction of any stage (``*_max``;
+    a mean can hide one bad stage), and the train reward's rise against its noise (:func:`reward_trend`)."""
+    largest_cols = [c for c in ("kl", "approx_kl", "clipfrac") if c in metrics]
+    largest = metrics.groupby("method", sort=False)[largest_cols].max().add_suffix("_max")
+    table = health_summary(metrics, branches, branched).join(largest)
+    if "reward_mean" in metrics:
+        table = table.join(reward_trend(metrics).set_index("method"))
+    return table

@@ -101,6 +101,12 @@ TABLES: dict[str, TableFormat] = {
         _COMPARISONS,
         writer="12_trees",
     ),
+    "trees_images_comparisons": TableFormat(  # notebook 12 with budget="images", run_name="trees_images"
+        "trees_images",
+        "comparisons.csv",
+        _COMPARISONS,
+        writer="12_trees",
+    ),
     "main_table": TableFormat("templates", "main_table.csv", _MEAN_STD, ("template", "method"), writer="04_templates"),
     "generalisation": TableFormat(
         "templates", "generalisation.csv", (), ("template", "method"), header_rows=2, writer="04_templates"

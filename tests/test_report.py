@@ -347,6 +347,22 @@ def test_health_summary_means_per_method():
     assert t.loc["ddpo", "kept"] == 32 and pd.isna(t.loc["ddpo", "groups"])
 
 
+def test_health_table_joins_means_largest_values_and_trend():
+    """The largest value of a stage shows next to the means (one bad stage must not hide), and the trend's rise."""
+    from b2lib.report import health_table
+
+    rows = [
+        {"method": "b2", "seed": s, "stage": k, "images": 32, "kept": 4, "approx_kl": 1e-4 * k, "kl": 0.1 * k,
+         "clipfrac": 0.0, "reward_mean": 0.5 + 0.01 * k}
+        for s in (0, 1) for k in range(3)
+    ]
+    rows[4]["clipfrac"] = 0.25  # one stage of one seed clips
+    t = health_table(pd.DataFrame(rows))
+    assert t.loc["b2", "kl_max"] == pytest.approx(0.2) and t.loc["b2", "clipfrac_max"] == 0.25
+    assert t.loc["b2", "approx_kl"] == pytest.approx(1e-4) and t.loc["b2", "kept"] == 4
+    assert t.loc["b2", "rise"] == pytest.approx(0.02) and t.loc["b2", "seeds"] == 2
+
+
 def test_readme_table_sign_control_rows_per_recipe(tmp_path):
     row = {"method": "b2", "metric": "reward_mean", "seeds": 3, "images": 512}
     for k in ("gain", "signal", "drift"):
