@@ -373,7 +373,7 @@ def eval_split_prompts(cfg: RunConfig) -> dict[str, list[str]]:
 def eval_settings(cfg: RunConfig, device: str, bertscore: bool = True) -> dict:
     """Keyword arguments of :func:`b2lib.evaluate.evaluate_prompts` for ``cfg``'s evaluation: its judge, noise seed,
     text metric and the chain the models were trained on (steps, eta, guidance; a tree's levels are not the chain's)."""
-    chain_fields = {k: v for k, v in cfg.overrides.items() if k not in ("tree", "tree_progressive")}
+    chain_fields = {k: v for k, v in cfg.overrides.items() if not k.startswith("tree")}
     chain = trainer_config(cfg.preset, "ddpo", **chain_fields)
     return dict(
         judge_fn=_judge_fn(cfg.preset),

@@ -144,6 +144,10 @@ class TrainerConfig:
     # backward-progressive depth: the deepest level is trained first and earlier ones open as stages go (B²'s interval
     # schedule over levels: b2lib.tree.depth_schedule); False trains every level from the first stage
     tree_progressive: bool = True
+    # depth pruning: the level indices (0 = the first split) ever trained; None trains every level. The others are
+    # sampled (their children need them) but never updated, and progressive depth opens the kept ones deepest first.
+    # Only the kept levels must store equally many steps.
+    tree_train_levels: tuple[int, ...] | None = None
     # Weight of the per-step KL (closed form, averaged over latent dims like the log-probs). 0.01 is DPOK's default
     # KL weight and mid-range of Flow-GRPO's beta (0.004-0.04, same mean-over-dims KL): a starting point, not tuned.
     kl_coef: float = 0.01
@@ -165,7 +169,11 @@ class TrainerConfig:
             raise ValueError(f"num_branches must be >= 1, got {self.num_branches}.")
         if self.tree is not None:
             self.tree = tuple((int(at), int(b)) for at, b in self.tree)
+            if self.tree_train_levels is not None:
+                self.tree_train_levels = tuple(sorted({int(k) for k in self.tree_train_levels}))
             self._check_tree()
+        elif self.tree_train_levels is not None:
+            raise ValueError("tree_train_levels prunes a tree's levels: set tree=[[branch_at, branches], ...] too.")
         if self.selection and self.num_branches < 2 and self.tree is None:
             raise ValueError("selection compares samples within a branch group: it needs num_branches >= 2.")
         if self.normalization not in ("history", "per_prompt"):
@@ -213,16 +221,24 @@ class TrainerConfig:
         from .tree import _check_levels
 
         levels = _check_levels(self.tree, self.num_steps)
+        if self.tree_train_levels is not None and (
+            not self.tree_train_levels or not all(0 <= k < len(levels) for k in self.tree_train_levels)
+        ):
+            raise ValueError(
+                f"tree_train_levels={list(self.tree_train_levels)} must name at least one of the tree's level indices "
+                f"0..{len(levels) - 1} (0 = the first split), or be None to train every level."
+            )
         ends = [lv.branch_at for lv in levels[1:]] + [self.num_steps]
         stored = [
             e - lv.branch_at if self.window is None else min(self.window, e - lv.branch_at)
             for lv, e in zip(levels, ends)
         ]
-        if len(set(stored)) > 1:
+        kept = self.tree_levels_kept
+        if len({stored[k] for k in kept}) > 1:
             raise ValueError(
-                f"tree={self.tree} with window={self.window} stores {stored} steps per node at its levels; the trained "
-                "levels are stacked into one batch, so they must store the same number: set window to at most "
-                f"{min(e - lv.branch_at for lv, e in zip(levels, ends))} (e.g. window=1)."
+                f"tree={self.tree} with window={self.window} stores {[stored[k] for k in kept]} steps per node at its "
+                "trained levels; they are stacked into one batch, so they must store the same number: set window to "
+                f"at most {min(ends[k] - levels[k].branch_at for k in kept)} (e.g. window=1)."
             )
         if self.samples_per_prompt > 1:
             raise ValueError("samples_per_prompt is for plain sampling; a tree already groups a prompt's samples.")
@@ -239,8 +255,20 @@ class TrainerConfig:
 
         if self.tree is None:
             raise ValueError("depth_schedule needs a tree (TrainerConfig.tree).")
-        depth = len(self.tree)
+        depth = len(self.tree_levels_kept)
         return depth_schedule(self.num_stages, depth, start=1 if self.tree_progressive else depth)
+
+    @property
+    def tree_levels_kept(self) -> tuple[int, ...]:
+        """The tree's level indices that may be trained: ``tree_train_levels`` (depth pruning), or every level."""
+        if self.tree is None:
+            return ()
+        return self.tree_train_levels if self.tree_train_levels is not None else tuple(range(len(self.tree)))
+
+    def tree_levels_at(self, stage: int) -> list[int]:
+        """The levels trained at ``stage``: the deepest ``depth_schedule(stage)`` of the kept levels."""
+        kept = self.tree_levels_kept
+        return list(kept[len(kept) - self.depth_schedule(stage) :])
 
     @property
     def images_per_stage(self) -> int:
@@ -258,7 +286,7 @@ class TrainerConfig:
 
 
 #: TrainerConfig fields recorded in a run's fingerprint only when set (see :meth:`TrainerConfig.to_dict`)
-ADDED_FIELDS = ("explore_grid", "tree", "tree_progressive", "fuse_lora")
+ADDED_FIELDS = ("explore_grid", "tree", "tree_progressive", "tree_train_levels", "fuse_lora")
 
 
 def _json_value(value):
@@ -411,10 +439,10 @@ class RLTrainer:
         needs: ``leaves`` (the images, as Trajectories) and their ``rewards``, the trained levels' ``transitions`` with
         their step-specific advantages ``z`` and the selection mask ``keep``, the trained level indices, and the
         sampling's UNet rows. Prompts and noise come from the same streams as :meth:`sample_stage`."""
-        from .tree import sample_tree, trained_levels, tree_training_batch
+        from .tree import sample_tree, tree_training_batch
 
         cfg = self.config
-        levels = trained_levels(cfg.depth_schedule, stage)
+        levels = cfg.tree_levels_at(stage)
         prompt_gen, noise_gen = self._generator(stage, 0), self._generator(stage, 1)
         n_prompts = math.ceil(cfg.prompts_per_stage / self.accelerator.num_processes)
         picks = torch.randint(len(self.prompts), (n_prompts,), generator=prompt_gen).tolist()
@@ -870,7 +898,7 @@ def nominal_work(cfg: TrainerConfig) -> int:
 
 
 def _nominal_tree_work(cfg: TrainerConfig) -> int:
-    from .tree import _check_levels, trained_levels, tree_unet_rows
+    from .tree import _check_levels, tree_unet_rows
 
     levels = _check_levels(cfg.tree, cfg.num_steps)
     guided = cfg.guidance_scale > 1.0
@@ -889,7 +917,7 @@ def _nominal_tree_work(cfg: TrainerConfig) -> int:
     for stage in range(cfg.num_stages):
         rows = sum(
             nodes[k] * trained_steps_per_sample(stored[k], cfg.timestep_fraction)
-            for k in trained_levels(cfg.depth_schedule, stage)
+            for k in cfg.tree_levels_at(stage)
         )
         train = cfg.epochs_per_stage * cfg.prompts_per_stage * rows * (2 if guided else 1)
         total += sample + per_train_row * train

@@ -458,6 +458,33 @@ def test_tree_trainer_opens_levels_deepest_first_and_counts_its_work(make_pipe):
     assert flat.train(num_stages=1)[0]["tree_levels"] == 2
 
 
+def test_tree_depth_pruning_trains_only_the_kept_levels(make_pipe):
+    """Depth pruning: a depth-2 tree that keeps only its first level trains that level's nodes at every stage (the
+    deeper level is sampled, never trained), and its nominal work counts only them."""
+    from b2lib.trainer import TRAIN_ROW_WORK, nominal_work
+    from b2lib.tree import tree_unet_rows
+
+    cfg = TrainerConfig.b2(
+        **_small(window=1, algorithm="grpo", prompts_per_stage=2, selection=False, tree=((2, 2), (4, 2)),
+                 tree_train_levels=[0])
+    )
+    assert cfg.tree_levels_kept == (0,) and cfg.tree_levels_at(0) == [0] and cfg.tree_levels_at(1) == [0]
+    first, last = B2Trainer(make_pipe(), redness, PROMPTS, cfg).train()
+    for m in (first, last):  # 2 prompts x 2 level-0 nodes, split at chain index 2 of 6
+        assert (m["tree_levels"], m["split_step"], m["kept"], m["images"]) == (1, 4, 4, 8)
+        assert m["unet_rows_train"] == 2 * 4 * 1 * 2  # epochs x kept nodes x stored steps x 2 rows (guided)
+    sample = tree_unet_rows([(2, 2), (4, 2)], 6, prompts=2)["tree"]
+    assert nominal_work(cfg) == cfg.num_stages * (sample + (TRAIN_ROW_WORK + 1) * 2 * 4 * 1 * 2)
+    # only the kept levels need equal stored steps: segments of 2 and 2+ steps, window None, one level kept
+    TrainerConfig.b2(**_small(tree=((1, 2), (3, 2)), tree_train_levels=(1,)))
+    assert "tree_train_levels" not in cfg.__class__.b2(**_small(window=1, tree=((2, 2), (4, 2)))).to_dict()
+    assert TrainerConfig(**cfg.to_dict()).tree_train_levels == (0,)
+    with pytest.raises(ValueError, match="level indices 0..1"):
+        TrainerConfig.b2(**_small(window=1, tree=((2, 2), (4, 2)), tree_train_levels=(2,)))
+    with pytest.raises(ValueError, match="set tree="):
+        TrainerConfig.b2(**_small(tree_train_levels=(0,)))
+
+
 def test_tree_config_checks_and_fingerprint():
     cfg = TrainerConfig.b2(**_small(window=1, tree=[[2, 2], [4, 2]]))
     assert cfg.tree == ((2, 2), (4, 2))
