@@ -916,8 +916,7 @@ def _nominal_tree_work(cfg: TrainerConfig) -> int:
     total = 0
     for stage in range(cfg.num_stages):
         rows = sum(
-            nodes[k] * trained_steps_per_sample(stored[k], cfg.timestep_fraction)
-            for k in cfg.tree_levels_at(stage)
+            nodes[k] * trained_steps_per_sample(stored[k], cfg.timestep_fraction) for k in cfg.tree_levels_at(stage)
         )
         train = cfg.epochs_per_stage * cfg.prompts_per_stage * rows * (2 if guided else 1)
         total += sample + per_train_row * train

@@ -352,9 +352,19 @@ def test_health_table_joins_means_largest_values_and_trend():
     from b2lib.report import health_table
 
     rows = [
-        {"method": "b2", "seed": s, "stage": k, "images": 32, "kept": 4, "approx_kl": 1e-4 * k, "kl": 0.1 * k,
-         "clipfrac": 0.0, "reward_mean": 0.5 + 0.01 * k}
-        for s in (0, 1) for k in range(3)
+        {
+            "method": "b2",
+            "seed": s,
+            "stage": k,
+            "images": 32,
+            "kept": 4,
+            "approx_kl": 1e-4 * k,
+            "kl": 0.1 * k,
+            "clipfrac": 0.0,
+            "reward_mean": 0.5 + 0.01 * k,
+        }
+        for s in (0, 1)
+        for k in range(3)
     ]
     rows[4]["clipfrac"] = 0.25  # one stage of one seed clips
     t = health_table(pd.DataFrame(rows))

@@ -465,8 +465,14 @@ def test_tree_depth_pruning_trains_only_the_kept_levels(make_pipe):
     from b2lib.tree import tree_unet_rows
 
     cfg = TrainerConfig.b2(
-        **_small(window=1, algorithm="grpo", prompts_per_stage=2, selection=False, tree=((2, 2), (4, 2)),
-                 tree_train_levels=[0])
+        **_small(
+            window=1,
+            algorithm="grpo",
+            prompts_per_stage=2,
+            selection=False,
+            tree=((2, 2), (4, 2)),
+            tree_train_levels=[0],
+        )
     )
     assert cfg.tree_levels_kept == (0,) and cfg.tree_levels_at(0) == [0] and cfg.tree_levels_at(1) == [0]
     first, last = B2Trainer(make_pipe(), redness, PROMPTS, cfg).train()
