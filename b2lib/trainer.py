@@ -267,8 +267,10 @@ class TrainerConfig:
 
     def tree_levels_at(self, stage: int) -> list[int]:
         """The levels trained at ``stage``: the deepest ``depth_schedule(stage)`` of the kept levels."""
+        from .tree import trained_levels
+
         kept = self.tree_levels_kept
-        return list(kept[len(kept) - self.depth_schedule(stage) :])
+        return [kept[i] for i in trained_levels(self.depth_schedule, stage)]
 
     @property
     def images_per_stage(self) -> int:

@@ -481,9 +481,9 @@ def test_tree_depth_pruning_trains_only_the_kept_levels(make_pipe):
         assert m["unet_rows_train"] == 2 * 4 * 1 * 2  # epochs x kept nodes x stored steps x 2 rows (guided)
     sample = tree_unet_rows([(2, 2), (4, 2)], 6, prompts=2)["tree"]
     assert nominal_work(cfg) == cfg.num_stages * (sample + (TRAIN_ROW_WORK + 1) * 2 * 4 * 1 * 2)
-    # only the kept levels need equal stored steps: segments of 2 and 2+ steps, window None, one level kept
+    # only the kept levels need equal stored steps: segments of 2 and 3 steps (window None), one level kept
     TrainerConfig.b2(**_small(tree=((1, 2), (3, 2)), tree_train_levels=(1,)))
-    assert "tree_train_levels" not in cfg.__class__.b2(**_small(window=1, tree=((2, 2), (4, 2)))).to_dict()
+    assert "tree_train_levels" not in TrainerConfig.b2(**_small(window=1, tree=((2, 2), (4, 2)))).to_dict()
     assert TrainerConfig(**cfg.to_dict()).tree_train_levels == (0,)
     with pytest.raises(ValueError, match="level indices 0..1"):
         TrainerConfig.b2(**_small(window=1, tree=((2, 2), (4, 2)), tree_train_levels=(2,)))
