@@ -113,7 +113,7 @@ def sweep_plot(table, x: str = "lr", hue: str = "grad_accum", y: str = "gain", c
 
 
 def interval_plot(table, label_cols=("template", "metric", "a", "b")):
-    """Differences with their 95 % intervals (one row per comparison of :func:`b2lib.report.paired_comparison`)."""
+    """Differences with their 95 % intervals (one row per comparison of :func:`b2lib.comparisons.paired_comparison`)."""
     import numpy as np
 
     labels = [" · ".join(f"{r[c]}" for c in label_cols[:2]) + f": {r['a']} − {r['b']}" for _, r in table.iterrows()]
@@ -136,8 +136,8 @@ def interval_plot(table, label_cols=("template", "metric", "a", "b")):
 
 
 def sign_control_plot(table, metric: str = "reward"):
-    """Gain, signal and drift with their 95 % intervals per method (:func:`b2lib.report.sign_control`): learning shows
-    as a signal above zero, damage that does not depend on the reward as a drift below it."""
+    """Gain, signal and drift with their 95 % intervals per method (:func:`b2lib.comparisons.sign_control`): learning
+    shows as a signal above zero, damage that does not depend on the reward as a drift below it."""
     import numpy as np
 
     t = table[table["metric"] == metric].reset_index(drop=True)

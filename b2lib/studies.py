@@ -231,7 +231,8 @@ def replicate_comparisons(plan: CompatPlan, pairs: list[tuple[str, str]], splits
 
     Why: the two hold the same settings and seeds, so their difference is run-to-run noise (thread count, float
     rounding); a verdict that flips between them is not robust."""
-    from .report import combine_runs, paired_comparisons
+    from .comparisons import paired_comparisons
+    from .report import combine_runs
 
     tables = []
     for _, other, method, algorithm in plan.replicates:
@@ -285,9 +286,10 @@ def sensitivity_plan(base: RunConfig, out: str | Path, seeds, grid: dict | None 
 
 def sensitivity_comparisons(plan: SensitivityPlan, splits=("test",)) -> pd.DataFrame:
     """Each point of the grid against the default point, paired (the same evaluation prompts and noise for every
-    run): the :func:`b2lib.report.paired_comparison` table with ``factor`` and ``value`` columns added. Seeds are
+    run): the :func:`b2lib.comparisons.paired_comparison` table with ``factor`` and ``value`` columns added. Seeds are
     resampled per side, so a point may have fewer finished seeds than the default."""
-    from .report import combine_runs, paired_comparisons
+    from .comparisons import paired_comparisons
+    from .report import combine_runs
 
     entries: dict[str, str] = {}
     for factor, value, cfg in plan.runs:

@@ -1,8 +1,8 @@
 """The study tables: one declared format per file, shared by the notebook that writes it and the report that reads it.
 
-Why: the README's table (:func:`b2lib.report.readme_table`) is rebuilt from these files alone, so a column renamed in a
-notebook must fail where it is written, not silently drop a README row. :func:`write_table` checks a table against
-its format before writing; :func:`read_table` checks it again after reading (files from older runs included).
+Why: the README's table (:func:`b2lib.summary_table.readme_table`) is rebuilt from these files alone, so a column
+renamed in a notebook must fail where it is written, not silently drop a README row. :func:`write_table` checks a table
+against its format before writing; :func:`read_table` checks it again after reading (files from older runs included).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import pandas as pd
 __all__ = ["TableFormat", "TABLES", "TableFormatError", "write_table", "read_table", "table_path"]
 
 _MEAN_STD = ("reward_mean_mean", "reward_mean_std", "judge_all_ok_mean", "judge_all_ok_std", "n")
-#: paired comparisons (b2lib.report.paired_comparison, one row per template, metric, pair and split)
+#: paired comparisons (b2lib.comparisons.paired_comparison, one row per template, metric, pair and split)
 _COMPARISONS = (
     "template",
     "metric",
@@ -31,7 +31,7 @@ _COMPARISONS = (
     "verdict",
     "split",
 )
-#: the sign control (b2lib.report.sign_control)
+#: the sign control (b2lib.comparisons.sign_control)
 _SIGN_CONTROL = ("method", "metric", "seeds", "images") + tuple(
     f"{k}{s}" for k in ("gain", "signal", "drift") for s in ("", "_low", "_high")
 )

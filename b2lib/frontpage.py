@@ -1,0 +1,382 @@
+"""README's front page, generated from ``results/``: the scorecard of the paper's claims, Table 1 and one compact
+table per study.
+
+Why a module of its own: the front page is the one place a reader looks, so none of its numbers may be typed. Each
+block is rendered from the comparison files the notebooks wrote (paired two-level bootstrap intervals, see
+:mod:`b2lib.stats`) and placed between ``<!-- frontpage:NAME -->`` and ``<!-- /frontpage:NAME -->`` markers in
+README.md by :func:`update_readme` (notebook 08 calls it). :func:`check_readme` re-renders every block and lists the
+ones whose text differs from README's, which the test suite asserts is none: a result file that changes without the
+page following fails the tests.
+
+A claim's status is a rule over its checks, never a judgement typed next to a number: every check is one paired
+comparison with the direction the paper claims; *reproduced* when every check's interval excludes 0 in that
+direction, *partly* when some do, *not reproduced* when none does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import pandas as pd
+
+__all__ = [
+    "METRICS",
+    "NAMES",
+    "Check",
+    "Claim",
+    "CLAIMS",
+    "format_diff",
+    "claim_status",
+    "diversity_line",
+    "scorecard",
+    "table1",
+    "diff_table",
+    "study_tables",
+    "render_blocks",
+    "update_readme",
+    "check_readme",
+]
+
+#: evaluation metrics of the comparison files, with the names the front page uses
+METRICS: dict[str, str] = {"reward": "CLIPScore", "bertscore": "BERTScore", "judge_all_ok": "judge aligned"}
+#: main_table.csv's column of each metric's mean over seeds
+_MEAN_COLUMNS = {"reward": "reward_mean_mean", "bertscore": "bertscore_mean_mean", "judge_all_ok": "judge_all_ok_mean"}
+_BLOCK = "<!-- frontpage:{name} -->", "<!-- /frontpage:{name} -->"
+
+
+@dataclass(frozen=True)
+class Check:
+    """One paired comparison ``a − b`` on ``metric`` in a comparisons file under ``results/``; ``sign`` +1 when the
+    paper's claim is that ``a`` is higher, −1 when it is lower."""
+
+    file: str
+    template: str
+    a: str
+    b: str
+    metric: str
+    label: str
+    split: str = "test"
+    sign: int = 1
+
+
+@dataclass(frozen=True)
+class Claim:
+    """One line of the scorecard: the paper's claim, its checks, the notebook that measured them and, optionally, a
+    note on what the images show instead (``instead``: checks whose numbers are shown, not scored)."""
+
+    claim: str
+    checks: tuple[Check, ...]
+    notebook: str
+    instead: tuple[Check, ...] = field(default_factory=tuple)
+    instead_text: str = ""
+
+
+def _t(template: str, a: str, b: str, metric: str, label: str, file: str = "templates/comparisons.csv") -> Check:
+    return Check(file, template, a, b, metric, label)
+
+
+#: how the front page names the run folders' methods
+NAMES: dict[str, str] = {
+    "b2": "B²",
+    "ddpo": "DDPO",
+    "base": "base",
+    "progressive": "progressive only",
+    "branch": "branch only",
+    "tree2": "tree, depth 2",
+    "tree2_flat": "tree, depth 2, flat",
+    "tree3": "tree, depth 3",
+    "tree3_flat": "tree, depth 3, flat",
+}
+
+
+def _pair(a: str, b: str, suffix: str = "") -> str:
+    return f"{NAMES.get(a, a)} − {NAMES.get(b, b)}{suffix}"
+
+
+#: the paper's claims, in the order of its abstract; each check names where its number lives
+CLAIMS: tuple[Claim, ...] = (
+    Claim(
+        "B² improves prompt-image alignment over the base model (Table 1)",
+        tuple(_t(t, "b2", "base", "judge_all_ok", f"{t}, judge") for t in ("counting", "binding", "relation")),
+        "04_templates",
+    ),
+    Claim(
+        "B² raises the alignment reward it is trained on, on held-out prompts (Table 1, generalisation)",
+        tuple(_t(t, "b2", "base", "reward", f"{t}, CLIPScore") for t in ("counting", "binding", "relation")),
+        "04_templates",
+    ),
+    Claim(
+        "B² beats DDPO (equal UNet work; equal images)",
+        (
+            _t("counting", "b2", "ddpo", "judge_all_ok", "equal work, judge"),
+            _t("counting", "b2", "ddpo", "judge_all_ok", "equal images, judge", "trees_images/comparisons.csv"),
+        ),
+        "03_train, 12_trees",
+    ),
+    Claim(
+        "Both strategies contribute (ablation)",
+        tuple(
+            Check("ablations/strategy_comparisons.csv", "counting", a, b, "judge_all_ok", _pair(a, b))
+            for a, b in (("branch", "ddpo"), ("progressive", "ddpo"), ("b2", "branch"), ("b2", "progressive"))
+        ),
+        "06_ablations",
+    ),
+    Claim(
+        "B² is compatible with existing RL updates (PPO, DPOK, GRPO)",
+        tuple(
+            Check(
+                "compat/comparisons.csv",
+                "counting",
+                f"b2@{u}",
+                f"ddpo@{u}",
+                "judge_all_ok",
+                _pair("b2", "ddpo", f" ({u.upper()})"),
+            )
+            for u in ("ppo", "dpok", "grpo")
+        ),
+        "07_compatibility",
+    ),
+    Claim(
+        "B² learns from a sparse (binary) reward",
+        (
+            Check("sparse/comparisons.csv", "counting", "b2", "base", "judge_all_ok", "B² − base"),
+            Check("sparse/comparisons.csv", "counting", "b2", "ddpo", "judge_all_ok", "B² − DDPO"),
+        ),
+        "11_sparse_reward",
+    ),
+    Claim(
+        "A reward gain is an alignment gain (binding: two colours bound to two objects)",
+        (_t("binding", "b2", "base", "judge_all_ok", "judge"),),
+        "04_templates",
+        instead=(
+            _t("binding", "b2", "base", "reward", "CLIPScore"),
+            Check(
+                "templates/colour_mixing_comparisons.csv",
+                "binding",
+                "b2",
+                "base",
+                "asked_colours_mixed",
+                "images with the two asked colours blended in one object",
+            ),
+        ),
+        instead_text="what the images show instead",
+    ),
+)
+
+
+def format_diff(row: pd.Series | Mapping, bold: bool = True) -> str:
+    """``+0.059 [+0.015, +0.108]``; bold where the interval excludes 0 (``resolved``)."""
+    text = f"{row['diff']:+.3f} [{row['low']:+.3f}, {row['high']:+.3f}]"
+    return f"**{text}**" if bold and bool(row["resolved"]) else text
+
+
+def _read(results: Path, file: str) -> pd.DataFrame:
+    path = results / file
+    if not path.exists():
+        raise FileNotFoundError(f"results/{file} is missing: run the notebook that writes it (docs/notebooks.md)")
+    return pd.read_csv(path)
+
+
+def _row(df: pd.DataFrame, check: Check, results: Path) -> pd.Series:
+    m = df[
+        (df["template"] == check.template)
+        & (df["a"] == check.a)
+        & (df["b"] == check.b)
+        & (df["metric"] == check.metric)
+        & (df["split"] == check.split)
+    ]
+    if len(m) != 1:
+        raise KeyError(
+            f"results/{check.file}: expected one row {check.template}, {check.a} − {check.b}, {check.metric}, "
+            f"{check.split}; found {len(m)}."
+        )
+    return m.iloc[0]
+
+
+def _supports(row: pd.Series, sign: int) -> bool:
+    return bool(row["resolved"]) and (row["diff"] * sign > 0)
+
+
+def claim_status(rows: Sequence[pd.Series], signs: Sequence[int]) -> str:
+    """The rule: every check resolved in the claimed direction → reproduced; some → partly; none → not reproduced."""
+    hits = sum(_supports(r, s) for r, s in zip(rows, signs))
+    if hits == len(rows):
+        return "reproduced"
+    return "partly" if hits else "not reproduced"
+
+
+def scorecard(results: str | Path, claims: Sequence[Claim] = CLAIMS, diversity: bool = True) -> str:
+    """The scorecard: one line per claim, its status, every check's number with its interval, the notebook; then the
+    diversity line (:func:`diversity_line`) unless ``diversity`` is False."""
+    results = Path(results)
+    cache: dict[str, pd.DataFrame] = {}
+
+    def rows(checks):
+        out = []
+        for c in checks:
+            if c.file not in cache:
+                cache[c.file] = _read(results, c.file)
+            out.append(_row(cache[c.file], c, results))
+        return out
+
+    lines = [
+        "| the paper's claim | here | the numbers (a − b, 95 % interval; bold: resolved) | notebook |",
+        "|---|---|---|---|",
+    ]
+    for claim in claims:
+        got = rows(claim.checks)
+        status = claim_status(got, [c.sign for c in claim.checks])
+        numbers = "; ".join(f"{c.label} {format_diff(r)}" for c, r in zip(claim.checks, got))
+        if claim.instead:
+            try:
+                extra = rows(claim.instead)
+                numbers += f"; {claim.instead_text}: " + "; ".join(
+                    f"{c.label} {_means(r)} {format_diff(r)}" for c, r in zip(claim.instead, extra)
+                )
+            except (FileNotFoundError, KeyError) as err:
+                numbers += f"; {claim.instead_text}: not measured ({err})"
+        lines.append(f"| {claim.claim} | **{status}** | {numbers} | `{claim.notebook}` |")
+    if diversity:
+        lines.append(diversity_line(results))
+    return "\n".join(lines)
+
+
+def diversity_line(results: str | Path) -> str:
+    """The paper's diversity claim. Diversity is one number per model (mean pairwise CLIP-embedding distance within a
+    prompt), so there is no per-image pairing and no interval: the line gives B²'s mean ± std over seeds against the
+    base model's and says it is untested rather than give it a status it has not earned."""
+    means = _read(Path(results), "templates/main_table.csv").set_index(["template", "method"])
+    parts, below = [], []
+    for t in ("counting", "binding", "relation"):
+        b2, base = means.loc[(t, "b2")], means.loc[(t, "base")]
+        mean, std, ref = b2["clip_diversity_mean"], b2["clip_diversity_std"], base["clip_diversity_mean"]
+        parts.append(f"{t} {ref:.3f} → {mean:.3f} ± {std:.3f}")
+        if mean + std < ref:
+            below.append(t)
+    where = ", ".join(below) if below else "none"
+    return (
+        "| B² keeps image diversity | **no interval** (one number per model) | CLIP diversity, base → B² (± std over "
+        f"seeds): {'; '.join(parts)}; B² below base by more than 1 std on: {where} | `04_templates` |"
+    )
+
+
+def _means(row: pd.Series) -> str:
+    return f"{row['mean_b']:.3f} → {row['mean_a']:.3f},"
+
+
+def table1(results: str | Path, split: str = "test") -> str:
+    """Table 1 as the paper lays it out: template × model, each metric's mean and, for the fine-tuned models, the
+    paired difference to the base model with its interval (5 seeds, 512–540 paired test images per model)."""
+    results = Path(results)
+    means = _read(results, "templates/main_table.csv")
+    comps = _read(results, "templates/comparisons.csv")
+    comps = comps[comps["split"] == split]
+    names = {"base": "base", "ddpo": "DDPO", "b2": "B²"}
+    lines = ["| template | model | " + " | ".join(METRICS.values()) + " |", "|---|---|" + "---|" * len(METRICS)]
+    for template in ("counting", "binding", "relation"):
+        for method in ("base", "ddpo", "b2"):
+            m = means[(means["template"] == template) & (means["method"] == method)]
+            if len(m) != 1:
+                raise KeyError(f"{results}/templates/main_table.csv: no single row for {template}, {method}.")
+            cells = []
+            for metric in METRICS:
+                cell = f"{m.iloc[0][_MEAN_COLUMNS[metric]]:.3f}"
+                if method != "base":
+                    r = _row(comps, Check("templates/comparisons.csv", template, method, "base", metric, ""), results)
+                    cell += f" ({format_diff(r)})"
+                cells.append(cell)
+            lines.append(f"| {template} | {names[method]} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def diff_table(results: str | Path, file: str, rows: Sequence[tuple[str, str, str, str]], split: str = "test") -> str:
+    """A compact study table: one row per ``(label, template, a, b)``, one column per metric, each cell ``a − b``
+    with its interval (bold: resolved)."""
+    results = Path(results)
+    df = _read(results, file)
+    lines = ["| comparison | " + " | ".join(METRICS.values()) + " |", "|---|" + "---|" * len(METRICS)]
+    for label, template, a, b in rows:
+        cells = [
+            format_diff(_row(df, Check(file, template, a, b, metric, label, split), results)) for metric in METRICS
+        ]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def study_tables(results: str | Path) -> dict[str, str]:
+    """The four study tables of the front page (≤ 12 rows each), counting's test prompts, 5 seeds, 512 paired
+    images per model."""
+    r = results
+    ablation = [
+        (_pair(a, b), "counting", a, b)
+        for a, b in (
+            ("ddpo", "base"),
+            ("progressive", "base"),
+            ("branch", "base"),
+            ("b2", "base"),
+            ("branch", "ddpo"),
+            ("progressive", "ddpo"),
+            ("b2", "branch"),
+            ("b2", "progressive"),
+        )
+    ]
+    compat = [
+        (_pair(a, b, f" ({u.upper()})"), "counting", f"{a}@{u}" if a != "base" else a, f"{b}@{u}" if b != "base" else b)
+        for u in ("ppo", "dpok", "grpo")
+        for a, b in (("b2", "ddpo"), ("b2", "base"), ("ddpo", "base"))
+    ]
+    trees = [(_pair("b2", "base"), "counting", "b2", "base")] + [
+        (_pair(t, b), "counting", t, b) for t in ("tree2", "tree2_flat", "tree3", "tree3_flat") for b in ("base", "b2")
+    ]
+    sparse = [(_pair(a, b), "counting", a, b) for a, b in (("ddpo", "base"), ("b2", "base"), ("b2", "ddpo"))]
+    return {
+        "ablation": diff_table(r, "ablations/strategy_comparisons.csv", ablation),
+        "compat": diff_table(r, "compat/comparisons.csv", compat),
+        "trees": diff_table(r, "trees/comparisons.csv", trees),
+        "sparse": diff_table(r, "sparse/comparisons.csv", sparse),
+    }
+
+
+def render_blocks(results: str | Path) -> dict[str, str]:
+    """Every generated block of the front page, by marker name."""
+    return {"scorecard": scorecard(results), "table1": table1(results), **study_tables(results)}
+
+
+def _split(text: str, name: str) -> tuple[str, str, str] | None:
+    start, end = (m.format(name=name) for m in _BLOCK)
+    if start not in text or end not in text:
+        return None
+    head, rest = text.split(start, 1)
+    body, tail = rest.split(end, 1)
+    return head + start, body, end + tail
+
+
+def update_readme(readme: str | Path, results: str | Path) -> list[str]:
+    """Write every block between its markers in ``readme``; returns the names of blocks whose markers are missing."""
+    readme = Path(readme)
+    text = readme.read_text()
+    missing = []
+    for name, block in render_blocks(results).items():
+        parts = _split(text, name)
+        if parts is None:
+            missing.append(name)
+            continue
+        text = f"{parts[0]}\n{block}\n{parts[2]}"
+    readme.write_text(text)
+    return missing
+
+
+def check_readme(readme: str | Path, results: str | Path) -> list[str]:
+    """The blocks whose text in ``readme`` differs from a fresh render from ``results`` (or whose markers are
+    missing), each with the fix; empty when the page is true to the files."""
+    text = Path(readme).read_text()
+    problems = []
+    for name, block in render_blocks(results).items():
+        parts = _split(text, name)
+        if parts is None:
+            problems.append(f"{name}: markers {_BLOCK[0].format(name=name)} … missing in {readme}")
+        elif parts[1].strip() != block.strip():
+            problems.append(f"{name}: README differs from {results}; rerun notebooks/08_figures.ipynb to rewrite it")
+    return problems

@@ -1,0 +1,106 @@
+"""The front page is generated: its blocks equal a fresh render from ``results/``; the claim rule is the stated one."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from b2lib.frontpage import (
+    CLAIMS,
+    Check,
+    Claim,
+    check_readme,
+    claim_status,
+    diff_table,
+    format_diff,
+    render_blocks,
+    scorecard,
+    update_readme,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+COLUMNS = ["template", "metric", "a", "b", "mean_a", "mean_b", "diff", "low", "high", "resolved", "split"]
+
+
+def _comp(rows) -> pd.DataFrame:
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def test_readme_numbers_equal_the_result_files():
+    problems = check_readme(ROOT / "README.md", ROOT / "results")
+    assert not problems, "\n".join(problems)
+
+
+def test_every_claim_check_is_found_in_the_committed_results():
+    blocks = render_blocks(ROOT / "results")
+    assert set(blocks) == {"scorecard", "table1", "ablation", "compat", "trees", "sparse"}
+    assert blocks["scorecard"].count("\n") == len(CLAIMS) + 2  # header, rule, one line per claim, diversity
+    for name, block in blocks.items():
+        assert block.count("\n") - 1 <= 12, f"{name} has more than 12 rows"
+
+
+def test_claim_rule_closed_cases():
+    up = pd.Series({"diff": 0.1, "low": 0.02, "high": 0.2, "resolved": True})
+    flat = pd.Series({"diff": 0.01, "low": -0.02, "high": 0.05, "resolved": False})
+    down = pd.Series({"diff": -0.1, "low": -0.2, "high": -0.02, "resolved": True})
+    assert claim_status([up, up], [1, 1]) == "reproduced"
+    assert claim_status([up, flat], [1, 1]) == "partly"
+    assert claim_status([flat, down], [1, 1]) == "not reproduced"  # resolved the wrong way counts against
+    assert claim_status([down], [-1]) == "reproduced"
+
+
+def test_format_diff_bolds_only_resolved():
+    assert (
+        format_diff({"diff": 0.0594, "low": 0.0153, "high": 0.1081, "resolved": True}) == "**+0.059 [+0.015, +0.108]**"
+    )
+    assert format_diff({"diff": -0.002, "low": -0.01, "high": 0.008, "resolved": False}) == "-0.002 [-0.010, +0.008]"
+
+
+def test_scorecard_and_tables_from_a_synthetic_results_folder(tmp_path):
+    (tmp_path / "s").mkdir()
+    _comp(
+        [
+            ["counting", "judge_all_ok", "b2", "base", 0.4, 0.3, 0.1, 0.05, 0.15, True, "test"],
+            ["counting", "judge_all_ok", "b2", "ddpo", 0.4, 0.38, 0.02, -0.03, 0.07, False, "test"],
+            ["counting", "reward", "b2", "base", 0.8, 0.8, 0.0, -0.01, 0.01, False, "test"],
+            ["counting", "bertscore", "b2", "base", 0.8, 0.8, 0.0, -0.01, 0.01, False, "test"],
+        ]
+    ).to_csv(tmp_path / "s" / "comparisons.csv", index=False)
+    claims = (
+        Claim("wins over base", (Check("s/comparisons.csv", "counting", "b2", "base", "judge_all_ok", "judge"),), "nb"),
+        Claim(
+            "wins over both",
+            (
+                Check("s/comparisons.csv", "counting", "b2", "base", "judge_all_ok", "vs base"),
+                Check("s/comparisons.csv", "counting", "b2", "ddpo", "judge_all_ok", "vs ddpo"),
+            ),
+            "nb",
+        ),
+    )
+    card = scorecard(tmp_path, claims, diversity=False)
+    assert "| wins over base | **reproduced** | judge **+0.100 [+0.050, +0.150]** | `nb` |" in card
+    assert "| wins over both | **partly** |" in card
+    table = diff_table(tmp_path, "s/comparisons.csv", [("B² − base", "counting", "b2", "base")])
+    assert (
+        table.splitlines()[-1]
+        == "| B² − base | +0.000 [-0.010, +0.010] | +0.000 [-0.010, +0.010] | **+0.100 [+0.050, +0.150]** |"
+    )
+    with pytest.raises(KeyError, match="expected one row"):
+        diff_table(tmp_path, "s/comparisons.csv", [("x", "binding", "b2", "base")])
+    with pytest.raises(FileNotFoundError, match="run the notebook"):
+        diff_table(tmp_path, "nope.csv", [])
+
+
+def test_update_then_check_round_trip_and_a_stale_page_is_caught(tmp_path):
+    readme = tmp_path / "README.md"
+    names = render_blocks(ROOT / "results")
+    readme.write_text("top\n" + "".join(f"<!-- frontpage:{n} -->\nold\n<!-- /frontpage:{n} -->\n" for n in names))
+    assert len(check_readme(readme, ROOT / "results")) == len(names)  # every block stale
+    assert update_readme(readme, ROOT / "results") == []
+    assert check_readme(readme, ROOT / "results") == []
+    readme.write_text(readme.read_text().replace("+0.", "+9.", 1))  # one typed-over number
+    assert len(check_readme(readme, ROOT / "results")) == 1
+    readme.write_text("no markers")
+    assert update_readme(readme, ROOT / "results") == list(names)
