@@ -152,13 +152,16 @@ CLAIMS: tuple[Claim, ...] = (
         "04_templates",
         instead=(
             _t("binding", "b2", "base", "reward", "CLIPScore"),
-            Check(
-                "templates/colour_mixing_comparisons.csv",
-                "binding",
-                "b2",
-                "base",
-                "asked_colours_mixed",
-                "images with the two asked colours blended in one object",
+            *(
+                Check(
+                    "templates/colour_mixing_comparisons.csv",
+                    t,
+                    "b2",
+                    "base",
+                    "asked_colours_mixed",
+                    f"{t}: images with the two asked colours blended in one object",
+                )
+                for t in ("binding", "relation")
             ),
         ),
         instead_text="what the images show instead",
