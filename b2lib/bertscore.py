@@ -28,6 +28,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from .precision import model_autocast
 from .rewards import _check_images, check_reward_output
 
 __all__ = ["BertScore", "BlipCaptioner", "Captioner", "world_text_model_dir"]
@@ -172,7 +173,8 @@ class BlipCaptioner:
             inputs = self.processor(images=chunk, text=text, return_tensors="pt", do_rescale=False)
             inputs = {k: v.to(self.device) for k, v in inputs.items()}
             inputs["pixel_values"] = inputs["pixel_values"].to(dtype)
-            out = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens, num_beams=self.num_beams)
+            with model_autocast(self.device):  # the compute dtype (b2lib.precision); tokens out, nothing to cast
+                out = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens, num_beams=self.num_beams)
             captions += [c.strip() for c in self.processor.batch_decode(out, skip_special_tokens=True)]
         return captions
 
@@ -339,7 +341,9 @@ class BertScore:
         """bert-score F1 of each candidate against its reference, ``(N,)`` float32 on CPU.
 
         Empty texts score 0 without reaching bert-score (as bert-score itself would score them; its
-        empty-text path breaks on recent transformers)."""
+        empty-text path breaks on recent transformers). The text model runs in the compute dtype
+        (:mod:`b2lib.precision`: under bf16, bert-score's whole scoring call is autocast, the token-similarity
+        matrix included, since the model forward cannot be reached apart); the F1 comes back as float32."""
         if isinstance(candidates, str) or isinstance(references, str) or len(candidates) != len(references):
             raise ValueError(
                 "candidates and references must be two lists of str of equal length; got "
@@ -348,9 +352,10 @@ class BertScore:
         out = torch.zeros(len(candidates), dtype=torch.float32)
         keep = [i for i, (c, r) in enumerate(zip(candidates, references)) if c.strip() and r.strip()]
         if keep:
-            f1 = self.scorer.score(
-                [candidates[i] for i in keep], [references[i] for i in keep], batch_size=self.batch_size
-            )[2]
+            with model_autocast(getattr(self.scorer, "device", "cpu")):
+                f1 = self.scorer.score(
+                    [candidates[i] for i in keep], [references[i] for i in keep], batch_size=self.batch_size
+                )[2]
             out[keep] = torch.nan_to_num(f1.float().cpu(), nan=0.0)
         return out
 

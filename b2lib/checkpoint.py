@@ -7,6 +7,10 @@ crash mid-write leaves the previous checkpoint intact; files are fsynced before 
 leave a renamed but empty checkpoint. The trainer keeps the last few (``TrainerConfig.keep_checkpoints``) and
 :func:`latest_checkpoint` verifies each (files complete, JSON parseable, tensors finite) before trusting it, falling
 back to an older one with a warning that names the broken file.
+
+A full disk (``ENOSPC``/``EDQUOT``, or safetensors' own error carrying it) while writing a checkpoint or a LoRA export
+removes the half-written temp folder, leaves the previous one as it was, and raises
+:class:`~b2lib.rundir.DiskFullError` naming the path, the space needed and free, the fix and where a rerun resumes.
 """
 
 from __future__ import annotations
@@ -16,9 +20,12 @@ import os
 import shutil
 import warnings
 from pathlib import Path
+from typing import Callable
 
 import torch
 from safetensors.torch import load_file, save_file
+
+from .rundir import DISK_FULL_ERRNOS, disk_full_guard
 
 __all__ = [
     "save_checkpoint",
@@ -27,6 +34,7 @@ __all__ = [
     "verify_checkpoint",
     "checkpoint_stages",
     "save_lora",
+    "save_unet",
     "CHECKPOINT_FILES",
 ]
 
@@ -42,8 +50,9 @@ def _fsync(path: Path) -> None:
         return
     try:
         os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
+    except OSError as err:  # pragma: no cover - a full disk can surface only here (delayed allocation, NFS)
+        if err.errno in DISK_FULL_ERRNOS:
+            raise
     finally:
         os.close(fd)
 
@@ -69,20 +78,49 @@ def _join_optimizer(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
     return {"state": state, "param_groups": meta["param_groups"]}
 
 
+def _nbytes(tensors: dict[str, torch.Tensor]) -> int:
+    """The bytes ``tensors`` take on disk (safetensors stores them raw), for telling how much space a write needs."""
+    return sum(t.numel() * t.element_size() for t in tensors.values())
+
+
+def _resume_note(checkpoint_dir: Path) -> str:
+    """What rerunning does after a failed checkpoint write: resume from the newest usable checkpoint that is left.
+    Called only on the error path, since verifying a checkpoint reads it."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a fallback is named in the note itself
+        try:
+            last = latest_checkpoint(checkpoint_dir, subdir="")
+        except ValueError:
+            last = None
+    if last is None:
+        return "no earlier checkpoint is complete, so a rerun starts from stage 0"
+    return f"rerun it and it resumes from stage {int(last.name.split('_')[1])} (checkpoint {last} is intact)"
+
+
 def save_checkpoint(trainer, folder: str | os.PathLike) -> Path:
-    """Write ``trainer.state_dict()`` to ``folder`` (replaced atomically)."""
+    """Write ``trainer.state_dict()`` to ``folder`` (replaced atomically). Any failure removes the temp folder, so
+    nothing half-written is left; a full disk raises :class:`~b2lib.rundir.DiskFullError` saying how much space the
+    checkpoint needs, how much is free and from which stage a rerun resumes."""
     folder = Path(folder)
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
     state = trainer.state_dict()
-    save_file({k: v.contiguous().cpu() for k, v in state.pop("trainable").items()}, str(tmp / "trainable.safetensors"))
+    weights = {k: v.contiguous().cpu() for k, v in state.pop("trainable").items()}
     opt_tensors, state["optimizer"] = _split_optimizer(state["optimizer"])
-    save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
-    (tmp / "trainer.json").write_text(json.dumps(state))
-    for name in CHECKPOINT_FILES:
-        _fsync(tmp / name)
-    _fsync(tmp)
+    meta = json.dumps(state)
+    needed = _nbytes(weights) + _nbytes(opt_tensors) + len(meta)
+    with disk_full_guard(folder, "checkpoint", lambda: _resume_note(folder.parent), needed):
+        try:
+            tmp.mkdir(parents=True)
+            save_file(weights, str(tmp / "trainable.safetensors"))
+            save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
+            (tmp / "trainer.json").write_text(meta)
+            for name in CHECKPOINT_FILES:
+                _fsync(tmp / name)
+            _fsync(tmp)
+        except BaseException:  # a full disk, a kill (KeyboardInterrupt), anything: no half-written folder stays
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
     if folder.exists():
         shutil.rmtree(folder)
     tmp.rename(folder)
@@ -168,15 +206,52 @@ def latest_checkpoint(run_dir: str | os.PathLike, subdir: str = "checkpoints") -
     return None
 
 
-def save_lora(pipe, folder: str | os.PathLike) -> Path:
+#: what a rerun of a run does after a failed export: training is checkpointed, so it only exports (and evaluates) again
+EXPORT_RERUN = "the model's training is checkpointed, so a rerun resumes it at its last stage and exports again"
+
+
+def save_lora(pipe, folder: str | os.PathLike, then: str = EXPORT_RERUN) -> Path:
     """Save the UNet's LoRA adapter in diffusers' format: ``StableDiffusionPipeline.load_lora_weights(folder)`` on the
-    base pipeline restores the fine-tuned model."""
+    base pipeline restores the fine-tuned model.
+
+    Written to a temp folder that then replaces ``folder``, so a failed write (a full disk) leaves the previous export
+    or none, never a truncated one; a full disk raises :class:`~b2lib.rundir.DiskFullError` (``then``: what a rerun
+    does)."""
     from peft.utils import get_peft_model_state_dict
 
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     layers = get_peft_model_state_dict(pipe.unet)
     if not layers:
         raise ValueError("The UNet has no LoRA adapter to save (was the trainer run with use_lora=False?).")
-    type(pipe).save_lora_weights(folder, unet_lora_layers=layers, safe_serialization=True)
+    with disk_full_guard(folder, "the LoRA adapter", then, _nbytes(layers)):
+        replace_folder(
+            folder, lambda tmp: type(pipe).save_lora_weights(tmp, unet_lora_layers=layers, safe_serialization=True)
+        )
+    return folder
+
+
+def save_unet(pipe, folder: str | os.PathLike, then: str = EXPORT_RERUN) -> Path:
+    """Save a fully fine-tuned UNet (``UNet2DConditionModel.from_pretrained(folder)`` loads it), written like
+    :func:`save_lora`: through a temp folder, a full disk raising :class:`~b2lib.rundir.DiskFullError`."""
+    folder = Path(folder)
+    needed = sum(p.numel() * p.element_size() for p in pipe.unet.parameters())
+    with disk_full_guard(folder, "the fine-tuned UNet", then, needed):
+        replace_folder(folder, lambda tmp: pipe.unet.save_pretrained(tmp, safe_serialization=True))
+    return folder
+
+
+def replace_folder(folder: Path, write: Callable[[Path], object]) -> Path:
+    """Call ``write(tmp)`` on a fresh ``<folder>.tmp``, then put it in ``folder``'s place. Why: whatever goes wrong
+    while writing (a full disk, a kill), the temp folder is removed and ``folder`` keeps what it had."""
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        tmp.mkdir(parents=True)
+        write(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if folder.exists():
+        shutil.rmtree(folder)
+    tmp.rename(folder)
     return folder

@@ -9,6 +9,7 @@ from diffusers import StableDiffusionPipeline
 from tqdm.auto import tqdm
 
 from .models import lora_fused
+from .precision import compute_dtype
 from .sampling import sample_trajectories
 
 if TYPE_CHECKING:
@@ -28,17 +29,19 @@ def generate(
     batch_size: int = 32,
     progress: bool = False,
     fuse_lora: bool = True,
+    dtype: str | None = None,
 ) -> torch.Tensor:
     """Images ``(N, 3, H, W)`` in [0, 1] for ``prompts``, with the policy's own sampler (DDIM, eta, CFG).
 
     Batch ``b`` uses a generator seeded ``(seed, b)``, so two models given the same prompts and seed start from the
     same noise: differences in the images are the models' doing. A LoRA adapter is folded into the weights while
     generating (``fuse_lora``, :func:`b2lib.models.lora_fused`): the base model's speed, the same images up to float
-    rounding.
+    rounding. ``dtype``: the UNet and VAE forwards' compute dtype (:mod:`b2lib.precision`; ``"bf16"``: autocast, the
+    DDIM steps in fp32; ``None``: the enclosing :func:`~b2lib.precision.compute_dtype`'s, fp32 outside any).
     """
     out = []
     starts = range(0, len(prompts), batch_size)
-    with lora_fused(pipe.unet, fuse_lora):
+    with lora_fused(pipe.unet, fuse_lora), compute_dtype(dtype):
         for b, start in enumerate(tqdm(starts, desc="generate", leave=False, disable=not progress)):
             gen = torch.Generator().manual_seed(seed * 100_003 + b)
             traj = sample_trajectories(
@@ -164,13 +167,17 @@ def evaluate_prompts(
     eta: float = 1.0,
     batch_size: int = 64,
     text_metric=None,
+    dtype: str | None = None,
 ):
     """Generate ``n_per_prompt`` images per prompt (prompt-major, same seeds for every model) and score them with
     :func:`evaluate_images`; ``reward`` is a :class:`~b2lib.rewards.ClipScore` (also used for semantic diversity),
-    ``text_metric`` an optional caption-based score (BERTScore). Returns ``(table, summary, images)``."""
+    ``text_metric`` an optional caption-based score (BERTScore). ``dtype``: the compute dtype of the generation and of
+    the reward and text models' forwards (:mod:`b2lib.precision`; the scores are fp32; ``None``: inherit). Returns
+    ``(table, summary, images)``."""
     batch = [p for p in prompts for _ in range(n_per_prompt)]
-    images = generate(
-        pipe, batch, num_steps=num_steps, guidance_scale=guidance_scale, eta=eta, seed=seed, batch_size=batch_size
-    )
-    table, summary = evaluate_images(images, batch, reward, judge_fn, text_metric=text_metric)
+    with compute_dtype(dtype):
+        images = generate(
+            pipe, batch, num_steps=num_steps, guidance_scale=guidance_scale, eta=eta, seed=seed, batch_size=batch_size
+        )
+        table, summary = evaluate_images(images, batch, reward, judge_fn, text_metric=text_metric)
     return table, summary, images

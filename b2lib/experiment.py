@@ -20,7 +20,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from .checkpoint import latest_checkpoint, save_lora
+from .checkpoint import latest_checkpoint, save_lora, save_unet
 from .evaluate import evaluate_prompts, subset
 from .paths import code_version, results_dir
 from .presets import (
@@ -33,7 +33,16 @@ from .presets import (
     load_prompts,
     trainer_config,
 )
-from .rundir import RunLock, check_fingerprint, move_aside
+from .progress import RunProgress, clock, terminal
+from .rundir import (
+    RunLock,
+    check_fingerprint,
+    disk_full_guard,
+    move_aside,
+    not_writable_guard,
+    prepare_output_dir,
+    write_text_atomic,
+)
 from .trainer import RLTrainer
 
 __all__ = [
@@ -54,7 +63,7 @@ METHODS = METHOD_NAMES
 DEFAULT_METHODS = ("ddpo", "b2")
 #: RunConfig fields added after run folders were first fingerprinted, with their defaults: a run's settings record
 #: them only when set, so older folders keep their fingerprint and resume (see :meth:`RunConfig.settings`)
-_ADDED_AT_DEFAULT = {"recipe": "paper", "budget": "images", "method_overrides": {}}
+_ADDED_AT_DEFAULT = {"recipe": "paper", "budget": "images", "method_overrides": {}, "dtype": "fp32"}
 #: the method whose ``stages`` define an equal compute budget (``RunConfig.budget="compute"``)
 COMPUTE_REFERENCE = "b2"
 
@@ -108,6 +117,8 @@ class RunConfig:
     # (b2lib.trainer.nominal_work, forward-equivalents) stays within B²'s (B² trains less per image, so sees more)
     method_overrides: dict = field(default_factory=dict)  # per method, TrainerConfig fields laid over `overrides`:
     # each method's own tuned point, e.g. {"b2": {"lr": 1e-4}, "ddpo": {"lr": 3e-4, "timestep_fraction": 0.25}}
+    dtype: str = "fp32"  # compute dtype of every model forward, training and evaluation (b2lib.precision): "fp32" or
+    # "bf16" (autocast; DDIM steps, log-probs, loss and scores fp32; needs a CPU with AVX512-BF16/AMX or a bf16 GPU)
 
     def __post_init__(self) -> None:
         problems = self.problems()
@@ -223,6 +234,7 @@ class RunConfig:
                 out.append(("method_overrides", f"unknown method(s) {unknown}; use any of {list(METHODS)}"))
             for method, fields_ in self.method_overrides.items():
                 out += _field_problems("method_overrides", fields_, f"{method}: ")
+        out += self._dtype_problems()
         if not out:  # the trainer settings each method would get: only once the rest is sound
             for method in self.methods:
                 try:
@@ -230,6 +242,30 @@ class RunConfig:
                 except (TypeError, ValueError) as err:
                     culprit = "overrides" if self.overrides or self.method_overrides else "images_per_stage"
                     out.append((culprit, f"{method}: {err}"))
+        return out
+
+    def _dtype_problems(self) -> list[tuple[str, str]]:
+        """``dtype``: a known name, native bf16 on the device the run will use (:func:`b2lib.precision.check_dtype`),
+        fp32 weights to autocast, and set here only: evaluation follows it too, so an override of the trainer's alone
+        would evaluate in another dtype than it trained."""
+        from .precision import DTYPES, check_dtype
+
+        out = []
+        per_method = self.method_overrides.values() if isinstance(self.method_overrides, dict) else []
+        if any(isinstance(f, dict) and "dtype" in f for f in [self.overrides, *per_method]):
+            out.append(("dtype", "set it with the run's dtype setting (--dtype), not in overrides or method_overrides"))
+        if self.dtype not in DTYPES:
+            return out + [("dtype", f"use one of {list(DTYPES)}; got {self.dtype!r}")]
+        if self.dtype == "fp32" or self.preset not in PRESETS or self.device not in ("", "cpu", "cuda"):
+            return out
+        scale = get_preset(self.preset)
+        if scale.torch_dtype != torch.float32:
+            half = f"the {self.preset} preset loads {scale.torch_dtype} weights here (its own half precision)"
+            out.append(("dtype", f"'bf16' autocasts fp32 weights; {half}: use dtype='fp32'"))
+        try:
+            check_dtype(self.dtype, self.device or scale.device)
+        except ValueError as err:
+            out.append(("dtype", str(err)))
         return out
 
     def settings(self) -> dict:
@@ -258,7 +294,8 @@ class RunConfig:
         return self._method_config(method, seed, stages, extra)
 
     def _method_config(self, method: str, seed: int, stages: int, extra: dict):
-        fields_ = {**self.overrides, **self.method_overrides.get(method, {}), **extra}
+        own = {"dtype": self.dtype} if self.dtype != "fp32" else {}  # fp32: TrainerConfig's default
+        fields_ = {**own, **self.overrides, **self.method_overrides.get(method, {}), **extra}
         return trainer_config(
             self.preset,
             method,
@@ -354,7 +391,14 @@ def _save_samples(images: dict, n_per_prompt: int, k: int, path: Path) -> None:
     for label, imgs in images.items():
         idx = torch.arange(0, imgs.shape[0], n_per_prompt)[:k]
         tensors[label] = (imgs[idx].clamp(0, 1) * 255).round().to(torch.uint8).contiguous()
-    save_file(tensors, str(path))
+    tmp = path.with_name(path.name + ".tmp")
+    with disk_full_guard(path, "the sample grid", RESULTS_RERUN, sum(t.numel() for t in tensors.values())):
+        try:
+            save_file(tensors, str(tmp))
+            tmp.replace(path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
 
 
 def eval_split_prompts(cfg: RunConfig) -> dict[str, list[str]]:
@@ -372,7 +416,8 @@ def eval_split_prompts(cfg: RunConfig) -> dict[str, list[str]]:
 
 def eval_settings(cfg: RunConfig, device: str, bertscore: bool = True) -> dict:
     """Keyword arguments of :func:`b2lib.evaluate.evaluate_prompts` for ``cfg``'s evaluation: its judge, noise seed,
-    text metric and the chain the models were trained on (steps, eta, guidance; a tree's levels are not the chain's)."""
+    text metric, the chain the models were trained on (steps, eta, guidance; a tree's levels are not the chain's) and
+    the run's compute dtype."""
     chain_fields = {k: v for k, v in cfg.overrides.items() if not k.startswith("tree")}
     chain = trainer_config(cfg.preset, "ddpo", **chain_fields)
     return dict(
@@ -382,7 +427,21 @@ def eval_settings(cfg: RunConfig, device: str, bertscore: bool = True) -> dict:
         num_steps=chain.num_steps,
         guidance_scale=chain.guidance_scale,
         eta=chain.eta,
+        dtype=cfg.dtype,
     )
+
+
+#: what rerunning a run does after its result files failed to write (the trained models are safe in checkpoints)
+RESULTS_RERUN = (
+    "the models trained so far are checkpointed, so a rerun resumes them at their last stage and evaluates again"
+)
+
+
+def _write_result(path: Path, text: str) -> None:
+    """Write a result file atomically (a full disk leaves the old file or none, never a truncated table), turning a
+    full disk into a :class:`~b2lib.rundir.DiskFullError` that names the file and the fix."""
+    with disk_full_guard(path, "run results", RESULTS_RERUN, len(text.encode())):
+        write_text_atomic(path, text)
 
 
 def run_experiment(cfg: RunConfig, progress: bool = True, accelerator=None) -> RunResult:
@@ -391,18 +450,19 @@ def run_experiment(cfg: RunConfig, progress: bool = True, accelerator=None) -> R
     from accelerate import Accelerator
 
     t0 = time.perf_counter()
+    out = Path(cfg.output_dir) if cfg.output_dir else results_dir(cfg.run_name)
+    prepare_output_dir(out)  # a read-only or full output folder stops here, before any model loads
     acc = accelerator or Accelerator(cpu=(cfg.device or get_preset(cfg.preset).device) == "cpu")
     main = acc.is_main_process
-    out = Path(cfg.output_dir) if cfg.output_dir else results_dir(cfg.run_name)
-    out.mkdir(parents=True, exist_ok=True)
     with RunLock(out) if main else contextlib.nullcontext():
         if main:
-            if not cfg.resume:
-                moved = move_aside(out)
-                if moved is not None:
-                    print(f"resume=False: the folder's earlier content was moved to {moved}")
-            check_fingerprint(out, cfg.settings())
-            (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2, default=str))
+            with not_writable_guard(out, "nothing was trained yet"):
+                if not cfg.resume:
+                    moved = move_aside(out)
+                    if moved is not None:
+                        print(f"resume=False: the folder's earlier content was moved to {moved}")
+                check_fingerprint(out, cfg.settings())
+                write_text_atomic(out / "config.json", json.dumps(asdict(cfg), indent=2, default=str))
         acc.wait_for_everyone()
         return _run(cfg, acc, out, t0, progress)
 
@@ -416,8 +476,10 @@ def _run(cfg: RunConfig, acc, out: Path, t0: float, progress: bool) -> RunResult
     metric_fn = _stage_metric_fn(cfg.preset)
 
     device = str(acc.device)
-    pipe, reward = load_models(cfg.preset, cfg.model_dir, cfg.clip_dir, device=device)
-    eval_kwargs = eval_settings(cfg, device, bertscore=cfg.bertscore and main)
+    report = RunProgress(progress and acc.is_local_main_process, bars=terminal())
+    with report.quiet_loading():
+        pipe, reward = load_models(cfg.preset, cfg.model_dir, cfg.clip_dir, device=device)
+        eval_kwargs = eval_settings(cfg, device, bertscore=cfg.bertscore and main)  # loads the BERTScore model
     rows, images, per_image = [], {}, []
     n_first = cfg.n_per_prompt(len(eval_prompts))
     eval_batch = [p for p in eval_prompts for _ in range(n_first)]
@@ -432,9 +494,11 @@ def _run(cfg: RunConfig, acc, out: Path, t0: float, progress: bool) -> RunResult
     def evaluate(label: str, method: str, seed) -> None:
         for split in cfg.eval_splits:
             prompts = split_prompts[split]
-            table, summary, imgs = evaluate_prompts(
-                pipe, prompts, reward, n_per_prompt=cfg.n_per_prompt(len(prompts)), **eval_kwargs
-            )
+            n = cfg.n_per_prompt(len(prompts))
+            report.evaluation_started(label, split, n * len(prompts))
+            start = time.perf_counter()
+            table, summary, imgs = evaluate_prompts(pipe, prompts, reward, n_per_prompt=n, **eval_kwargs)
+            report.evaluation_done(label, split, summary, time.perf_counter() - start)
             rows.append({"model": label, "method": method, "seed": seed, "split": split, **summary})
             per_image.append(table.assign(model=label, method=method, seed=seed, split=split, image=range(len(table))))
             if split == cfg.eval_splits[0]:
@@ -447,34 +511,36 @@ def _run(cfg: RunConfig, acc, out: Path, t0: float, progress: bool) -> RunResult
     for seed in cfg.seeds:
         for method in cfg.methods:
             label = f"{method}_seed{seed}"
-            pipe, _ = load_models(cfg.preset, cfg.model_dir, cfg.clip_dir, device=device)  # fresh base weights
-            tcfg = cfg.trainer_config(method, seed, progress=progress)
+            with report.quiet_loading():
+                pipe, _ = load_models(cfg.preset, cfg.model_dir, cfg.clip_dir, device=device)  # fresh base weights
+            # tqdm bars on a terminal; elsewhere (a notebook, papermill, a log file) the report's lines instead
+            tcfg = cfg.trainer_config(method, seed, progress=progress and report.bars)
             trainer = RLTrainer(pipe, train_reward, train_prompts, tcfg, accelerator=acc, metric_fn=metric_fn)
             ckpt_dir = out / label / "checkpoints"
             resume = latest_checkpoint(out / label) if cfg.resume else None
-            trainer.train(checkpoint_dir=ckpt_dir, resume_from=resume)
+            on_stage = report.training(label, tcfg.num_stages, int(resume.name.split("_")[-1]) if resume else 0)
+            trainer.train(checkpoint_dir=ckpt_dir, resume_from=resume, on_stage=on_stage)
             acc.wait_for_everyone()
             for m in trainer.log:
                 metrics.append({"method": method, "seed": seed, **m})
             if main:
                 if cfg.save_lora and tcfg.use_lora:
                     save_lora(pipe, out / label / "lora")
-                elif (
-                    cfg.save_lora
-                ):  # a full fine-tune: the whole UNet, loadable with UNet2DConditionModel.from_pretrained
-                    pipe.unet.save_pretrained(out / label / "unet", safe_serialization=True)
+                elif cfg.save_lora:
+                    save_unet(pipe, out / label / "unet")  # a full fine-tune: UNet2DConditionModel.from_pretrained
                 evaluate(label, method, seed)
-                pd.DataFrame(metrics).to_csv(out / "metrics.csv", index=False)  # progress survives a crash
+                _write_result(out / "metrics.csv", pd.DataFrame(metrics).to_csv(index=False))  # survives a crash
 
     if main and cfg.grid_prompts:
         _save_samples(images, n_first, cfg.grid_prompts, out / "samples.safetensors")
     metrics_df, evals = pd.DataFrame(metrics), pd.DataFrame(rows)
     wall = time.perf_counter() - t0
     if main:
-        metrics_df.to_csv(out / "metrics.csv", index=False)
-        evals.to_csv(out / "eval.csv", index=False)
+        _write_result(out / "metrics.csv", metrics_df.to_csv(index=False))
+        _write_result(out / "eval.csv", evals.to_csv(index=False))
         write_eval_images(pd.concat(per_image, ignore_index=True), out)
-        (out / "summary.json").write_text(
+        _write_result(  # last: its presence marks the run as finished (run_many skips such folders)
+            out / "summary.json",
             json.dumps(
                 {
                     "wall_s": wall,
@@ -491,8 +557,9 @@ def _run(cfg: RunConfig, acc, out: Path, t0: float, progress: bool) -> RunResult
                 },
                 indent=2,
                 default=str,
-            )
+            ),
         )
+        report.say(f"run finished in {clock(wall)}: results in {out}")
     return RunResult(out, metrics_df, evals, images, eval_batch, wall)
 
 
@@ -505,7 +572,7 @@ def write_eval_images(table: pd.DataFrame, out: Path) -> Path:
     """Write the per-image evaluation scores (what the bootstrap intervals of :mod:`b2lib.stats` resample)."""
     cols = [c for c in EVAL_IMAGE_COLUMNS if c in table.columns]
     path = Path(out) / "eval_images.csv"
-    table[cols].to_csv(path, index=False)
+    _write_result(path, table[cols].to_csv(index=False))
     return path
 
 

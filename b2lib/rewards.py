@@ -14,6 +14,8 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
+from .precision import model_autocast
+
 __all__ = ["RewardFn", "ClipScore", "Negated", "Redness", "check_reward_output"]
 
 RewardFn = Callable[[torch.Tensor, Sequence[str]], torch.Tensor]
@@ -146,13 +148,21 @@ class ClipScore:
 
     @torch.no_grad()
     def embed_images(self, images: torch.Tensor) -> torch.Tensor:
+        """Normalised fp32 image embeddings; the image tower runs in the compute dtype (:mod:`b2lib.precision`),
+        the preprocessing and the normalisation in fp32."""
         dtype = next(self.model.parameters()).dtype
-        return F.normalize(self.model.encode_image(self.preprocess(images).to(dtype)).float(), dim=-1)
+        pixels = self.preprocess(images).to(dtype)
+        with model_autocast(self.device):
+            feats = self.model.encode_image(pixels)
+        return F.normalize(feats.float(), dim=-1)
 
     @torch.no_grad()
     def embed_texts(self, prompts: Sequence[str]) -> torch.Tensor:
+        """Normalised fp32 prompt embeddings; the text tower runs in the compute dtype (:mod:`b2lib.precision`)."""
         tokens = self.tokenizer(list(prompts)).to(self.device)
-        return F.normalize(self.model.encode_text(tokens).float(), dim=-1)
+        with model_autocast(self.device):
+            feats = self.model.encode_text(tokens)
+        return F.normalize(feats.float(), dim=-1)
 
     @torch.no_grad()
     def score_and_embed(self, images: torch.Tensor, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -5,11 +5,18 @@ a check, a different template, schedule or learning rate would silently mix into
 the new label; two processes on one folder would overwrite each other's tables. The fingerprint (``run.json``) holds
 the settings that define the run's numbers; the lock (``.lock``, ``fcntl.flock``) is held while a process writes the
 folder and released by the OS when the process ends, even by ``kill -9``.
+
+OS faults while writing a run folder end in one message that names the fix, not a raw traceback: a folder that cannot
+be written (read-only file system, no permission) raises :class:`OutputNotWritableError` before any model is loaded
+(:func:`prepare_output_dir`, and the lock and ``run.json`` writes), and a full disk raises :class:`DiskFullError`
+naming the file, the space needed and free, and where the run resumes (:func:`disk_full_guard`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
+import errno
 import hashlib
 import json
 import os
@@ -17,11 +24,19 @@ import shutil
 import socket
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
 __all__ = [
     "RunSettingsError",
     "RunLockedError",
+    "OutputFolderError",
+    "OutputNotWritableError",
+    "DiskFullError",
+    "is_disk_full",
+    "disk_full_guard",
+    "not_writable_guard",
+    "prepare_output_dir",
+    "write_text_atomic",
     "fingerprint",
     "check_fingerprint",
     "record_settings",
@@ -42,6 +57,172 @@ class RunSettingsError(ValueError):
 
 class RunLockedError(RuntimeError):
     """Another process is writing the run folder."""
+
+
+class OutputFolderError(OSError):
+    """An OS fault while writing a run's output folder, told as one message that names the fix.
+
+    Why an ``OSError``: callers that already handle OS errors keep handling these, and ``errno`` keeps the original
+    code (``ENOSPC``, ``EROFS``, ...). It is raised ``from None``, so a traceback ends in this message alone, not in
+    the low-level error (safetensors' included) that it replaces."""
+
+    def __init__(self, message: str, code: int | None = None, path: str | os.PathLike | None = None) -> None:
+        super().__init__(message)
+        self.errno = code
+        self.filename = str(path) if path is not None else None
+
+    def __str__(self) -> str:  # OSError's own would prefix "[Errno 28]" and append the file name a second time
+        return str(self.args[0])
+
+    def __reduce__(self):  # OSError's would rebuild from (errno, strerror, filename): keep the message (run_many's
+        # worker processes send their errors back pickled)
+        return type(self), (self.args[0], self.errno, self.filename)
+
+
+class OutputNotWritableError(OutputFolderError):
+    """The output folder (or a file in it) cannot be written: a read-only file system or no permission."""
+
+
+class DiskFullError(OutputFolderError):
+    """The disk (or the user's quota) filled up while a run wrote a file."""
+
+
+#: the error codes of a full disk (or quota) and of a folder that cannot be written
+DISK_FULL_ERRNOS = frozenset(c for c in (errno.ENOSPC, getattr(errno, "EDQUOT", None)) if c is not None)
+NOT_WRITABLE_ERRNOS = frozenset((errno.EROFS, errno.EACCES, errno.EPERM))
+#: how safetensors (a Rust library: its own exception type, the OS message inside) words a full disk or quota
+_DISK_FULL_TEXT = ("No space left on device", "os error 28", "code: 28", "Disk quota exceeded", "os error 122")
+#: where the fix is set, in each entry point's spelling
+_OUTPUT_DIR_HOW = "(papermill: -p output_dir <folder>; command line: --output-dir <folder>)"
+
+
+def is_disk_full(err: BaseException) -> bool:
+    """Whether ``err`` is a full disk or quota: an ``OSError`` with ``ENOSPC``/``EDQUOT``, or safetensors'
+    ``SafetensorError`` (not an ``OSError``) whose message carries the OS's words for it."""
+    if isinstance(err, OSError) and not isinstance(err, OutputFolderError):
+        return err.errno in DISK_FULL_ERRNOS
+    return type(err).__name__ == "SafetensorError" and any(t in str(err) for t in _DISK_FULL_TEXT)
+
+
+def _existing(path: Path) -> Path:
+    """``path`` or its nearest existing ancestor (where free space can be measured before the path exists)."""
+    path = Path(path).absolute()
+    while not path.exists() and path.parent != path:
+        path = path.parent
+    return path
+
+
+def _mb(n_bytes: float) -> str:
+    """Bytes as MB, with a decimal below 10 MB so a small file does not read as "0 MB"."""
+    mb = n_bytes / 1e6
+    return f"{mb:.1f}" if mb < 10 else f"{mb:.0f}"
+
+
+def disk_full_error(
+    path: str | os.PathLike, what: str, needed_bytes: int | None, then: str, code: int = errno.ENOSPC
+) -> DiskFullError:
+    """The :class:`DiskFullError` for ``what`` at ``path``: how much it needs and how much is free, the fix, and
+    ``then`` (what a rerun does: where it resumes)."""
+    path = Path(path)
+    try:
+        free = f"{_mb(shutil.disk_usage(_existing(path)).free)} MB free"
+    except OSError:  # pragma: no cover - the file system is gone altogether
+        free = "free space unknown"
+    need = f"needs ~{_mb(needed_bytes)} MB; " if needed_bytes else ""
+    reason = "disk quota exceeded" if code == getattr(errno, "EDQUOT", None) else "no space left on device"
+    return DiskFullError(
+        f"{reason} while writing {what} {path} ({need}{free}): free space or point output_dir at another disk "
+        f"{_OUTPUT_DIR_HOW}; {then}",
+        code,
+        path,
+    )
+
+
+def _code(err: BaseException) -> int:
+    """The OS error code of a disk-full error (safetensors' carries it only in its text)."""
+    if isinstance(err, OSError) and err.errno:
+        return err.errno
+    return getattr(errno, "EDQUOT", errno.ENOSPC) if "quota" in str(err).lower() else errno.ENOSPC
+
+
+@contextlib.contextmanager
+def disk_full_guard(
+    path: str | os.PathLike, what: str, then: str | Callable[[], str], needed_bytes: int | None = None
+) -> Iterator[None]:
+    """Turn a full disk inside the block into a :class:`DiskFullError` naming ``what`` at ``path``, the space it
+    needs, the fix, and ``then`` (what a rerun does; a callable is asked only when the disk is full, since finding
+    out can cost a read). Every other error passes through unchanged; removing half-written files is the block's
+    job, since only it knows which are its own."""
+    try:
+        yield
+    except Exception as err:
+        if not is_disk_full(err):
+            raise
+        note = then() if callable(then) else then
+        raise disk_full_error(path, what, needed_bytes, note, _code(err)) from None
+
+
+def not_writable_error(folder: str | os.PathLike, err: OSError) -> OutputNotWritableError:
+    """The :class:`OutputNotWritableError` for ``folder``, naming the file the OS refused when it is not the folder."""
+    reason = "read-only file system" if err.errno == errno.EROFS else "permission denied"
+    where = f": cannot write {err.filename}" if err.filename and Path(err.filename) != Path(folder) else ""
+    return OutputNotWritableError(
+        f"output folder {folder} is not writable ({reason}{where}): choose another output_dir {_OUTPUT_DIR_HOW}",
+        err.errno,
+        folder,
+    )
+
+
+@contextlib.contextmanager
+def not_writable_guard(folder: str | os.PathLike, then: str = "nothing more was written") -> Iterator[None]:
+    """Turn a refused write inside the block (``EROFS``, ``EACCES``, ``EPERM``) into an
+    :class:`OutputNotWritableError` naming the folder and the fix, and a full disk into a :class:`DiskFullError`
+    (``then``: what that leaves); every other error passes through."""
+    try:
+        yield
+    except OutputFolderError:
+        raise
+    except OSError as err:
+        if err.errno in NOT_WRITABLE_ERRNOS:
+            raise not_writable_error(folder, err) from None
+        if err.errno in DISK_FULL_ERRNOS:
+            raise disk_full_error(err.filename or folder, "the run folder", None, then, err.errno) from None
+        raise
+
+
+def prepare_output_dir(folder: str | os.PathLike) -> Path:
+    """Create the run folder and prove it can be written, before any model is loaded.
+
+    Why a probe file: ``os.access`` answers for the permission bits (and root passes those anyway) but not for every
+    file system that refuses writes, and a run that only finds out after minutes of model loading, or at its first
+    checkpoint, has wasted them. The probe is created and removed at once; the error names the fix."""
+    folder = Path(folder)
+    probe = folder / f".write-probe-{os.getpid()}"
+    with not_writable_guard(folder, "nothing was written yet"):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644))
+            probe.unlink()
+        except OSError as err:
+            if err.filename is not None and Path(err.filename) == probe:
+                err.filename = str(folder)  # the probe is ours: the folder is what the user chose
+            raise
+    return folder
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` to ``path`` through a temp file and a rename: a crash or a full disk leaves the old file or the
+    new one, never a truncated one (the temp file is removed when the write fails). Why it matters: a half-written
+    ``summary.json`` would mark an unfinished run as done (``run_many`` skips folders that have one)."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        tmp.write_text(text)
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
 
 
 def flatten(d: Any, prefix: str = "") -> dict[str, Any]:
@@ -99,12 +280,13 @@ def record_settings(folder: str | os.PathLike, settings: dict) -> str:
     or the new one). :func:`check_fingerprint` calls it for a new folder; a finished run whose settings grew (an
     evaluation split added by :func:`b2lib.reevaluate.add_eval_split`) calls it to record what the folder now holds."""
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     path = folder / FINGERPRINT_FILE
     digest = fingerprint(settings)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps({"fingerprint": digest, "settings": json.loads(_canonical(settings))}, indent=2))
-    tmp.replace(path)
+    with not_writable_guard(folder, f"{path} was not written (nothing else was changed)"):
+        folder.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(
+            path, json.dumps({"fingerprint": digest, "settings": json.loads(_canonical(settings))}, indent=2)
+        )
     return digest
 
 
@@ -209,8 +391,9 @@ class RunLock:
 
             warnings.warn("No fcntl here: the run folder is not locked against a second process.", stacklevel=2)
             return self
-        self.folder.mkdir(parents=True, exist_ok=True)
-        fh = open(self.folder / LOCK_FILE, "a+")
+        with not_writable_guard(self.folder, "the folder was not locked and nothing was written"):
+            self.folder.mkdir(parents=True, exist_ok=True)
+            fh = open(self.folder / LOCK_FILE, "a+")
         try:
             fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -221,11 +404,16 @@ class RunLock:
                 f"{self.folder} is being written by another process: {holder}. Wait for it to finish, or use another "
                 "output folder (run_name / --run-name, output_dir / --output-dir)."
             ) from None
-        fh.seek(0)
-        fh.truncate()
         started = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-        fh.write(f"pid {os.getpid()} on {socket.gethostname()} since {started} ({' '.join(sys.argv)[:200]})")
-        fh.flush()
+        try:
+            with not_writable_guard(self.folder, "the folder was not locked and nothing was written"):
+                fh.seek(0)
+                fh.truncate()
+                fh.write(f"pid {os.getpid()} on {socket.gethostname()} since {started} ({' '.join(sys.argv)[:200]})")
+                fh.flush()
+        except OSError:
+            fh.close()  # releases the lock: the run does not start
+            raise
         self._fh = fh
         return self
 

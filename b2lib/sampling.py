@@ -18,6 +18,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from tqdm.auto import tqdm
 
 from .ddim import ddim_log_prob, ddim_posterior_mean_std, ddim_step_with_logprob, explore_coords
+from .precision import model_autocast
 
 __all__ = [
     "Trajectories",
@@ -132,7 +133,9 @@ def predict_noise(
 ) -> torch.Tensor:
     """Guided noise prediction with ONE UNet call on the ``[uncond, cond]`` batch (same as diffusers' pipeline).
 
-    Used both when sampling and when training, so the policy whose log-prob is optimised is the sampled one.
+    Used both when sampling and when training, so the policy whose log-prob is optimised is the sampled one. Under
+    :func:`b2lib.precision.compute_dtype` ``("bf16")`` the UNet runs in bf16 autocast and its output is cast back to the
+    latents' dtype before guidance, so what follows (guidance, the DDIM step, the log-prob) is computed in fp32.
     """
     if prompt_embeds.shape[0] != latents.shape[0]:
         raise ValueError(
@@ -141,7 +144,9 @@ def predict_noise(
         )
     timesteps = torch.as_tensor(timesteps, device=latents.device)
     if negative_prompt_embeds is None or guidance_scale <= 1.0:
-        return unet(latents, timesteps, encoder_hidden_states=prompt_embeds).sample
+        with model_autocast(latents.device):
+            out = unet(latents, timesteps, encoder_hidden_states=prompt_embeds).sample
+        return out.to(latents.dtype)  # a no-op in fp32
     if negative_prompt_embeds.shape != prompt_embeds.shape:
         raise ValueError(
             f"negative_prompt_embeds {tuple(negative_prompt_embeds.shape)} "
@@ -149,12 +154,10 @@ def predict_noise(
         )
     if timesteps.ndim == 1:
         timesteps = timesteps.repeat(2)
-    out = unet(
-        torch.cat([latents, latents]),
-        timesteps,
-        encoder_hidden_states=torch.cat([negative_prompt_embeds, prompt_embeds]),
-    ).sample
-    uncond, cond = out.chunk(2)
+    model_input, embeds = torch.cat([latents, latents]), torch.cat([negative_prompt_embeds, prompt_embeds])
+    with model_autocast(latents.device):
+        out = unet(model_input, timesteps, encoder_hidden_states=embeds).sample
+    uncond, cond = out.to(latents.dtype).chunk(2)
     return uncond + guidance_scale * (cond - uncond)
 
 
@@ -237,13 +240,17 @@ def decode_latents(
 ) -> torch.Tensor:
     """VAE-decode to float images in ``[0, 1]``, kept in memory for the reward (no PNG round trip).
 
-    ``batch_size`` latents are decoded per call (``None``: all at once); each image's pixels do not depend on it.
+    ``batch_size`` latents are decoded per call (``None``: all at once); each image's pixels do not depend on it. Under
+    bf16 compute (:mod:`b2lib.precision`) the decoder runs in autocast and its output is cast back to the latents'
+    dtype before the arithmetic below.
     """
     if batch_size is not None and batch_size < 1:
         raise ValueError(f"batch_size must be >= 1 or None, got {batch_size}.")
     scaled = latents / pipe.vae.config.scaling_factor
     step = batch_size or max(1, len(scaled))
-    images = torch.cat([pipe.vae.decode(chunk, return_dict=False)[0] for chunk in scaled.split(step)])
+    with model_autocast(latents.device):
+        chunks = [pipe.vae.decode(chunk, return_dict=False)[0] for chunk in scaled.split(step)]
+    images = torch.cat([chunk.to(latents.dtype) for chunk in chunks])  # a no-op in fp32
     return (images / 2 + 0.5).clamp(0, 1).float()
 
 

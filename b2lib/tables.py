@@ -107,6 +107,8 @@ TABLES: dict[str, TableFormat] = {
         _COMPARISONS,
         writer="12_trees",
     ),
+    # notebook 13: B² and DDPO in bf16 against the committed fp32 runs, and the base model in both dtypes
+    "bf16_comparisons": TableFormat("bf16", "comparisons.csv", _COMPARISONS, writer="13_bf16"),
     "main_table": TableFormat("templates", "main_table.csv", _MEAN_STD, ("template", "method"), writer="04_templates"),
     "generalisation": TableFormat(
         "templates", "generalisation.csv", (), ("template", "method"), header_rows=2, writer="04_templates"

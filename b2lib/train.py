@@ -5,17 +5,21 @@
 
 The notebook ``notebooks/03_train.ipynb`` calls the same :func:`b2lib.experiment.run_experiment`. Every flag is a
 :class:`~b2lib.experiment.RunConfig` field with its default, and every setting is checked before a model is loaded:
-a bad one stops the command with one line per problem, naming the flag as typed here.
+a bad one stops the command with one line per problem, naming the flag as typed here. An OS fault on the output
+folder (a read-only file system, a full disk) stops it with one message naming the fix (``--output-dir``), no
+traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from dataclasses import fields
 
 from .experiment import METHODS, ConfigError, RunConfig, run_experiment
 from .presets import PRESETS, RECIPES
+from .rundir import OutputFolderError, RunLockedError, RunSettingsError
 
 _DEFAULTS = {f.name: f.default for f in fields(RunConfig) if f.default is not f.default_factory}
 
@@ -48,6 +52,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--reward", default=d["reward"], choices=["clip", "judge"])
     p.add_argument("--recipe", default=d["recipe"], choices=sorted(RECIPES), help="estimator recipe (presets.RECIPES)")
     p.add_argument("--reward-sign", type=int, default=d["reward_sign"], choices=[1, -1])
+    p.add_argument(
+        "--dtype",
+        default=d["dtype"],
+        choices=["fp32", "bf16"],
+        help="compute dtype of the model forwards (bf16: autocast, needs AVX512-BF16/AMX or a bf16 GPU)",
+    )
     p.add_argument("--overrides", default="{}", help="TrainerConfig fields as JSON, e.g. '{\"lr\": 3e-4}'")
     p.add_argument(
         "--method-overrides",
@@ -103,6 +113,7 @@ def config_from_args(argv: list[str] | None = None) -> tuple[RunConfig, argparse
         "reward_sign",
         "device",
         "budget",
+        "dtype",
     }
     kwargs = {n: getattr(a, n) for n in names}
     kwargs.update(
@@ -121,8 +132,13 @@ def config_from_args(argv: list[str] | None = None) -> tuple[RunConfig, argparse
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Run the job; a fault whose message already names the fix (a full disk, a read-only output folder, a folder
+    holding another run or locked by one) ends the command with that message and status 1, not a traceback."""
     cfg, a = config_from_args(argv)
-    result = run_experiment(cfg, progress=not a.no_progress)
+    try:
+        result = run_experiment(cfg, progress=not a.no_progress)
+    except (OutputFolderError, RunSettingsError, RunLockedError) as err:
+        sys.exit(f"{parser().prog}: error: {err}")
     if result.evals is not None and len(result.evals):
         print(result.evals.to_string())
 

@@ -25,7 +25,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Callable, Literal, Sequence
 
 import torch
 from accelerate import Accelerator
@@ -42,6 +42,7 @@ from .advantages import (
 )
 from .losses import ALGORITHMS, gaussian_kl, needs_reference, policy_loss
 from .models import LORA_TARGETS, adapters_disabled, add_lora, ensure_ddim, lora_fused
+from .precision import check_dtype, compute_dtype
 from .rewards import RewardFn, check_reward_output
 from .sampling import Trajectories, sample_branches, sample_trajectories, transition_policy
 from .schedule import ProgressiveSchedule
@@ -122,6 +123,11 @@ class TrainerConfig:
     # as runs made before this field did (their numbers differ from fused ones by float rounding, ~1e-6)
     fuse_lora: bool = True
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    # the compute dtype of every model forward (b2lib.precision): "fp32", or "bf16" for the UNet (sampling, the
+    # update's log-prob recomputation, the reference model), the VAE decode and the reward models under autocast, with
+    # fp32 weights, DDIM step, log-probs and loss. Needs a CPU with AVX512-BF16/AMX or a GPU with bf16 (checked here).
+    # Apart from mixed_precision, accelerate's knob for the update alone (the paper scale's fp16 weights on a GPU).
+    dtype: Literal["fp32", "bf16"] = "fp32"
     # checkpoints kept in a run's checkpoint_dir (newest first): with 2, a checkpoint broken by a crash or written
     # after a divergence still leaves the one before it to resume from
     keep_checkpoints: int = 2
@@ -204,6 +210,7 @@ class TrainerConfig:
             )
         if not 0.0 < self.timestep_fraction <= 1.0:
             raise ValueError(f"timestep_fraction must be in (0, 1], got {self.timestep_fraction}.")
+        self._check_dtype()
         if self.timestep_chunk < 0:
             raise ValueError(
                 f"timestep_chunk must be >= 0 (0 = all interval steps per forward), got {self.timestep_chunk}."
@@ -242,6 +249,14 @@ class TrainerConfig:
             )
         if self.samples_per_prompt > 1:
             raise ValueError("samples_per_prompt is for plain sampling; a tree already groups a prompt's samples.")
+
+    def _check_dtype(self) -> None:
+        if self.dtype == "bf16" and self.mixed_precision == "fp16":
+            raise ValueError(
+                "dtype='bf16' with mixed_precision='fp16': fp16 weights and autocast already run in half precision; "
+                "use one of them (dtype='bf16' with mixed_precision='no', or dtype='fp32' with 'fp16')."
+            )
+        check_dtype(self.dtype)
 
     @property
     def tree_leaves(self) -> int:
@@ -288,7 +303,7 @@ class TrainerConfig:
 
 
 #: TrainerConfig fields recorded in a run's fingerprint only when set (see :meth:`TrainerConfig.to_dict`)
-ADDED_FIELDS = ("explore_grid", "tree", "tree_progressive", "tree_train_levels", "fuse_lora")
+ADDED_FIELDS = ("explore_grid", "tree", "tree_progressive", "tree_train_levels", "fuse_lora", "dtype")
 
 
 def _json_value(value):
@@ -322,6 +337,7 @@ class RLTrainer:
         self.metric_fn = metric_fn
         self.prompts = list(prompts)
         self.accelerator = accelerator or Accelerator(mixed_precision=self.config.mixed_precision)
+        check_dtype(self.config.dtype, self.accelerator.device)  # the device it got, not the config's guess
         self.schedule = self.config.schedule
         cfg = self.config
 
@@ -398,7 +414,7 @@ class RLTrainer:
             leave=False,
             disable=not cfg.progress or not self.accelerator.is_local_main_process,
         )
-        with torch.no_grad(), self._fused():
+        with torch.no_grad(), self._fused(), self._compute():
             for start in bar:
                 prompts = [self.prompts[i] for i in picks[start : start + cfg.sample_batch_size]]
                 kwargs = self._chain_kwargs(noise_gen)
@@ -410,6 +426,11 @@ class RLTrainer:
                 batches.append(traj)
                 rewards.append(scores)
         return Trajectories.cat(batches), torch.cat(rewards)
+
+    def _compute(self):
+        """Model forwards in ``TrainerConfig.dtype`` (:func:`b2lib.precision.compute_dtype`): sampling, the rewards
+        computed while sampling, and the update's log-prob recomputation."""
+        return compute_dtype(self.config.dtype)
 
     def _fused(self):
         """Sampling runs with the adapter folded into the weights (``TrainerConfig.fuse_lora``); training does not."""
@@ -449,7 +470,7 @@ class RLTrainer:
         n_prompts = math.ceil(cfg.prompts_per_stage / self.accelerator.num_processes)
         picks = torch.randint(len(self.prompts), (n_prompts,), generator=prompt_gen).tolist()
         leaves, rewards, batches, zs, keeps, rows = [], [], [], [], [], 0
-        with torch.no_grad(), self._fused():
+        with torch.no_grad(), self._fused(), self._compute():
             for start in tqdm(
                 range(0, n_prompts, cfg.sample_batch_size),
                 desc=f"stage {stage} sample tree",
@@ -545,8 +566,15 @@ class RLTrainer:
         ``KL(p_theta || p_ref)`` to the base model (the UNet with its LoRA adapter off); ``None`` otherwise.
 
         The reference forward runs first, under no_grad, on the plain module, so the adapter is back on (and DDP's
-        wrapper untouched) before the differentiable forward.
+        wrapper untouched) before the differentiable forward. Both UNet forwards run in ``TrainerConfig.dtype``; the
+        log-probs and the KL are fp32 (:mod:`b2lib.precision`).
         """
+        with self._compute():
+            return self._policy_terms(traj, rows, cols)
+
+    def _policy_terms(
+        self, traj: Trajectories, rows: torch.Tensor, cols: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         cfg = self.config
         args = (
             self.pipe.scheduler,
@@ -764,12 +792,15 @@ class RLTrainer:
         num_stages: int | None = None,
         checkpoint_dir: str | None = None,
         resume_from: str | None = None,
+        on_stage: Callable[[dict], None] | None = None,
     ) -> list[dict]:
         """Run stages until ``num_stages`` more are done (default: to the end of the schedule).
 
         ``checkpoint_dir``: after every stage, the state is written to ``checkpoint_dir/stage_XXXX`` (safetensors +
         JSON; older ones are removed once the new one is complete). ``resume_from``: a checkpoint folder, or a run's
-        ``checkpoint_dir`` (its latest stage), to continue a killed run exactly where it stopped.
+        ``checkpoint_dir`` (its latest stage), to continue a killed run exactly where it stopped. ``on_stage``: called
+        with each stage's metrics once its checkpoint is written, so a caller can report progress where tqdm bars
+        cannot be seen (:class:`b2lib.experiment.RunProgress`: a notebook run under papermill, a log file).
         """
         from .checkpoint import checkpoint_stages, latest_checkpoint, load_checkpoint, save_checkpoint
 
@@ -794,6 +825,8 @@ class RLTrainer:
                 save_checkpoint(self, Path(checkpoint_dir) / f"stage_{self.stage:04d}")
                 for old in checkpoint_stages(checkpoint_dir)[: -max(1, self.config.keep_checkpoints)]:
                     shutil.rmtree(old, ignore_errors=True)
+            if on_stage is not None:
+                on_stage(m)
         return self.log
 
     def _recovery_hint(self, checkpoint_dir: str | None) -> str:

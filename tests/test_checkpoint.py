@@ -1,6 +1,9 @@
 """Checkpoints: a run killed after stage k and resumed ends exactly as the uninterrupted run; LoRA export loads in
 stock diffusers."""
 
+import errno
+import re
+
 import pytest
 import torch
 
@@ -200,3 +203,105 @@ def test_the_committed_main_job_loras_load_in_the_shipped_pipeline_with_stock_di
             adapted = unet(x, 500, encoder_hidden_states=emb).sample
         assert (adapted - base).abs().max() > 1e-4 * base.abs().max(), lora
         pipe.unload_lora_weights()
+
+
+#: what safetensors 0.8 raises when the disk fills mid-write (its own type, not an OSError; seen on a full tmpfs)
+SAFETENSORS_DISK_FULL = "Error while serializing: I/O error: No space left on device (os error 28)"
+
+
+def _disk_full(fault: str, filename: str) -> Exception:
+    """The exception a full disk raises in the write ``fault`` names: safetensors' own, or the OS's ENOSPC."""
+    from safetensors import SafetensorError
+
+    if fault == "safetensors":
+        return SafetensorError(SAFETENSORS_DISK_FULL)
+    return OSError(errno.ENOSPC, "No space left on device", filename)
+
+
+@pytest.mark.parametrize("fault", ["safetensors", "oserror"])
+def test_a_full_disk_mid_checkpoint_removes_the_temp_folder_keeps_the_last_checkpoint_and_names_the_fix(
+    make_pipe, tmp_path, monkeypatch, fault
+):
+    import b2lib.checkpoint as ckpt
+    from b2lib.rundir import DiskFullError
+
+    trainer = B2Trainer(make_pipe(), redness, PROMPTS, _cfg())
+    trainer.train(num_stages=1, checkpoint_dir=tmp_path / "checkpoints")
+    real, calls = ckpt.save_file, []
+
+    def fills_up(tensors, filename, *args, **kwargs):  # the first file is written, the disk fills on the second
+        calls.append(filename)
+        if len(calls) == 1:
+            return real(tensors, filename, *args, **kwargs)
+        raise _disk_full(fault, filename)
+
+    monkeypatch.setattr(ckpt, "save_file", fills_up)
+    with pytest.raises(DiskFullError) as caught:
+        trainer.train(num_stages=1, checkpoint_dir=tmp_path / "checkpoints")
+    assert calls[0].endswith("stage_0002.tmp/trainable.safetensors")  # a half-written temp folder existed
+    err, ckpts = caught.value, tmp_path / "checkpoints"
+    msg = str(err)
+    assert msg.startswith(f"no space left on device while writing checkpoint {ckpts / 'stage_0002'} (needs ~")
+    assert re.search(r"\(needs ~[\d.]+ MB; [\d.]+ MB free\): free space or point output_dir at another disk", msg)
+    assert "-p output_dir" in msg and "--output-dir" in msg
+    assert msg.endswith(f"rerun it and it resumes from stage 1 (checkpoint {ckpts / 'stage_0001'} is intact)")
+    assert isinstance(err, OSError) and err.errno == errno.ENOSPC and err.__suppress_context__
+    assert sorted(p.name for p in ckpts.iterdir()) == ["stage_0001"]  # no stage_0002.tmp left behind
+    monkeypatch.setattr(ckpt, "save_file", real)
+    resumed = B2Trainer(make_pipe(), redness, PROMPTS, _cfg())
+    resumed.train(num_stages=1, checkpoint_dir=ckpts, resume_from=ckpts)  # the previous checkpoint still loads
+    assert resumed.stage == 2 and latest_checkpoint(tmp_path).name == "stage_0002"
+
+
+def test_a_full_disk_before_the_first_checkpoint_says_the_run_starts_over(make_pipe, tmp_path, monkeypatch):
+    import b2lib.checkpoint as ckpt
+    from b2lib.rundir import DiskFullError
+
+    def full(tensors, filename, **kwargs):
+        raise _disk_full("oserror", filename)
+
+    monkeypatch.setattr(ckpt, "save_file", full)
+    with pytest.raises(DiskFullError, match="no earlier checkpoint is complete, so a rerun starts from stage 0"):
+        B2Trainer(make_pipe(), redness, PROMPTS, _cfg()).train(checkpoint_dir=tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_other_write_errors_still_clean_up_and_pass_through_unchanged(make_pipe, tmp_path, monkeypatch):
+    from safetensors import SafetensorError
+
+    import b2lib.checkpoint as ckpt
+
+    def broken(tensors, filename, **kwargs):
+        raise SafetensorError("Error while serializing: something else")
+
+    monkeypatch.setattr(ckpt, "save_file", broken)
+    with pytest.raises(SafetensorError, match="something else"):
+        B2Trainer(make_pipe(), redness, PROMPTS, _cfg()).train(checkpoint_dir=tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("fault", ["safetensors", "oserror"])
+def test_a_full_disk_during_the_lora_export_keeps_the_previous_export(make_pipe, tmp_path, monkeypatch, fault):
+    from diffusers import StableDiffusionPipeline
+
+    from b2lib.rundir import DiskFullError
+
+    pipe = make_pipe()
+    B2Trainer(pipe, redness, PROMPTS, _cfg())  # attaches the LoRA adapter
+    folder = save_lora(pipe, tmp_path / "lora")
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+
+    def fills_up(cls, save_directory, **kwargs):  # half a file, then the disk is full
+        (save_directory / "pytorch_lora_weights.safetensors").write_bytes(b"partial")
+        raise _disk_full(fault, str(save_directory / "pytorch_lora_weights.safetensors"))
+
+    monkeypatch.setattr(StableDiffusionPipeline, "save_lora_weights", classmethod(fills_up))
+    with pytest.raises(DiskFullError) as caught:
+        save_lora(pipe, folder)
+    msg = str(caught.value)
+    assert msg.startswith(f"no space left on device while writing the LoRA adapter {folder} (needs ~")
+    assert "point output_dir at another disk" in msg and "a rerun resumes it at its last stage and exports again" in msg
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["lora"]  # no lora.tmp
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+    monkeypatch.undo()
+    make_pipe().load_lora_weights(folder)  # the previous export still loads

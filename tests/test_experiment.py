@@ -1,5 +1,9 @@
-"""RunConfig: the binary judge reward option and the evaluation size (no model is loaded here)."""
+"""RunConfig: the binary judge reward option and the evaluation size (no model is loaded there); a long run's progress
+lines (one tiny run of the embedded world)."""
 
+import re
+
+import pandas as pd
 import pytest
 import torch
 
@@ -69,3 +73,70 @@ def test_bad_run_config():
         RunConfig(template="animals")
     with pytest.raises(ValueError, match="preset: unknown 'huge'"):
         RunConfig(preset="huge")
+
+
+def test_a_run_reports_its_progress_in_a_few_lines_on_stderr(tmp_path, monkeypatch, capsys):
+    """What ``papermill --log-output`` streams from the main job's one long cell: plain lines (no tqdm frames, which
+    in a notebook are widgets papermill cannot stream), the first and last stage of each model, rate-limited between
+    (stage 2 of 3 falls inside PROGRESS_EVERY_S), and each evaluation's start and end."""
+    import b2lib.experiment as experiment
+    import b2lib.progress as progress
+
+    monkeypatch.setattr(progress, "PROGRESS_EVERY_S", 1e9)
+    cfg = RunConfig(
+        methods=("b2",),
+        stages=3,
+        images_per_stage=4,
+        branches=2,
+        eval_images=2,
+        eval_max_prompts=1,
+        bertscore=False,
+        grid_prompts=0,
+        output_dir=str(tmp_path),
+        overrides={"num_steps": 2, "split_start": 1},
+    )
+    experiment.run_experiment(cfg, progress=True)
+    out, err = capsys.readouterr()
+    lines = [line for line in err.splitlines() if line.startswith(("base:", "b2_seed0:", "run finished"))]
+    assert [line.split(" · ")[0].split(" in ")[0] for line in lines] == [
+        "base: evaluating on test (2 images)",
+        "base: evaluated on test",
+        "b2_seed0: training 3 stages",
+        "b2_seed0: stage 1/3",
+        "b2_seed0: stage 3/3",
+        "b2_seed0: evaluating on test (2 images)",
+        "b2_seed0: evaluated on test",
+        "run finished",
+    ]
+    assert re.fullmatch(r"b2_seed0: stage 3/3 · reward -?\d\.\d{4} · \d+m\d\ds elapsed · ETA 0m00s", lines[4])
+    assert re.fullmatch(r"base: evaluated on test in \d+m\d\ds: reward -?\d\.\d{4}, judge \d\.\d{3}", lines[1])
+    assert "\r" not in err and "it/s" not in err  # no tqdm bars (trainer, diffusers, transformers)
+    assert lines[-1] == lines[-1].split(": results in ")[0] + f": results in {tmp_path}"
+    metrics = pd.read_csv(tmp_path / "metrics.csv")
+    assert list(metrics["stage"]) == [0, 1, 2]  # the metrics file is as before: one row per stage
+
+    experiment.run_experiment(cfg, progress=True)  # rerun: resumes from the last checkpoint, trains nothing
+    assert "b2_seed0: all 3 stages done (checkpoint); exporting and evaluating" in capsys.readouterr().err
+
+
+def test_progress_lines_are_rate_limited_and_silent_when_off(monkeypatch, capsys):
+    """One line per ``every_s`` seconds at most, besides the first and last stage; the ETA is the mean stage time of
+    this process times the stages left (a resumed run does not count the stages its checkpoint held)."""
+    import b2lib.progress as progress
+
+    clock = iter([0.0, 1.0, 5.0, 11.0, 12.0, 30.0])  # the announcement, then stages 5..9 (5 done in a checkpoint)
+    monkeypatch.setattr(progress.time, "perf_counter", lambda: next(clock))
+    on_stage = progress.RunProgress(every_s=10).training("b2_seed0", total=9, start=4)
+    for stage in range(4, 9):
+        on_stage({"stage": stage, "reward_mean": 0.5})
+    monkeypatch.undo()
+    assert capsys.readouterr().err.splitlines() == [
+        "b2_seed0: resuming at stage 5/9 from its checkpoint",
+        "b2_seed0: stage 5/9 · reward 0.5000 · 0m01s elapsed · ETA 0m04s",
+        "b2_seed0: stage 7/9 · reward 0.5000 · 0m11s elapsed · ETA 0m07s",
+        "b2_seed0: stage 9/9 · reward 0.5000 · 0m30s elapsed · ETA 0m00s",
+    ]
+    off = progress.RunProgress(enabled=False)
+    off.training("b2_seed0", total=9)({"stage": 8, "reward_mean": 0.5})
+    off.evaluation_started("base", "test", 512)
+    assert capsys.readouterr().err == ""

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -222,3 +223,169 @@ def test_reuse_problems_names_every_reason_a_folder_cannot_stand_in(tmp_path):
     assert reusable([b2, ddpo], asked.settings()) == [b2, ddpo]
     with pytest.raises(RunSettingsError, match="no folder holds ddpo_seed0"):
         reusable([b2], asked.settings())
+
+
+# ---------------------------------------------------------------------------------------------- OS faults
+# Root ignores permission bits (the suite runs as root in CI), so a read-only folder is simulated where the OS would
+# refuse: the very call (os.open, Path.mkdir, open) raises the OSError a read-only file system or a denied permission
+# raises. A real chmod 0o555 test runs where it means something (not as root).
+
+FIX = "choose another output_dir (papermill: -p output_dir <folder>; command line: --output-dir <folder>)"
+
+
+def _refuse(monkeypatch, folder, code=None):
+    """Make every file creation inside ``folder`` (os.open: the write probe) fail as a read-only file system does."""
+    import errno
+
+    real = os.open
+
+    def refusing(path, flags, *args, **kwargs):
+        if Path(path).parent == folder and flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT):
+            raise OSError(code or errno.EROFS, os.strerror(code or errno.EROFS), str(path))
+        return real(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", refusing)
+
+
+def test_a_read_only_output_folder_stops_before_any_model_loads_and_names_the_fix(tmp_path, monkeypatch):
+    import errno
+
+    import b2lib.experiment as experiment
+    from b2lib.rundir import OutputNotWritableError
+
+    out = tmp_path / "ro"
+    out.mkdir()
+    _refuse(monkeypatch, out)
+
+    def no_models(*args, **kwargs):
+        raise AssertionError("a model was loaded before the output folder was checked")
+
+    monkeypatch.setattr(experiment, "load_models", no_models)
+    with pytest.raises(OutputNotWritableError) as caught:
+        experiment.run_experiment(RunConfig(output_dir=str(out)), progress=False)
+    assert str(caught.value) == f"output folder {out} is not writable (read-only file system): {FIX}"
+    assert isinstance(caught.value, OSError) and caught.value.errno == errno.EROFS
+    assert list(out.iterdir()) == []
+
+
+def test_a_folder_that_cannot_be_created_is_permission_denied(tmp_path, monkeypatch):
+    import errno
+
+    from b2lib.rundir import OutputNotWritableError, prepare_output_dir
+
+    out = tmp_path / "parent" / "run"
+    real = Path.mkdir
+
+    def denied(self, *args, **kwargs):
+        if self == out:
+            raise PermissionError(errno.EACCES, "Permission denied", str(self))
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", denied)
+    with pytest.raises(OutputNotWritableError, match=r"is not writable \(permission denied\): choose another"):
+        prepare_output_dir(out)
+
+
+@pytest.mark.parametrize("file", [".lock", "run.json.tmp"])
+def test_the_lock_and_run_json_writes_name_the_file_the_os_refused(tmp_path, monkeypatch, file):
+    import builtins
+    import errno
+
+    import b2lib.rundir as rundir
+    from b2lib.rundir import OutputNotWritableError, RunLock, record_settings
+
+    target = tmp_path / file
+    if file == ".lock":
+        real = builtins.open
+
+        def refusing(path, *args, **kwargs):
+            if Path(path) == target:
+                raise OSError(errno.EROFS, "Read-only file system", str(path))
+            return real(path, *args, **kwargs)
+
+        monkeypatch.setattr(rundir, "open", refusing, raising=False)  # the module's name, not the builtin
+        write = lambda: RunLock(tmp_path).__enter__()  # noqa: E731
+    else:
+        real = Path.write_text
+
+        def refusing(self, *args, **kwargs):
+            if self == target:
+                raise PermissionError(errno.EPERM, "Operation not permitted", str(self))
+            return real(self, *args, **kwargs)
+
+        monkeypatch.setattr(Path, "write_text", refusing)
+        write = lambda: record_settings(tmp_path, {"a": 1})  # noqa: E731
+    reason = "read-only file system" if file == ".lock" else "permission denied"
+    with pytest.raises(OutputNotWritableError) as caught:
+        write()
+    assert str(caught.value) == f"output folder {tmp_path} is not writable ({reason}: cannot write {target}): {FIX}"
+    assert not (tmp_path / "run.json").exists()
+
+
+def test_the_command_line_reports_a_read_only_output_folder_without_a_traceback(tmp_path, monkeypatch, capsys):
+    from b2lib.train import main
+
+    out = tmp_path / "ro"
+    out.mkdir()
+    _refuse(monkeypatch, out)
+    with pytest.raises(SystemExit) as caught:
+        main(["--output-dir", str(out), "--preset", "smoke"])
+    assert caught.value.code == f"python -m b2lib.train: error: output folder {out} is not writable " + (
+        f"(read-only file system): {FIX}"
+    )
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root ignores permission bits")
+def test_a_real_read_only_folder_is_reported(tmp_path):
+    from b2lib.rundir import OutputNotWritableError, prepare_output_dir
+
+    tmp_path.chmod(0o555)
+    try:
+        with pytest.raises(OutputNotWritableError, match=r"is not writable \(permission denied\)"):
+            prepare_output_dir(tmp_path / "run")
+    finally:
+        tmp_path.chmod(0o755)
+
+
+def test_a_full_disk_while_writing_a_result_keeps_the_old_file_and_leaves_no_temp_file(tmp_path, monkeypatch):
+    import errno
+
+    from b2lib.rundir import DiskFullError, disk_full_guard, write_text_atomic
+
+    path = tmp_path / "summary.json"
+    path.write_text('{"old": 1}')
+    real = Path.write_text
+
+    def fills_up(self, text, *args, **kwargs):  # half the text lands, then the disk is full
+        real(self, text[: len(text) // 2], *args, **kwargs)
+        raise OSError(errno.ENOSPC, "No space left on device", str(self))
+
+    monkeypatch.setattr(Path, "write_text", fills_up)
+    with pytest.raises(DiskFullError) as caught:
+        with disk_full_guard(path, "run results", "a rerun evaluates again", 2_500_000):
+            write_text_atomic(path, '{"new": 2, "padding": "' + "x" * 100 + '"}')
+    monkeypatch.undo()
+    assert str(caught.value).startswith(f"no space left on device while writing run results {path} (needs ~2.5 MB; ")
+    assert str(caught.value).endswith(
+        "at another disk (papermill: -p output_dir <folder>; command line: "
+        "--output-dir <folder>); a rerun evaluates again"
+    )
+    assert path.read_text() == '{"old": 1}' and sorted(p.name for p in tmp_path.iterdir()) == ["summary.json"]
+
+
+def test_disk_full_is_recognised_by_its_os_codes_and_safetensors_words_only():
+    import errno
+
+    from safetensors import SafetensorError
+
+    from b2lib.rundir import disk_full_error, is_disk_full
+
+    assert is_disk_full(OSError(errno.ENOSPC, "No space left on device"))
+    assert is_disk_full(OSError(errno.EDQUOT, "Disk quota exceeded"))
+    assert is_disk_full(SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)"))
+    assert is_disk_full(SafetensorError('IoError(Os { code: 28, kind: StorageFull, message: "No space left" })'))
+    assert not is_disk_full(OSError(errno.EIO, "Input/output error"))
+    assert not is_disk_full(SafetensorError("Error while deserializing header: HeaderTooLarge"))
+    assert not is_disk_full(ValueError("No space left on device"))  # only the OS and safetensors report it
+    quota = disk_full_error("/x/y", "checkpoint", None, "then", errno.EDQUOT)
+    assert str(quota).startswith("disk quota exceeded while writing checkpoint /x/y (") and "needs" not in str(quota)

@@ -11,12 +11,14 @@ module             job
 ``sampling``       sampler vs pipeline, branch vs independent sampling, batched vs looped branches, time split
 ``training``       the update's UNet share, packed vs one-step-per-forward updates, in-process vs reloaded stages
 ``paper``          the SD-1.4 architecture from config: FLOPs, images/s, TFLOP/s against the GPU's peak
+``dtype``          fp32 against bf16 compute, phase by phase (sampling, branches, tree, stages, evaluation)
 ``suite``          :func:`run_suite` (every measurement) and the tables notebook 05 shows
 =================  ==========================================================================================
 
 ``benchmarks/speed.py`` is the command line; ``notebooks/05_performance.ipynb`` plots what it writes.
 """
 
+from .dtype import DTYPE_SIZES, bench_dtype, dtype_table
 from .paper import (
     PEAK_TFLOPS,
     bench_paper_arch,
@@ -84,6 +86,10 @@ __all__ = [
     "flops_per_image",
     "paper_flops",
     "bench_paper_arch",
+    # fp32 against bf16
+    "DTYPE_SIZES",
+    "bench_dtype",
+    "dtype_table",
     # the suite
     "SIZES",
     "GOALS",
