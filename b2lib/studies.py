@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Sequence
 
 import pandas as pd
 
@@ -36,6 +37,7 @@ __all__ = [
     "SensitivityPlan",
     "sensitivity_plan",
     "sensitivity_comparisons",
+    "dtype_comparisons",
 ]
 
 #: factor -> values tried (the preset default is included as a point of every factor). Branch counts divide the
@@ -418,3 +420,28 @@ def census_summary(census: pd.DataFrame) -> pd.DataFrame:
     out["share"] = out["groups"] / total
     out["kept_per_group"] = (out["kept_pos"] + out["kept_neg"]) / out["groups"]
     return out
+
+
+def dtype_comparisons(
+    reference: dict[str, str | Path], other: dict[str, str | Path], tag: str, splits: Sequence[str] = ("test",)
+) -> pd.DataFrame:
+    """Each method run in another compute dtype against its reference run, paired on the same prompts and noise
+    (notebook 13): per method ``m{tag} − m``, the base model's ``base{tag} − base`` (what the evaluation's precision
+    alone does) and each ``m{tag} − base``; with two or more methods also the first two against each other under
+    ``tag``. ``reference`` and ``other`` map a method to its run folder.
+
+    Why renamed bases: the two dtypes' base models score the same images slightly differently, so
+    :func:`~b2lib.report.combine_runs` would refuse to pool them as one base; ``base{tag}`` keeps them apart, while the
+    reference folders' bases are still checked equal to each other."""
+    from .comparisons import paired_comparisons
+    from .report import combine_runs
+
+    methods = list(reference)
+    if set(other) != set(methods):
+        raise ValueError(f"reference has methods {methods}, other {list(other)}: give both the same methods.")
+    folders = [reference[m] for m in methods] + [other[m] for m in methods]
+    renames = [{} for _ in methods] + [{"base": "base" + tag, m: m + tag} for m in methods]
+    images = combine_runs(folders, renames).drop_duplicates(["method", "seed", "split", "image"])
+    pairs = [(m + tag, m) for m in ("base", *methods)] + [(m + tag, "base") for m in methods]
+    pairs += [(methods[0] + tag, methods[1] + tag)] if len(methods) > 1 else []
+    return paired_comparisons(images, splits, pairs)

@@ -225,3 +225,51 @@ def test_the_main_sensitivity_grid_is_centred_on_the_main_setup():
     defaults = sensitivity_defaults(main)
     assert set(MAIN_SENSITIVITY) <= set(SENSITIVITY)
     assert all(defaults[factor] in values for factor, values in MAIN_SENSITIVITY.items())
+
+
+def _eval_folder(folder, base_shift, method_shift, method="b2", n=8):
+    """A run folder with per-image scores only: the base model's and one method's (seed 0) on ``n`` test images."""
+    import json
+
+    import numpy as np
+    import pandas as pd
+
+    folder.mkdir(parents=True)
+    (folder / "summary.json").write_text(json.dumps({"template": "counting"}))
+    rng = np.random.default_rng(0)
+    base = rng.uniform(0.6, 0.9, n)
+    rows = []
+    for model, m, seed, r in (
+        ("base", "base", None, base + base_shift),
+        (f"{method}_seed0", method, 0, base + method_shift),
+    ):
+        for i in range(n):
+            rows.append(
+                dict(
+                    model=model,
+                    method=m,
+                    seed=seed,
+                    split="test",
+                    image=i,
+                    prompt=f"p{i % 4}",
+                    reward=r[i],
+                    bertscore=0.5,
+                    judge_all_ok=bool(i % 2),
+                )
+            )
+    pd.DataFrame(rows).to_csv(folder / "eval_images.csv", index=False)
+    return folder
+
+
+def test_dtype_comparisons_pair_each_method_and_the_base_across_dtypes(tmp_path):
+    from b2lib.studies import dtype_comparisons
+
+    ref = _eval_folder(tmp_path / "fp32", base_shift=0.0, method_shift=0.05)
+    other = _eval_folder(tmp_path / "bf16", base_shift=0.01, method_shift=0.07)
+    c = dtype_comparisons({"b2": ref}, {"b2": other}, "@bf16").set_index(["metric", "a", "b"])
+    assert set(c.loc["reward"].index) == {("base@bf16", "base"), ("b2@bf16", "b2"), ("b2@bf16", "base")}
+    assert abs(c.loc[("reward", "base@bf16", "base"), "diff"] - 0.01) < 1e-9  # the evaluation's precision alone
+    assert abs(c.loc[("reward", "b2@bf16", "b2"), "diff"] - 0.02) < 1e-9
+    assert abs(c.loc[("reward", "b2@bf16", "base"), "diff"] - 0.07) < 1e-9
+    with pytest.raises(ValueError, match="same methods"):
+        dtype_comparisons({"b2": ref}, {"ddpo": other}, "@bf16")

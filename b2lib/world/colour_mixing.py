@@ -183,18 +183,24 @@ def _asked_colours(prompt: str | None) -> tuple[str, str] | None:
     return colours if len(colours) == 2 else None
 
 
-def _hard_regions(lab: np.ndarray, min_area: int, min_share: float) -> list[tuple[str, ...]]:
-    """Per connected region of judge-labelled colour pixels: the colours holding ``min_share`` of it that touch
-    another such colour (empty tuple: not mixed)."""
-    comp, n = ndimage.label(lab > 0, structure=_STRUCT8)
-    out = []
+def _regions(mask: np.ndarray, min_area: int):
+    """The 8-connected regions of ``mask`` with at least ``min_area`` pixels, as ``(bounding-box slice, the region's
+    mask inside it, area)``: the objects both measures look at, found one way."""
+    comp, _ = ndimage.label(mask, structure=_STRUCT8)
     for k, sl in enumerate(ndimage.find_objects(comp), start=1):
         if sl is None:
             continue
         region = comp[sl] == k
         area = int(region.sum())
-        if area < min_area:
-            continue
+        if area >= min_area:
+            yield sl, region, area
+
+
+def _hard_regions(lab: np.ndarray, min_area: int, min_share: float) -> list[tuple[str, ...]]:
+    """Per connected region of judge-labelled colour pixels: the colours holding ``min_share`` of it that touch
+    another such colour (empty tuple: not mixed)."""
+    out = []
+    for sl, region, area in _regions(lab > 0, min_area):
         labels = np.where(region, lab[sl], 0)
         counts = np.bincount(labels[region], minlength=_N + 1)[1:]
         big = [c for c in np.argsort(-counts, kind="stable") if counts[c] >= min_share * area]
@@ -214,17 +220,10 @@ def colour_mixing(image: Any, prompt: str | None = None, min_share: float = MIN_
     weights, strength, foreground = colour_weights(image)
     h, w = foreground.shape
     min_area = max(4, int(round(MIN_AREA_FRACTION * h * w)))
-    comp, n = ndimage.label(foreground, structure=_STRUCT8)
     asked = _asked_colours(prompt)
     regions: list[ColourRegion] = []
     mixed_share, asked_share = 0.0, 0.0
-    for k, sl in enumerate(ndimage.find_objects(comp), start=1):
-        if sl is None:
-            continue
-        region = comp[sl] == k
-        area = int(region.sum())
-        if area < min_area:
-            continue
+    for sl, region, area in _regions(foreground, min_area):
         chromatic = region & (strength[sl] >= MIN_CHROMA)
         shares: dict[str, float] = {}
         if np.count_nonzero(chromatic) >= min_area // 2:
