@@ -1,24 +1,26 @@
 """Sampling trajectories with per-step log-probabilities, plain (DDPO) or branched where the trained interval
-begins (B²-DiffuRL).
+begins (B²-DiffuRL), for any :class:`~b2lib.policy.Policy` (DDIM on SD 1.x, the flow SDE on SD3-family models).
 
-One loop, :func:`denoise`, serves both: it runs a slice ``[start, end)`` of the DDIM chain with one UNet call per step
-on the concatenated ``[uncond, cond]`` batch (classifier-free guidance) and optionally records the transitions.
+One loop, :func:`denoise`, serves both: it runs a slice ``[start, end)`` of the chain with one model call per step on
+the concatenated ``[uncond, cond]`` batch (classifier-free guidance) and optionally records the transitions.
 :func:`sample_branches` runs the prefix once per prompt, repeats the latent ``B`` times, and runs the trained interval
-for all ``N * B`` branches in the same batched call, so branching costs no Python loop over branches.
+for all ``N * B`` branches in the same batched call, so branching costs no Python loop over branches. Every function
+takes a pipeline (its policy view: :func:`b2lib.policy.as_policy`) or a policy.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from types import SimpleNamespace
 from typing import Sequence
 
 import torch
-from diffusers import DDIMScheduler, StableDiffusionPipeline
-from diffusers.utils.torch_utils import randn_tensor
+from diffusers import DDIMScheduler, DiffusionPipeline
 from tqdm.auto import tqdm
 
-from .ddim import ddim_log_prob, ddim_posterior_mean_std, ddim_step_with_logprob, explore_coords
-from .precision import model_autocast
+from .ddim import ddim_step_with_logprob
+from .ddim_policy import DECODE_BATCH, DDIMPolicy, decode_latents, predict_noise
+from .policy import Cond, Policy, as_policy
 
 __all__ = [
     "Trajectories",
@@ -28,6 +30,7 @@ __all__ = [
     "denoise",
     "denoise_levels",
     "decode_latents",
+    "DECODE_BATCH",
     "initial_noise",
     "sample_trajectories",
     "sample_branches",
@@ -51,6 +54,9 @@ class Trajectories:
     images: torch.Tensor  # (N, 3, H, W) in [0, 1]
     group_ids: torch.Tensor  # (N,) long: equal ids share one prefix (a branch group)
     prompts: list[str]
+    # SD3-family models are also conditioned on pooled text embeddings: (N, P), None for SD 1.x
+    pooled_prompt_embeds: torch.Tensor | None = None
+    negative_pooled_prompt_embeds: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.prompts)
@@ -59,6 +65,37 @@ class Trajectories:
     def num_steps(self) -> int:
         """Number of stored (trainable) transitions per sample."""
         return self.timesteps.shape[1]
+
+    def cond(self, rows: torch.Tensor | None = None) -> Cond:
+        """The conditioning of ``rows`` (all rows by default), as the policy's model call takes it."""
+        cond = Cond(
+            self.prompt_embeds,
+            self.negative_prompt_embeds,
+            self.pooled_prompt_embeds,
+            self.negative_pooled_prompt_embeds,
+        )
+        return cond if rows is None else cond.map(lambda x: x[rows])
+
+    @staticmethod
+    def build(
+        rec: dict[str, torch.Tensor], cond: Cond, images: torch.Tensor, group_ids: torch.Tensor, prompts: list[str]
+    ) -> "Trajectories":
+        """From :func:`denoise`'s record, the rows' conditioning and their images; cloned, so tensors made under
+        ``torch.inference_mode`` become ordinary ones, usable as inputs of the training forward pass."""
+        cond = cond.map(torch.Tensor.clone)
+        return Trajectories(
+            latents=rec["latents"].clone(),
+            next_latents=rec["next_latents"].clone(),
+            timesteps=rec["timesteps"].clone(),
+            log_probs=rec["log_probs"].clone(),
+            prompt_embeds=cond.embeds,
+            negative_prompt_embeds=cond.negative,
+            images=images.clone(),
+            group_ids=group_ids,
+            prompts=prompts,
+            pooled_prompt_embeds=cond.pooled,
+            negative_pooled_prompt_embeds=cond.negative_pooled,
+        )
 
     def select(self, index: torch.Tensor) -> "Trajectories":
         """Rows picked by a boolean mask or an index tensor (e.g. the samples kept by selection)."""
@@ -95,85 +132,56 @@ class Trajectories:
                 out[f.name] = [x for v in values for x in v]
             elif f.name == "group_ids":
                 out[f.name] = torch.cat(group_ids)
-            elif values[0] is None:
+            elif any(v is None for v in values):
+                if not all(v is None for v in values):
+                    raise ValueError(f"Trajectories.cat: some batches have {f.name}, some do not.")
                 out[f.name] = None
             else:
                 out[f.name] = torch.cat(values)
         return Trajectories(**out)
 
 
-def _check_pipeline(pipe: StableDiffusionPipeline) -> DDIMScheduler:
-    if not isinstance(pipe.scheduler, DDIMScheduler):
-        raise ValueError(
-            f"The pipeline's scheduler is {type(pipe.scheduler).__name__}; B²-DiffuRL needs DDIM's Gaussian step. "
-            "Use `b2lib.models.ensure_ddim(pipe)` or "
-            "`pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)`."
-        )
-    return pipe.scheduler
+def _check_pipeline(pipe: DiffusionPipeline | Policy) -> Policy:
+    """The policy view of ``pipe`` (:func:`b2lib.policy.as_policy`): DDIM for SD 1.x pipelines (an error naming the fix
+    if their scheduler is not DDIM), the flow-SDE policy for SD3-family ones, a :class:`Policy` as it is."""
+    return as_policy(pipe)
+
+
+def _as_cond(prompt_embeds, negative_prompt_embeds: torch.Tensor | None) -> Cond:
+    """A :class:`Cond` from the chain functions' arguments: a Cond as it is, or a (cond, uncond) tensor pair."""
+    if isinstance(prompt_embeds, Cond):
+        return prompt_embeds
+    return Cond(prompt_embeds, negative_prompt_embeds)
 
 
 @torch.no_grad()
 def encode_prompts(
-    pipe: StableDiffusionPipeline, prompts: Sequence[str], guidance_scale: float
+    pipe: DiffusionPipeline | Policy, prompts: Sequence[str], guidance_scale: float
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Text embeddings for the prompts and, with CFG (``guidance_scale > 1``), for the empty prompt."""
+    """Text embeddings for the prompts and, with CFG (``guidance_scale > 1``), for the empty prompt (an SD 1.x
+    pipeline's pair; :meth:`b2lib.policy.Policy.encode` gives any policy's full :class:`Cond`)."""
+    cond = _encode(_check_pipeline(pipe), prompts, guidance_scale)
+    return cond.embeds, cond.negative
+
+
+def _encode(policy: Policy, prompts: Sequence[str], guidance_scale: float) -> Cond:
     if isinstance(prompts, str) or not prompts:
         raise ValueError("prompts must be a non-empty list of strings (wrap a single prompt in a list).")
-    cond, uncond = pipe.encode_prompt(list(prompts), pipe.device, 1, guidance_scale > 1.0)
-    return cond, uncond
-
-
-def predict_noise(
-    unet: torch.nn.Module,
-    latents: torch.Tensor,
-    timesteps: torch.Tensor | int,
-    prompt_embeds: torch.Tensor,
-    negative_prompt_embeds: torch.Tensor | None,
-    guidance_scale: float,
-) -> torch.Tensor:
-    """Guided noise prediction with ONE UNet call on the ``[uncond, cond]`` batch (same as diffusers' pipeline).
-
-    Used both when sampling and when training, so the policy whose log-prob is optimised is the sampled one. Under
-    :func:`b2lib.precision.compute_dtype` ``("bf16")`` the UNet runs in bf16 autocast and its output is cast back to the
-    latents' dtype before guidance, so what follows (guidance, the DDIM step, the log-prob) is computed in fp32.
-    """
-    if prompt_embeds.shape[0] != latents.shape[0]:
-        raise ValueError(
-            f"{prompt_embeds.shape[0]} prompt embeddings for {latents.shape[0]} latents: give one embedding per sample "
-            "(repeat_interleave the prompt embeddings over branches)."
-        )
-    timesteps = torch.as_tensor(timesteps, device=latents.device)
-    if negative_prompt_embeds is None or guidance_scale <= 1.0:
-        with model_autocast(latents.device):
-            out = unet(latents, timesteps, encoder_hidden_states=prompt_embeds).sample
-        return out.to(latents.dtype)  # a no-op in fp32
-    if negative_prompt_embeds.shape != prompt_embeds.shape:
-        raise ValueError(
-            f"negative_prompt_embeds {tuple(negative_prompt_embeds.shape)} "
-            f"!= prompt_embeds {tuple(prompt_embeds.shape)}."
-        )
-    if timesteps.ndim == 1:
-        timesteps = timesteps.repeat(2)
-    model_input, embeds = torch.cat([latents, latents]), torch.cat([negative_prompt_embeds, prompt_embeds])
-    with model_autocast(latents.device):
-        out = unet(model_input, timesteps, encoder_hidden_states=embeds).sample
-    uncond, cond = out.to(latents.dtype).chunk(2)
-    return uncond + guidance_scale * (cond - uncond)
+    with torch.no_grad():
+        return policy.encode(list(prompts), guidance_scale)
 
 
 def initial_noise(
-    pipe: StableDiffusionPipeline, batch: int, generator: torch.Generator | None, dtype: torch.dtype
+    pipe: DiffusionPipeline | Policy, batch: int, generator: torch.Generator | None, dtype: torch.dtype
 ) -> torch.Tensor:
-    """``x_T`` drawn exactly as ``StableDiffusionPipeline.prepare_latents`` draws it (same generator, same values)."""
-    size = pipe.unet.config.sample_size
-    shape = (batch, pipe.unet.config.in_channels, size, size)
-    return randn_tensor(shape, generator=generator, device=pipe.device, dtype=dtype) * pipe.scheduler.init_noise_sigma
+    """``x_T`` drawn exactly as the stock pipeline's ``prepare_latents`` draws it (same generator, same values)."""
+    return _check_pipeline(pipe).initial_noise(batch, generator, dtype)
 
 
 def denoise(
-    pipe: StableDiffusionPipeline,
+    pipe: DiffusionPipeline | Policy,
     latents: torch.Tensor,
-    prompt_embeds: torch.Tensor,
+    prompt_embeds: torch.Tensor | Cond,
     negative_prompt_embeds: torch.Tensor | None,
     start: int,
     end: int,
@@ -185,15 +193,18 @@ def denoise(
     explore_grid: int = 0,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor] | None]:
     """Run steps ``[start, end)`` of the scheduler's chain; return the final latents and, if ``record``, the
-    transitions. ``explore_grid``: the stochastic steps' noise only on a coarse lattice (see
-    :func:`b2lib.ddim.ddim_posterior_mean_std`; 0 = DDIM's full noise).
+    transitions. ``eta``: the policy's noise level (DDIM's eta, the flow-SDE's a); 0 runs the stock deterministic
+    step. ``explore_grid``: the stochastic steps' noise only on a coarse lattice (see
+    :func:`b2lib.ddim.ddim_posterior_mean_std`; 0 = full noise). ``prompt_embeds``: a tensor (with
+    ``negative_prompt_embeds``) or a :class:`~b2lib.policy.Cond`.
 
     The scheduler must already hold the chain (``set_timesteps``). Recorded tensors are stacked on dim 1.
     """
-    scheduler = _check_pipeline(pipe)
-    timesteps = scheduler.timesteps
-    if not 0 <= start <= end <= len(timesteps):
-        raise ValueError(f"step range [{start}, {end}) is outside the chain of {len(timesteps)} steps.")
+    policy = _check_pipeline(pipe)
+    cond = _as_cond(prompt_embeds, negative_prompt_embeds)
+    keys = policy.step_keys()
+    if not 0 <= start <= end <= len(keys):
+        raise ValueError(f"step range [{start}, {end}) is outside the chain of {len(keys)} steps.")
     states, nexts, ts, logps = [], [], [], []
     if eta == 0 and record:
         raise ValueError(
@@ -201,15 +212,12 @@ def denoise(
             "log-probability. Run them with record=False."
         )
     for i in tqdm(range(start, end), desc="denoise", leave=False, disable=not progress):
-        t = timesteps[i]
-        model_input = scheduler.scale_model_input(latents, t)
-        noise_pred = predict_noise(pipe.unet, model_input, t, prompt_embeds, negative_prompt_embeds, guidance_scale)
-        if eta == 0:  # deterministic DDIM (the stock scheduler step): no noise drawn, nothing recorded
-            latents = scheduler.step(noise_pred, t, latents, eta=0.0).prev_sample
+        t = keys[i]
+        pred = policy.predict(policy.denoiser, latents, t, cond, guidance_scale)
+        if eta == 0:  # the stock deterministic step: no noise drawn, nothing recorded
+            latents = policy.deterministic_step(pred, t, latents)
             continue
-        prev, log_prob = ddim_step_with_logprob(
-            scheduler, noise_pred, t, latents, eta, generator=generator, explore_grid=explore_grid
-        )
+        prev, log_prob = policy.step(pred, t, latents, eta, generator, explore_grid)
         if record:
             states.append(latents)
             nexts.append(prev)
@@ -228,36 +236,10 @@ def denoise(
     }
 
 
-#: Latents per VAE decode call. The decoder's activations are the largest tensors of sampling (full resolution,
-#: wide channels): past a few dozen images they fall out of the CPU caches and the decode slows down per image (the
-#: embedded world on this project's 2-core CPU: 4.4 ms/image in chunks of 4-16, 10 ms/image in one batch of 80).
-#: Chunks also bound the decode's peak memory on a GPU, like diffusers' ``vae.enable_slicing()`` but less finely.
-DECODE_BATCH = 16
-
-
-def decode_latents(
-    pipe: StableDiffusionPipeline, latents: torch.Tensor, batch_size: int | None = DECODE_BATCH
-) -> torch.Tensor:
-    """VAE-decode to float images in ``[0, 1]``, kept in memory for the reward (no PNG round trip).
-
-    ``batch_size`` latents are decoded per call (``None``: all at once); each image's pixels do not depend on it. Under
-    bf16 compute (:mod:`b2lib.precision`) the decoder runs in autocast and its output is cast back to the latents'
-    dtype before the arithmetic below.
-    """
-    if batch_size is not None and batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1 or None, got {batch_size}.")
-    scaled = latents / pipe.vae.config.scaling_factor
-    step = batch_size or max(1, len(scaled))
-    with model_autocast(latents.device):
-        chunks = [pipe.vae.decode(chunk, return_dict=False)[0] for chunk in scaled.split(step)]
-    images = torch.cat([chunk.to(latents.dtype) for chunk in chunks])  # a no-op in fp32
-    return (images / 2 + 0.5).clamp(0, 1).float()
-
-
 def denoise_levels(
-    pipe: StableDiffusionPipeline,
+    pipe: DiffusionPipeline | Policy,
     latents: torch.Tensor,
-    prompt_embeds: torch.Tensor,
+    prompt_embeds: torch.Tensor | Cond,
     negative_prompt_embeds: torch.Tensor | None,
     levels: Sequence[tuple[int, int]],
     num_steps: int,
@@ -266,34 +248,34 @@ def denoise_levels(
     generator: torch.Generator | None = None,
     window: int | None = None,
     explore_grid: int = 0,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, list[dict[str, torch.Tensor]]]:
+) -> tuple[torch.Tensor, Cond, list[dict[str, torch.Tensor]]]:
     """From the state at the first branch point to ``x_0``: at each ``(branch_at, branches)`` every live row splits into
     ``branches`` rows (prompt-major), and the segment up to the next branch point (or the chain's end) runs for all rows
-    in one batched UNet call per step. Only the first ``window`` steps of a segment are stochastic and recorded
-    (``None``: all of them); the rest run with eta = 0. Returns the final latents, the embeddings repeated like the
-    rows, and each segment's recorded transitions. ``explore_grid``: the recorded steps explore only a coarse lattice
-    (:func:`b2lib.ddim.ddim_posterior_mean_std`). One level is B²'s branch sampling, one level of 1 plain sampling,
-    several a tree (:func:`b2lib.tree.sample_tree`)."""
+    in one batched model call per step. Only the first ``window`` steps of a segment are stochastic and recorded
+    (``None``: all of them); the rest run deterministically. Returns the final latents, the conditioning repeated like
+    the rows (a :class:`~b2lib.policy.Cond`), and each segment's recorded transitions. ``explore_grid``: the recorded
+    steps explore only a coarse lattice (:func:`b2lib.ddim.ddim_posterior_mean_std`). One level is B²'s branch
+    sampling, one level of 1 plain sampling, several a tree (:func:`b2lib.tree.sample_tree`)."""
     if window is not None and window < 1:
         raise ValueError(f"window must be >= 1 (stochastic steps after a split) or None (all of them), got {window}.")
-    cond, uncond, segments = prompt_embeds, negative_prompt_embeds, []
+    policy = _check_pipeline(pipe)
+    cond, segments = _as_cond(prompt_embeds, negative_prompt_embeds), []
     for k, (branch_at, branches) in enumerate(levels):
         latents = latents.repeat_interleave(branches, dim=0)
-        cond = cond.repeat_interleave(branches, dim=0)
-        uncond = uncond.repeat_interleave(branches, dim=0) if uncond is not None else None
+        cond = cond.repeat_interleave(branches)
         end = levels[k + 1][0] if k + 1 < len(levels) else num_steps
         stop = end if window is None else min(end, branch_at + window)
         latents, rec = denoise(
-            pipe, latents, cond, uncond, branch_at, stop, guidance_scale, eta, generator, explore_grid=explore_grid
+            policy, latents, cond, None, branch_at, stop, guidance_scale, eta, generator, explore_grid=explore_grid
         )
         if stop < end:
-            latents, _ = denoise(pipe, latents, cond, uncond, stop, end, guidance_scale, 0.0, record=False)
+            latents, _ = denoise(policy, latents, cond, None, stop, end, guidance_scale, 0.0, record=False)
         segments.append(rec)
-    return latents, cond, uncond, segments
+    return latents, cond, segments
 
 
-def _prepare(pipe: StableDiffusionPipeline, num_steps: int, trained_steps: int) -> None:
-    _check_pipeline(pipe)
+def _prepare(pipe: DiffusionPipeline | Policy, num_steps: int, trained_steps: int) -> Policy:
+    policy = _check_pipeline(pipe)
     if num_steps < 1:
         raise ValueError(f"num_steps must be >= 1, got {num_steps}.")
     if not 1 <= trained_steps <= num_steps:
@@ -301,12 +283,12 @@ def _prepare(pipe: StableDiffusionPipeline, num_steps: int, trained_steps: int) 
             f"The trained interval ({trained_steps} steps) must lie within the chain of {num_steps} steps: "
             f"use 1 <= trained_steps <= num_steps."
         )
-    if pipe.scheduler.num_inference_steps != num_steps:
-        pipe.scheduler.set_timesteps(num_steps, device=pipe.device)
+    policy.prepare(num_steps)
+    return policy
 
 
 def _sample(
-    pipe: StableDiffusionPipeline,
+    pipe: DiffusionPipeline | Policy,
     prompts: Sequence[str],
     num_branches: int,
     trained_steps: int,
@@ -314,47 +296,46 @@ def _sample(
     guidance_scale: float,
     eta: float,
     generator: torch.Generator | None,
-    prompt_embeds: tuple[torch.Tensor, torch.Tensor | None] | None,
+    prompt_embeds: tuple[torch.Tensor, torch.Tensor | None] | Cond | None,
     branch_loop: bool = False,
     window: int | None = None,
     explore_grid: int = 0,
 ) -> Trajectories:
-    _prepare(pipe, num_steps, trained_steps)
+    policy = _prepare(pipe, num_steps, trained_steps)
     if prompt_embeds is None:
-        cond, uncond = encode_prompts(pipe, prompts, guidance_scale)
+        cond = _encode(policy, prompts, guidance_scale)
     else:
-        cond, uncond = prompt_embeds
-        if cond.shape[0] != len(prompts) or (uncond is not None and uncond.shape[0] != len(prompts)):
+        cond = prompt_embeds if isinstance(prompt_embeds, Cond) else Cond(*prompt_embeds)
+        if len(cond) != len(prompts) or (cond.negative is not None and cond.negative.shape[0] != len(prompts)):
             raise ValueError(
-                f"{len(prompts)} prompts but prompt embeddings for {cond.shape[0]}: pass one embedding row per prompt."
+                f"{len(prompts)} prompts but prompt embeddings for {len(cond)}: pass one embedding row per prompt."
             )
     n = len(prompts)
     branch_at = num_steps - trained_steps  # the chain index where the prefix ends and the trained interval begins
     with torch.inference_mode():
-        latents = initial_noise(pipe, n, generator, cond.dtype)
-        latents, _ = denoise(pipe, latents, cond, uncond, 0, branch_at, guidance_scale, eta, generator, record=False)
+        latents = policy.initial_noise(n, generator, cond.embeds.dtype)
+        latents, _ = denoise(policy, latents, cond, None, 0, branch_at, guidance_scale, eta, generator, record=False)
         if branch_loop and num_branches > 1:
             if window is not None or explore_grid:
                 raise ValueError(
                     "branch_loop (the benchmark's reference loop) supports neither window nor explore_grid."
                 )
-            # The reference implementation's way, kept for benchmarks: one chain (and UNet call per step) per branch.
+            # The reference implementation's way, kept for benchmarks: one chain (and model call per step) per branch.
             parts = [
-                denoise(pipe, latents, cond, uncond, branch_at, num_steps, guidance_scale, eta, generator)
+                denoise(policy, latents, cond, None, branch_at, num_steps, guidance_scale, eta, generator)
                 for _ in range(num_branches)
             ]
             # branch-major -> prompt-major (sample i * B + b is branch b of prompt i)
             latents = torch.stack([p[0] for p in parts], dim=1).flatten(0, 1)
             rec = {key: torch.stack([p[1][key] for p in parts], dim=1).flatten(0, 1) for key in parts[0][1]}
-            cond = cond.repeat_interleave(num_branches, dim=0)
-            uncond = uncond.repeat_interleave(num_branches, dim=0) if uncond is not None else None
+            cond = cond.repeat_interleave(num_branches)
         else:
             # Branch: every prompt's shared x_{T-s} continues as B independent stochastic chains, in one batch.
-            latents, cond, uncond, (rec,) = denoise_levels(
-                pipe,
+            latents, cond, (rec,) = denoise_levels(
+                policy,
                 latents,
                 cond,
-                uncond,
+                None,
                 [(branch_at, num_branches)],
                 num_steps,
                 guidance_scale,
@@ -363,23 +344,19 @@ def _sample(
                 window,
                 explore_grid,
             )
-        images = decode_latents(pipe, latents)
+        images = policy.decode(latents)
     # Leave inference mode: stored tensors become ordinary tensors, usable as inputs of the training forward pass.
-    return Trajectories(
-        latents=rec["latents"].clone(),
-        next_latents=rec["next_latents"].clone(),
-        timesteps=rec["timesteps"].clone(),
-        log_probs=rec["log_probs"].clone(),
-        prompt_embeds=cond.clone(),
-        negative_prompt_embeds=uncond.clone() if uncond is not None else None,
-        images=images.clone(),
+    return Trajectories.build(
+        rec,
+        cond,
+        images,
         group_ids=torch.arange(n).repeat_interleave(num_branches),
         prompts=[p for p in prompts for _ in range(num_branches)],
     )
 
 
 def sample_trajectories(
-    pipe: StableDiffusionPipeline,
+    pipe: DiffusionPipeline | Policy,
     prompts: Sequence[str],
     num_steps: int = 20,
     guidance_scale: float = 5.0,
@@ -413,7 +390,7 @@ def sample_trajectories(
 
 
 def sample_branches(
-    pipe: StableDiffusionPipeline,
+    pipe: DiffusionPipeline | Policy,
     prompts: Sequence[str],
     num_branches: int,
     trained_steps: int,
@@ -477,8 +454,8 @@ def transition_policy(
     device: torch.device | str | None = None,
     explore_grid: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The policy Gaussian at stored transitions (sample ``rows[i]``, interval step ``cols[i]``) under ``unet``:
-    ``(log_prob, mean, std)``, with CFG exactly as in sampling.
+    """The DDIM policy Gaussian at stored transitions (sample ``rows[i]``, interval step ``cols[i]``) under ``unet``:
+    ``(log_prob, mean, std)``, with CFG exactly as in sampling; :meth:`b2lib.policy.Policy.transition` for any policy.
 
     ``log_prob`` (``(n,)``) is ``log p_theta(x_{t-1} | x_t, c)`` of the stored action, the quantity the PPO ratio
     compares with ``traj.log_probs``; ``mean`` (``(n, C, h, w)``) and ``std`` (``(n,)``) are what a KL to a reference
@@ -486,16 +463,5 @@ def transition_policy(
     (coarse exploration) ``mean`` is in the explored coordinates (:func:`b2lib.ddim.explore_coords`), the only ones
     with a density, so a KL between two such policies is the KL of their explored parts.
     """
-    rows, cols = torch.as_tensor(rows), torch.as_tensor(cols)
-    if rows.shape != cols.shape or rows.ndim != 1:
-        raise ValueError(f"rows {tuple(rows.shape)} and cols {tuple(cols.shape)} must be equal 1-D shapes.")
-    device = device if device is not None else traj.latents.device
-    latents = traj.latents[rows, cols].to(device)
-    nexts = traj.next_latents[rows, cols].to(device)
-    t = traj.timesteps[rows, cols].to(device)
-    cond = traj.prompt_embeds[rows].to(device)
-    uncond = traj.negative_prompt_embeds[rows].to(device) if traj.negative_prompt_embeds is not None else None
-    model_input = scheduler.scale_model_input(latents, t)
-    noise_pred = predict_noise(unet, model_input, t, cond, uncond, guidance_scale)
-    mean, std = ddim_posterior_mean_std(scheduler, noise_pred, t, latents, eta, explore_grid)
-    return ddim_log_prob(nexts, mean, std, explore_grid), explore_coords(mean, explore_grid), std
+    policy = DDIMPolicy(SimpleNamespace(unet=unet, scheduler=scheduler, device=traj.latents.device))
+    return policy.transition(unet, traj, rows, cols, guidance_scale, eta, device, explore_grid)

@@ -20,18 +20,11 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import torch
-from diffusers import StableDiffusionPipeline
+from diffusers import DiffusionPipeline
 
 from .advantages import GROUP_EPS
-from .sampling import (
-    Trajectories,
-    _prepare,
-    decode_latents,
-    denoise,
-    denoise_levels,
-    encode_prompts,
-    initial_noise,
-)
+from .policy import Policy
+from .sampling import Trajectories, _encode, _prepare, denoise, denoise_levels
 from .schedule import ProgressiveSchedule
 
 __all__ = [
@@ -121,7 +114,7 @@ def tree_unet_rows(levels: Sequence[Level], num_steps: int, prompts: int = 1, gu
 
 
 def sample_tree(
-    pipe: StableDiffusionPipeline,
+    pipe: DiffusionPipeline | Policy,
     prompts: Sequence[str],
     levels: Sequence[Level],
     num_steps: int = 20,
@@ -140,19 +133,19 @@ def sample_tree(
     ``explore_grid``: the stored steps explore only a coarse lattice, as in ``sample_branches``.
     """
     levels = _check_levels(levels, num_steps)
-    _prepare(pipe, num_steps, num_steps - levels[0].branch_at)
-    cond, uncond = encode_prompts(pipe, prompts, guidance_scale)
+    policy = _prepare(pipe, num_steps, num_steps - levels[0].branch_at)
+    cond = _encode(policy, prompts, guidance_scale)
     n = len(prompts)
     with torch.inference_mode():
-        latents = initial_noise(pipe, n, generator, cond.dtype)
+        latents = policy.initial_noise(n, generator, cond.embeds.dtype)
         latents, _ = denoise(
-            pipe, latents, cond, uncond, 0, levels[0].branch_at, guidance_scale, eta, generator, record=False
+            policy, latents, cond, None, 0, levels[0].branch_at, guidance_scale, eta, generator, record=False
         )
-        latents, cond, uncond, segments = denoise_levels(
-            pipe,
+        latents, cond, segments = denoise_levels(
+            policy,
             latents,
             cond,
-            uncond,
+            None,
             [(lv.branch_at, lv.branches) for lv in levels],
             num_steps,
             guidance_scale,
@@ -161,7 +154,7 @@ def sample_tree(
             window,
             explore_grid,
         )
-        images = decode_latents(pipe, latents)
+        images = policy.decode(latents)
     # leave inference mode: stored tensors become ordinary tensors, usable by the training forward pass
     segments = [{key: value.clone() for key, value in rec.items()} for rec in segments]
     sizes = [lv.branches for lv in levels]
@@ -171,19 +164,14 @@ def sample_tree(
     ancestors = torch.stack(
         [torch.div(leaf, math.prod(sizes[k + 1 :]), rounding_mode="floor") for k in range(len(levels))], dim=1
     )
-    last = segments[-1]
-    leaves = Trajectories(
-        latents=last["latents"],
-        next_latents=last["next_latents"],
-        timesteps=last["timesteps"],
-        log_probs=last["log_probs"],
-        prompt_embeds=cond.clone(),
-        negative_prompt_embeds=uncond.clone() if uncond is not None else None,
-        images=images.clone(),
+    leaves = Trajectories.build(
+        segments[-1],
+        cond,
+        images,
         group_ids=torch.div(leaf, sizes[-1], rounding_mode="floor"),
         prompts=[p for p in prompts for _ in range(per_prompt)],
     )
-    rows = tree_unet_rows(levels, num_steps, n, guidance=uncond is not None)["tree"]
+    rows = tree_unet_rows(levels, num_steps, n, guidance=cond.negative is not None)["tree"]
     return TreeSample(leaves, segments, ancestors, levels, rows)
 
 
@@ -264,18 +252,19 @@ def level_transitions(tree: TreeSample, level: int) -> Trajectories:
     under = len(tree.leaves) // nodes  # leaves below one node of this level
     first_leaf = torch.arange(nodes) * under
     leaves = tree.leaves
+    cond = leaves.cond(first_leaf)
     return Trajectories(
         latents=seg["latents"],
         next_latents=seg["next_latents"],
         timesteps=seg["timesteps"],
         log_probs=seg["log_probs"],
-        prompt_embeds=leaves.prompt_embeds[first_leaf],
-        negative_prompt_embeds=(
-            leaves.negative_prompt_embeds[first_leaf] if leaves.negative_prompt_embeds is not None else None
-        ),
+        prompt_embeds=cond.embeds,
+        negative_prompt_embeds=cond.negative,
         images=leaves.images[first_leaf],
         group_ids=tree.parents(level),
         prompts=[leaves.prompts[i] for i in first_leaf.tolist()],
+        pooled_prompt_embeds=cond.pooled,
+        negative_pooled_prompt_embeds=cond.negative_pooled,
     )
 
 
