@@ -211,8 +211,9 @@ EXPORT_RERUN = "the model's training is checkpointed, so a rerun resumes it at i
 
 
 def save_lora(pipe, folder: str | os.PathLike, then: str = EXPORT_RERUN) -> Path:
-    """Save the UNet's LoRA adapter in diffusers' format: ``StableDiffusionPipeline.load_lora_weights(folder)`` on the
-    base pipeline restores the fine-tuned model.
+    """Save the denoiser's LoRA adapter in diffusers' format: ``load_lora_weights(folder)`` on the base pipeline
+    restores the fine-tuned model (``StableDiffusionPipeline``: the UNet's; ``StableDiffusion3Pipeline``: the
+    transformer's).
 
     Written to a temp folder that then replaces ``folder``, so a failed write (a full disk) leaves the previous export
     or none, never a truncated one; a full disk raises :class:`~b2lib.rundir.DiskFullError` (``then``: what a rerun
@@ -220,13 +221,13 @@ def save_lora(pipe, folder: str | os.PathLike, then: str = EXPORT_RERUN) -> Path
     from peft.utils import get_peft_model_state_dict
 
     folder = Path(folder)
-    layers = get_peft_model_state_dict(pipe.unet)
+    name = "transformer" if getattr(pipe, "transformer", None) is not None else "unet"
+    layers = get_peft_model_state_dict(getattr(pipe, name))
     if not layers:
-        raise ValueError("The UNet has no LoRA adapter to save (was the trainer run with use_lora=False?).")
+        raise ValueError(f"The {name} has no LoRA adapter to save (was the trainer run with use_lora=False?).")
+    kwargs = {f"{name}_lora_layers": layers}
     with disk_full_guard(folder, "the LoRA adapter", then, _nbytes(layers)):
-        replace_folder(
-            folder, lambda tmp: type(pipe).save_lora_weights(tmp, unet_lora_layers=layers, safe_serialization=True)
-        )
+        replace_folder(folder, lambda tmp: type(pipe).save_lora_weights(tmp, **kwargs, safe_serialization=True))
     return folder
 
 

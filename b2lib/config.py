@@ -55,6 +55,10 @@ class TrainerConfig:
     # only in the cell-constant directions of a g x g lattice per latent channel (C g^2 of them) and are deterministic
     # elsewhere. Why: a score-function gradient's per-sample SNR is at most 1 / (explored dims + 1).
     explore_grid: int = 0
+    # the noise level of the steps before the trained interval (the shared prefix): None = eta (B² and DDPO as
+    # published sample it stochastically); 0 = the deterministic chain (DDIM eta 0, the flow ODE), as TempFlow-GRPO
+    # and MixGRPO run every step outside their SDE window
+    prefix_eta: float | None = None
     split_start: int = 14
     split_end: int | None = None  # None: the whole chain (num_steps)
     num_branches: int = 5
@@ -88,8 +92,9 @@ class TrainerConfig:
     use_lora: bool = True
     lora_rank: int = 4
     # which UNet modules the adapter wraps: "attention" (q/k/v/out, DDPO's and the paper's choice) or "all" (every
-    # linear and convolution of the blocks; see b2lib.models.LORA_TARGET_MODULES_ALL)
-    lora_targets: Literal["attention", "all"] = "attention"
+    # linear and convolution of the blocks; see b2lib.models.LORA_TARGET_MODULES_ALL), or "mmdit" (an SD3-family
+    # transformer's attention projections and feed-forwards, both streams: LORA_TARGET_MODULES_MMDIT)
+    lora_targets: Literal["attention", "all", "mmdit"] = "attention"
     # sample with the adapter folded into the weights (b2lib.models.lora_fused): the same policy at the base model's
     # cost per forward (~30 % less sampling time on the embedded world); False samples through the unmerged adapter,
     # as runs made before this field did (their numbers differ from fused ones by float rounding, ~1e-6)
@@ -169,6 +174,8 @@ class TrainerConfig:
             raise ValueError(f"lora_targets must be one of {sorted(LORA_TARGETS)}, got {self.lora_targets!r}.")
         if self.window is not None and self.window < 1:
             raise ValueError(f"window must be >= 1 or None (every step after the split stochastic), got {self.window}.")
+        if self.prefix_eta is not None and self.prefix_eta < 0:
+            raise ValueError(f"prefix_eta must be >= 0 or None (the prefix at eta), got {self.prefix_eta}.")
         if self.explore_grid < 0:
             raise ValueError(f"explore_grid must be >= 0 (0 = full-dimensional noise), got {self.explore_grid}.")
         if self.kl_coef < 0:
@@ -275,7 +282,15 @@ class TrainerConfig:
 
 
 #: TrainerConfig fields recorded in a run's fingerprint only when set (see :meth:`TrainerConfig.to_dict`)
-ADDED_FIELDS = ("explore_grid", "tree", "tree_progressive", "tree_train_levels", "fuse_lora", "dtype")
+ADDED_FIELDS = (
+    "explore_grid",
+    "tree",
+    "tree_progressive",
+    "tree_train_levels",
+    "fuse_lora",
+    "dtype",
+    "prefix_eta",
+)
 
 
 def _json_value(value):

@@ -9,8 +9,9 @@ from diffusers import StableDiffusionPipeline
 from tqdm.auto import tqdm
 
 from .models import lora_fused
+from .policy import as_policy
 from .precision import compute_dtype
-from .sampling import sample_trajectories
+from .sampling import _encode, _prepare, denoise, sample_trajectories
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -31,7 +32,9 @@ def generate(
     fuse_lora: bool = True,
     dtype: str | None = None,
 ) -> torch.Tensor:
-    """Images ``(N, 3, H, W)`` in [0, 1] for ``prompts``, with the policy's own sampler (DDIM, eta, CFG).
+    """Images ``(N, 3, H, W)`` in [0, 1] for ``prompts``, with the policy's own sampler (DDIM or the flow SDE at noise
+    level ``eta``, CFG); ``eta = 0``: the deterministic chain, the stock pipeline's (the flow world is evaluated so, as
+    the flow-GRPO family evaluates).
 
     Batch ``b`` uses a generator seeded ``(seed, b)``, so two models given the same prompts and seed start from the
     same noise: differences in the images are the models' doing. A LoRA adapter is folded into the weights while
@@ -41,12 +44,17 @@ def generate(
     """
     out = []
     starts = range(0, len(prompts), batch_size)
-    with lora_fused(pipe.unet, fuse_lora), compute_dtype(dtype):
+    policy = as_policy(pipe)
+    with lora_fused(policy.denoiser, fuse_lora), compute_dtype(dtype):
         for b, start in enumerate(tqdm(starts, desc="generate", leave=False, disable=not progress)):
             gen = torch.Generator().manual_seed(seed * 100_003 + b)
+            batch = list(prompts[start : start + batch_size])
+            if eta == 0:
+                out.append(_deterministic(policy, batch, num_steps, guidance_scale, gen))
+                continue
             traj = sample_trajectories(
-                pipe,
-                list(prompts[start : start + batch_size]),
+                policy,
+                batch,
                 num_steps=num_steps,
                 guidance_scale=guidance_scale,
                 eta=eta,
@@ -55,6 +63,15 @@ def generate(
             )
             out.append(traj.images)
     return torch.cat(out)
+
+
+def _deterministic(policy, prompts: list[str], num_steps: int, guidance_scale: float, gen: torch.Generator):
+    """The noise-free chain from ``x_T`` drawn by ``gen``: the stock pipeline's sampler."""
+    _prepare(policy, num_steps, num_steps)
+    cond = _encode(policy, prompts, guidance_scale)
+    latents = policy.initial_noise(len(prompts), gen, cond.embeds.dtype)
+    latents, _ = denoise(policy, latents, cond, None, 0, num_steps, guidance_scale, 0.0, record=False)
+    return policy.decode(latents)
 
 
 def evaluate_images(
@@ -121,19 +138,21 @@ def sampling_throughput(
     num_steps: int = 20,
     guidance_scale: float = 5.0,
     repeats: int = 3,
+    eta: float = 1.0,
 ) -> dict:
-    """Images/s of ``n_images`` sampled in one batch with ``num_steps`` CFG steps (decode included): min/median/max
-    over ``repeats`` timed runs after one warm-up."""
+    """Images/s of ``n_images`` sampled in one batch with ``num_steps`` CFG steps (decode included) at noise level
+    ``eta`` (0: the deterministic chain): min/median/max over ``repeats`` timed runs after one warm-up."""
     import time
 
     import numpy as np
 
     prompts = ["one red circle"] * n_images
-    generate(pipe, prompts[:2], num_steps=2, batch_size=n_images)
+    generate(pipe, prompts[:2], num_steps=2, eta=eta, batch_size=n_images)
     rates = []
     for r in range(repeats):
         t = time.perf_counter()
-        generate(pipe, prompts, num_steps=num_steps, guidance_scale=guidance_scale, seed=r, batch_size=n_images)
+        kwargs = dict(num_steps=num_steps, guidance_scale=guidance_scale, eta=eta, seed=r, batch_size=n_images)
+        generate(pipe, prompts, **kwargs)
         rates.append(n_images / (time.perf_counter() - t))
     return {
         "images_per_s_min": float(np.min(rates)),

@@ -27,6 +27,8 @@ __all__ = [
     "lora_fused",
     "LORA_TARGET_MODULES",
     "LORA_TARGET_MODULES_ALL",
+    "LORA_TARGET_MODULES_MMDIT",
+    "load_sd3_pipeline",
     "LORA_TARGETS",
 ]
 
@@ -45,8 +47,20 @@ LORA_TARGET_MODULES_ALL = LORA_TARGET_MODULES + (
     "conv2",
     "time_emb_proj",
 )
+#: An SD3-family MM-DiT's linears: both streams' attention projections (the text stream's ``add_*_proj`` and
+#: ``to_add_out``) and feed-forwards (``ff``, ``ff_context``); names as in diffusers' ``JointTransformerBlock``.
+LORA_TARGET_MODULES_MMDIT = LORA_TARGET_MODULES + (
+    "add_q_proj",
+    "add_k_proj",
+    "add_v_proj",
+    "to_add_out",
+    "ff.net.0.proj",
+    "ff.net.2",
+    "ff_context.net.0.proj",
+    "ff_context.net.2",
+)
 #: ``TrainerConfig.lora_targets`` names -> module name lists
-LORA_TARGETS = {"attention": LORA_TARGET_MODULES, "all": LORA_TARGET_MODULES_ALL}
+LORA_TARGETS = {"attention": LORA_TARGET_MODULES, "all": LORA_TARGET_MODULES_ALL, "mmdit": LORA_TARGET_MODULES_MMDIT}
 
 
 def _bytes_to_unicode() -> dict[int, str]:
@@ -181,6 +195,37 @@ def load_sd_pipeline(
             f"{name_or_path}`) or pass a local folder. Original error: {err}"
         ) from err
     ensure_ddim(pipe)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device)
+
+
+def load_sd3_pipeline(
+    name_or_path: str | os.PathLike,
+    torch_dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+):
+    """Load an SD3-family ``StableDiffusion3Pipeline`` (e.g. ``stabilityai/stable-diffusion-3.5-medium``) from a folder
+    or the hub. Offline (``HF_HUB_OFFLINE``) or without hub access it fails at once, saying what to do; a folder saved
+    without T5 (the flow world) loads with ``text_encoder_3=None``."""
+    from diffusers import StableDiffusion3Pipeline
+
+    path = Path(name_or_path).expanduser()
+    if path.exists():
+        t5 = json.loads((path / "model_index.json").read_text()).get("text_encoder_3", [None])[0] is None
+        extra = {"text_encoder_3": None, "tokenizer_3": None} if t5 else {}
+        pipe = StableDiffusion3Pipeline.from_pretrained(str(path), torch_dtype=torch_dtype, **extra)
+    else:
+        offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+        try:
+            pipe = StableDiffusion3Pipeline.from_pretrained(str(name_or_path), torch_dtype=torch_dtype)
+        except (OSError, ValueError) as err:
+            raise OSError(
+                f"Could not load '{name_or_path}' from the Hugging Face hub"
+                + (" (HF_HUB_OFFLINE is set)" if offline else " (is the hub reachable from this machine?)")
+                + ". SD3.5 models are gated: accept the licence on the hub, `huggingface-cli login`, then "
+                f"`huggingface-cli download {name_or_path}` where the hub is reachable, or pass a local folder. "
+                f"Original error: {err}"
+            ) from err
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
 

@@ -5,6 +5,11 @@
 * ``"embedded"``: the shape world whose weights ship in ``b2lib/world/weights``, on CPU, in minutes.
 * ``"smoke"``: the embedded world at toy size (:data:`SMOKE`), the same code path in seconds: what the test suite and
   CI run every notebook at (:mod:`b2lib.notebook`), and ``--preset smoke`` on the command line.
+* ``"flow"``: the embedded world's flow-matching model (a tiny SD3: :mod:`b2lib.world.flow_models`, weights in
+  ``b2lib/world/flow_weights``), the same prompts, judge and CLIP, trained through the flow-SDE policy
+  (:mod:`b2lib.flow_policy`) at the embedded sizes (:data:`FLOW`).
+* ``"paper_flow"``: Stable Diffusion 3.5 Medium from the hub with the paper's CLIP reward, bf16 on GPU, the flow-GRPO
+  family's noise level and guidance (:data:`PAPER_FLOW`).
 
 A preset is the one place a scale's defaults live: its models and device (:class:`Preset`), its trainer settings
 (``TrainerConfig``'s defaults for the paper, :data:`EMBEDDED` for the world, with :data:`SMOKE` laid over them) and
@@ -33,6 +38,9 @@ __all__ = [
     "TEMPLATE_ALIASES",
     "EMBEDDED",
     "SMOKE",
+    "FLOW",
+    "PAPER_FLOW",
+    "PAPER_FLOW_MODEL",
     "EMBEDDED_TUNED",
     "TUNED_AS",
     "RECIPES",
@@ -45,7 +53,7 @@ __all__ = [
     "method_config",
 ]
 
-PRESETS = ("embedded", "paper", "smoke")
+PRESETS = ("embedded", "paper", "smoke", "flow", "paper_flow")
 TEMPLATE_ALIASES = {
     "counting": "counting",
     "template1": "counting",
@@ -54,8 +62,11 @@ TEMPLATE_ALIASES = {
     "relation": "relation",
     "template3": "relation",
 }
-#: trainable methods: B²-DiffuRL, the DDPO baseline, and each strategy alone (ablations)
-METHOD_NAMES = ("ddpo", "b2", "progressive", "branch", "tree")
+#: trainable methods: B²-DiffuRL, the DDPO baseline, each strategy alone (ablations), trees, and the flow-GRPO
+#: family's samplers as configurations of the same trainer (:func:`method_config`)
+METHOD_NAMES = ("ddpo", "b2", "progressive", "branch", "tree", "flow_grpo", "mixgrpo", "tempflow")
+#: MixGRPO's sliding SDE window, in steps (of a 20-step chain), when ``window`` is not set
+MIXGRPO_WINDOW = 4
 _PAPER_FILES = {"counting": "template1", "binding": "template2", "relation": "template3"}
 _PROMPT_DIR = Path(__file__).parent / "data" / "prompts"
 
@@ -70,7 +81,8 @@ class Preset:
     clip_pretrained: str
     device: str
     torch_dtype: torch.dtype
-    world: bool = False  # the embedded world's models, prompts and judge (embedded, smoke)
+    world: bool = False  # the embedded world's models, prompts and judge (embedded, smoke, flow)
+    family: str = "sd"  # "sd": SD 1.x + DDIM; "sd3": an SD3-family flow-matching model + the flow-SDE policy
     eval_images: int = 512  # per model and split (RunConfig.eval_images = 0)
     eval_max_prompts: int = 0  # 0: every prompt of the split (RunConfig.eval_max_prompts = 0)
     eval_n_per_prompt: int = 0  # 0: enough for eval_images (RunConfig.eval_n_per_prompt = 0)
@@ -87,9 +99,16 @@ def get_preset(name: str) -> Preset:
             "cuda" if cuda else "cpu",
             torch.float16 if cuda else torch.float32,
         )
-    if name in ("embedded", "smoke"):
+    if name == "paper_flow":
+        cuda = torch.cuda.is_available()
+        dtype = torch.bfloat16 if cuda else torch.float32  # SD3.5 runs in bf16 (fp16 overflows its activations)
+        return Preset(
+            name, PAPER_FLOW_MODEL, "ViT-H-14", "laion2b_s32b_b79k", "cuda" if cuda else "cpu", dtype, family="sd3"
+        )
+    if name in ("embedded", "smoke", "flow"):
         sizes = {k: v for k, v in SMOKE.items() if k.startswith("eval_")} if name == "smoke" else {}
-        return Preset(name, "", "b2-world-clip", "", "cpu", torch.float32, world=True, **sizes)
+        family = "sd3" if name == "flow" else "sd"
+        return Preset(name, "", "b2-world-clip", "", "cpu", torch.float32, world=True, family=family, **sizes)
     raise ValueError(f"Unknown preset {name!r}: use one of {PRESETS}.")
 
 
@@ -121,11 +140,18 @@ def load_models(preset: str, model_dir: str = "", clip_dir: str = "", device: st
     if p.world:
         from .world.models import load_clip_score, load_world_pipeline
 
-        return load_world_pipeline(model_dir or None, device=device), load_clip_score(clip_dir or None, device=device)
-    from .models import load_sd_pipeline
+        if p.family == "sd3":
+            from .world.flow_models import load_flow_world_pipeline
+
+            pipe = load_flow_world_pipeline(model_dir or None, device=device)
+        else:
+            pipe = load_world_pipeline(model_dir or None, device=device)
+        return pipe, load_clip_score(clip_dir or None, device=device)
+    from .models import load_sd3_pipeline, load_sd_pipeline
     from .rewards import ClipScore
 
-    pipe = load_sd_pipeline(model_dir or p.pipeline, torch_dtype=p.torch_dtype, device=device)
+    load = load_sd3_pipeline if p.family == "sd3" else load_sd_pipeline
+    pipe = load(model_dir or p.pipeline, torch_dtype=p.torch_dtype, device=device)
     reward = ClipScore.from_pretrained(
         p.clip_model,
         clip_dir or p.clip_pretrained,
@@ -163,11 +189,14 @@ def trainer_config(
     if not scale.world:
         mixed = "fp16" if scale.torch_dtype == torch.float16 else "no"
         fields: dict = {"mixed_precision": mixed}  # the rest: TrainerConfig's defaults, the reference values
+        if scale.family == "sd3":
+            fields = {**PAPER_FLOW, "mixed_precision": "no"}  # bf16 weights already: no fp16 autocast on top
         scale_images = None  # the reference's prompts_per_stage prefixes x its branches
     else:
-        tuned = EMBEDDED_TUNED.get(TUNED_AS.get(method, method), {})
+        tuned = EMBEDDED_TUNED.get(TUNED_AS.get(method, method), {}) if scale.family == "sd" else {}
         toy = {k: v for k, v in SMOKE.items() if not k.startswith("eval_")} if scale.name == "smoke" else {}
-        fields = {k: v for k, v in {**EMBEDDED, **tuned, **toy}.items() if k != "images_per_stage"}
+        flow = FLOW if scale.family == "sd3" else {}
+        fields = {k: v for k, v in {**EMBEDDED, **flow, **tuned, **toy}.items() if k != "images_per_stage"}
         scale_images = toy.get("images_per_stage", EMBEDDED["images_per_stage"])
     fields.update(RECIPES[recipe].get(method, {}))
     fields["seed"] = seed
@@ -188,7 +217,11 @@ def method_config(method: str, fields: dict, images_per_stage: int, branches: in
     "ddpo" (neither: ``images_per_stage`` independent trajectories), and one strategy alone for the ablations:
     "progressive" (backward progressive training, DDPO's sampling) and "branch" (branch-based sampling and selection
     over the whole chain); "tree" (a branch tree, ``fields["tree"]`` its levels: ``images_per_stage // leaves``
-    prompts, one tree each; :mod:`b2lib.tree`). ``fields`` (other ``TrainerConfig`` fields) is shared, so methods
+    prompts, one tree each; :mod:`b2lib.tree`). The flow-GRPO family, as configurations: "flow_grpo" (groups of
+    ``branches`` independent samples per prompt, the SDE on every step, group-relative advantages), "mixgrpo" (the
+    same, with the SDE only inside a ``window`` of steps sliding forward over the stages and the ODE elsewhere) and
+    "tempflow" (one branch point at ``split_start`` with the ODE before it and after its SDE step). ``fields`` (other
+    ``TrainerConfig`` fields) is shared, so methods
     differ only where the paper says they do. Pure: no defaults are read here."""
     if method == "tree":
         if not fields.get("tree"):
@@ -211,6 +244,36 @@ def method_config(method: str, fields: dict, images_per_stage: int, branches: in
         switches = dict(num_branches=branches, prompts_per_stage=images_per_stage // branches)
         if method == "branch":  # branch-based sampling alone: the interval is the whole chain, branched at x_T
             switches["progressive"] = False
+        return TrainerConfig.b2(**{**fields, **switches})
+    if method in ("flow_grpo", "mixgrpo"):
+        # groups of `branches` independent samples per prompt, z within the group (GRPO), every sampled SDE step
+        # trained; MixGRPO: the SDE only in a window of steps that slides forward over the stages, the ODE elsewhere
+        if images_per_stage % branches:
+            raise ValueError(
+                f"images_per_stage={images_per_stage} must be a multiple of the group size {branches} (branches)."
+            )
+        switches = dict(prompts_per_stage=images_per_stage, samples_per_prompt=branches, algorithm="grpo")
+        if method == "mixgrpo":
+            steps = fields.get("num_steps", TrainerConfig.num_steps)
+            window = fields.get("window") or MIXGRPO_WINDOW
+            switches.update(progressive=True, split_start=steps, split_end=window, window=window, prefix_eta=0.0)
+        return TrainerConfig.ddpo(**{**fields, **switches})
+    if method == "tempflow":
+        # one branch point with the ODE before it and after its one SDE step: B²'s branches at a fixed split
+        if images_per_stage % branches:
+            raise ValueError(
+                f"images_per_stage={images_per_stage} must be a multiple of branches={branches} for an equal budget."
+            )
+        split = fields.get("split_start", TrainerConfig.split_start)
+        switches = dict(
+            num_branches=branches,
+            prompts_per_stage=images_per_stage // branches,
+            progressive=False,
+            split_end=split,
+            window=1,
+            prefix_eta=0.0,
+            algorithm="grpo",
+        )
         return TrainerConfig.b2(**{**fields, **switches})
     if method == "progressive":  # backward progressive training alone: DDPO's sampler and normaliser
         return TrainerConfig.ddpo(**{**fields, "prompts_per_stage": images_per_stage, "progressive": True})
@@ -240,6 +303,16 @@ EMBEDDED: dict = dict(
     lora_targets="all",
     history=8,
 )
+
+#: The flow world's settings over :data:`EMBEDDED`: the flow-SDE's noise level ``a`` (``eta``; Flow-GRPO's 0.7) and a
+#: LoRA on every linear of the MM-DiT's blocks (both streams). No method has searched its own point here yet: the
+#: learning rate is EMBEDDED's until a flow-world search records one.
+FLOW: dict = dict(eta=0.7, lora_targets="mmdit")
+
+#: The paper scale for flow models: SD3.5 Medium (gated on the hub), Flow-GRPO's noise level and guidance, a LoRA on
+#: the MM-DiT; the rest are ``TrainerConfig``'s reference values.
+PAPER_FLOW_MODEL = "stabilityai/stable-diffusion-3.5-medium"
+PAPER_FLOW: dict = dict(eta=0.7, guidance_scale=4.5, lora_targets="mmdit", lora_rank=32)
 
 #: The smoke size: the embedded world's settings with these laid over them (trainer fields, then the evaluation sizes
 #: of :class:`Preset`): a 4-step chain trained from step 2, 2 stages of 8 images, 2 branches, 4 evaluation images over

@@ -300,6 +300,7 @@ def _sample(
     branch_loop: bool = False,
     window: int | None = None,
     explore_grid: int = 0,
+    prefix_eta: float | None = None,
 ) -> Trajectories:
     policy = _prepare(pipe, num_steps, trained_steps)
     if prompt_embeds is None:
@@ -314,7 +315,8 @@ def _sample(
     branch_at = num_steps - trained_steps  # the chain index where the prefix ends and the trained interval begins
     with torch.inference_mode():
         latents = policy.initial_noise(n, generator, cond.embeds.dtype)
-        latents, _ = denoise(policy, latents, cond, None, 0, branch_at, guidance_scale, eta, generator, record=False)
+        prefix = eta if prefix_eta is None else prefix_eta  # 0: the deterministic prefix (TempFlow, MixGRPO)
+        latents, _ = denoise(policy, latents, cond, None, 0, branch_at, guidance_scale, prefix, generator, record=False)
         if branch_loop and num_branches > 1:
             if window is not None or explore_grid:
                 raise ValueError(
@@ -366,13 +368,14 @@ def sample_trajectories(
     prompt_embeds: tuple[torch.Tensor, torch.Tensor | None] | None = None,
     window: int | None = None,
     explore_grid: int = 0,
+    prefix_eta: float | None = None,
 ) -> Trajectories:
     """One independent trajectory per prompt (DDPO's sampler), storing the last ``trained_steps`` transitions (all by
     default).
 
     Under the same ``generator`` the images equal ``pipe(prompts, num_inference_steps=num_steps, eta=eta,
-    guidance_scale=guidance_scale, generator=generator, output_type="pt").images``. ``window`` and ``explore_grid``:
-    see :func:`sample_branches`.
+    guidance_scale=guidance_scale, generator=generator, output_type="pt").images``. ``window``, ``explore_grid`` and
+    ``prefix_eta``: see :func:`sample_branches`.
     """
     return _sample(
         pipe,
@@ -386,6 +389,7 @@ def sample_trajectories(
         prompt_embeds,
         window=window,
         explore_grid=explore_grid,
+        prefix_eta=prefix_eta,
     )
 
 
@@ -402,6 +406,7 @@ def sample_branches(
     branch_loop: bool = False,
     window: int | None = None,
     explore_grid: int = 0,
+    prefix_eta: float | None = None,
 ) -> Trajectories:
     """Branch-based sampling: a shared prefix per prompt down to chain index ``num_steps - trained_steps`` (the branch
     point), then ``num_branches`` continuations, batched. Returns ``len(prompts) * num_branches`` samples, prompt-major
@@ -421,6 +426,9 @@ def sample_branches(
     ``explore_grid = g``: the trained (recorded) steps draw their noise only in the cell-constant directions of a
     ``g x g`` lattice per latent channel and are deterministic elsewhere (*coarse exploration*,
     :func:`b2lib.ddim.ddim_posterior_mean_std`); the shared prefix is sampled as usual. 0: DDIM's full noise.
+
+    ``prefix_eta``: the noise level of the shared prefix (``None``: ``eta``, as B² and DDPO sample it; 0: the
+    deterministic chain, as TempFlow-GRPO and MixGRPO run everything outside their SDE window).
     """
     if num_branches < 2:
         raise ValueError(
@@ -440,6 +448,7 @@ def sample_branches(
         branch_loop,
         window,
         explore_grid,
+        prefix_eta,
     )
 
 

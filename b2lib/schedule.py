@@ -24,6 +24,9 @@ class ProgressiveSchedule:
     With at least as many stages as interval sizes (the reference: 100 stages, 14 -> 20) the sizes form equal
     plateaus, ``s_i = start + floor(i * (end - start + 1) / num_stages)``: the reference's formula exactly. With
     fewer stages, sizes are spaced evenly from ``start`` to ``end`` so the last stage still trains the whole interval.
+
+    ``start > end`` runs the other way, the interval's first step moving *forward* from early (noisy) steps to late
+    ones, as MixGRPO's sliding window does: the same plateaus, mirrored (``s_i = start - (its growth from end)``).
     """
 
     num_stages: int
@@ -36,12 +39,12 @@ class ProgressiveSchedule:
             raise ValueError(f"num_stages must be >= 1, got {self.num_stages}.")
         if self.num_steps < 1:
             raise ValueError(f"num_steps must be >= 1, got {self.num_steps}.")
-        if not 1 <= self.start <= self.end:
-            raise ValueError(f"Need 1 <= start <= end, got start={self.start}, end={self.end}.")
-        if self.end > self.num_steps:
+        if not (self.start >= 1 and self.end >= 1):
+            raise ValueError(f"Need start >= 1 and end >= 1, got start={self.start}, end={self.end}.")
+        if max(self.start, self.end) > self.num_steps:
             raise ValueError(
-                f"The interval cannot be longer than the chain: end={self.end} > num_steps={self.num_steps}. "
-                f"Use end <= {self.num_steps}."
+                f"The interval cannot be longer than the chain: start={self.start}, end={self.end}, "
+                f"num_steps={self.num_steps}. Use values <= {self.num_steps}."
             )
 
     @classmethod
@@ -61,6 +64,9 @@ class ProgressiveSchedule:
         """Split step (trained interval length) at ``stage`` (0-based)."""
         if not 0 <= stage < self.num_stages:
             raise ValueError(f"stage {stage} is outside 0..{self.num_stages - 1}.")
+        if self.start > self.end:  # the window moving forward: the growth schedule from end to start, mirrored
+            grown = ProgressiveSchedule(self.num_stages, self.end, self.start, self.num_steps)
+            return self.start + self.end - grown(stage)
         sizes = self.end - self.start + 1
         if self.num_stages >= sizes:
             return self.start + (stage * sizes) // self.num_stages

@@ -209,6 +209,7 @@ class RLTrainer(PolicyUpdate):
             generator=generator,
             window=cfg.window,
             explore_grid=cfg.explore_grid,
+            prefix_eta=cfg.prefix_eta,
         )
 
     def _score(self, images: torch.Tensor, prompts: list[str], stage: int) -> torch.Tensor:

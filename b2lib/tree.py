@@ -123,6 +123,7 @@ def sample_tree(
     generator: torch.Generator | None = None,
     window: int | None = None,
     explore_grid: int = 0,
+    prefix_eta: float | None = None,
 ) -> TreeSample:
     """Sample one tree per prompt (see the module docstring).
 
@@ -130,7 +131,8 @@ def sample_tree(
     runs deterministically (DDIM, eta = 0), so the randomness of the tree sits where it branches. ``None``: every step
     after the first split is stochastic. A one-level tree ``[Level(T - s, B)]`` is
     :func:`b2lib.sampling.sample_branches` ``(prompts, B, s)``: same generator, same images, same stored transitions.
-    ``explore_grid``: the stored steps explore only a coarse lattice, as in ``sample_branches``.
+    ``explore_grid``: the stored steps explore only a coarse lattice, and ``prefix_eta`` sets the noise of the shared
+    prefix, as in ``sample_branches``.
     """
     levels = _check_levels(levels, num_steps)
     policy = _prepare(pipe, num_steps, num_steps - levels[0].branch_at)
@@ -138,8 +140,9 @@ def sample_tree(
     n = len(prompts)
     with torch.inference_mode():
         latents = policy.initial_noise(n, generator, cond.embeds.dtype)
+        prefix = eta if prefix_eta is None else prefix_eta
         latents, _ = denoise(
-            policy, latents, cond, None, 0, levels[0].branch_at, guidance_scale, eta, generator, record=False
+            policy, latents, cond, None, 0, levels[0].branch_at, guidance_scale, prefix, generator, record=False
         )
         latents, cond, segments = denoise_levels(
             policy,

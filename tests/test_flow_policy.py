@@ -139,3 +139,98 @@ def test_trainer_runs_on_the_flow_policy(flow_pipe, algorithm):
     assert any(not torch.equal(p, before[n]) for n, p in trainer.named_trainable().items())
     if algorithm == "grpo":
         assert all(m["kl"] >= 0 for m in log)
+
+
+def test_experiment_on_the_flow_preset_writes_a_stock_loadable_lora(base_pipe, tmp_path):
+    """The one experiment path on the flow preset (a random flow world saved as its folder): B² trains, the base and
+    the trained model are evaluated with the ODE chain, and the LoRA it writes loads in a stock
+    StableDiffusion3Pipeline with load_lora_weights and reproduces the trained model's images."""
+    from b2lib.experiment import RunConfig, run_experiment
+    from b2lib.models import load_sd3_pipeline
+
+    base_pipe.save_pretrained(tmp_path / "world", safe_serialization=True)
+    cfg = RunConfig(
+        methods=("b2",),
+        preset="flow",
+        model_dir=str(tmp_path / "world"),
+        stages=2,
+        images_per_stage=4,
+        branches=2,
+        eval_images=2,
+        eval_max_prompts=2,
+        bertscore=False,
+        output_dir=str(tmp_path / "run"),
+        overrides={"num_steps": 4, "split_start": 2, "lr": 3e-2},
+    )
+    result = run_experiment(cfg, progress=False)
+    assert set(result.evals["model"]) == {"base", "b2_seed0"}
+    lora = tmp_path / "run" / "b2_seed0" / "lora"
+    assert (lora / "pytorch_lora_weights.safetensors").is_file()
+    stock = load_sd3_pipeline(tmp_path / "world")
+    kwargs = dict(num_inference_steps=4, guidance_scale=5.0, output_type="pt")
+    before = stock(PROMPTS[:1], generator=torch.Generator().manual_seed(0), **kwargs).images
+    stock.load_lora_weights(lora)
+    after = stock(PROMPTS[:1], generator=torch.Generator().manual_seed(0), **kwargs).images
+    assert (after - before).abs().max() > 1e-4
+
+
+def test_paper_flow_preset_fails_offline_at_once(monkeypatch):
+    import time
+
+    from b2lib.presets import PAPER_FLOW_MODEL, load_models
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    start = time.perf_counter()
+    with pytest.raises(OSError, match="HF_HUB_OFFLINE") as err:
+        load_models("paper_flow")
+    assert PAPER_FLOW_MODEL in str(err.value) and time.perf_counter() - start < 30
+
+
+def test_deterministic_prefix_is_the_ode_chain(flow_pipe):
+    """prefix_eta=0: the shared prefix is the ODE, so the branch point's state is the deterministic chain's."""
+    steps, split = 5, 2
+    traj = sample_branches(
+        flow_pipe,
+        PROMPTS[:2],
+        2,
+        split,
+        num_steps=steps,
+        eta=0.7,
+        prefix_eta=0.0,
+        generator=torch.Generator().manual_seed(5),
+    )
+    policy = as_policy(flow_pipe)
+    cond = policy.encode(PROMPTS[:2], 5.0)
+    with torch.no_grad():
+        x = policy.initial_noise(2, torch.Generator().manual_seed(5), torch.float32)
+        x, _ = denoise(policy, x, cond, None, 0, steps - split, 5.0, 0.0, record=False)
+    torch.testing.assert_close(traj.latents[::2, 0], x, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["flow_grpo", "mixgrpo", "tempflow"])
+def test_flow_grpo_family_trains_on_the_flow_policy(flow_pipe, method):
+    from b2lib.presets import method_config
+
+    fields = dict(
+        num_steps=6,
+        eta=0.7,
+        num_stages=2,
+        sample_batch_size=4,
+        train_batch_size=4,
+        grad_accum=1,
+        epochs_per_stage=1,
+        lr=1e-2,
+        progress=False,
+        lora_targets="mmdit",
+        split_start=3,
+        window=2 if method == "mixgrpo" else None,
+    )
+    cfg = method_config(method, fields, images_per_stage=4, branches=2)
+
+    def reward(images, prompts):
+        return images[:, 0].mean(dim=(1, 2))
+
+    trainer = RLTrainer(flow_pipe, reward, PROMPTS, cfg)
+    log = trainer.train()
+    assert len(log) == 2 and all(m["optimizer_steps"] > 0 for m in log)
+    assert log[0]["unet_rows_train"] > 0

@@ -274,3 +274,21 @@ def test_committed_run_folders_keep_their_fingerprints():
         eval_splits=tuple(p["eval_splits"]),
     )
     check_fingerprint(REPO_ROOT / "results" / "main", cfg.settings())
+
+
+def test_flow_grpo_family_are_configurations_of_the_one_trainer():
+    """Flow-GRPO, MixGRPO and TempFlow-GRPO are switches of TrainerConfig, at the same images per stage as B²."""
+    from b2lib.presets import MIXGRPO_WINDOW
+
+    grpo = trainer_config("flow", "flow_grpo", recipe="paper")
+    assert (grpo.samples_per_prompt, grpo.num_branches, grpo.algorithm, grpo.progressive) == (4, 1, "grpo", False)
+    assert grpo.images_per_stage == 32 and grpo.eta == 0.7 and grpo.prefix_eta is None
+    mix = trainer_config("flow", "mixgrpo", recipe="paper")
+    steps = mix.schedule.trained_steps
+    assert steps[0] == mix.num_steps and steps[-1] == MIXGRPO_WINDOW == mix.window and mix.prefix_eta == 0.0
+    assert all(a >= b for a, b in zip(steps, steps[1:]))  # the SDE window slides forward
+    temp = trainer_config("flow", "tempflow", recipe="paper")
+    assert set(temp.schedule.trained_steps) == {temp.split_start} and temp.window == 1 and temp.prefix_eta == 0.0
+    assert temp.num_branches == 4 and temp.images_per_stage == 32 and temp.algorithm == "grpo"
+    b2 = trainer_config("flow", "b2", recipe="paper")
+    assert b2.lora_targets == "mmdit" and b2.progressive and b2.prefix_eta is None

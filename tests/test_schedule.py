@@ -33,7 +33,17 @@ def test_full_schedule_trains_whole_chain():
 def test_bad_input():
     with pytest.raises(ValueError, match="longer than the chain"):
         ProgressiveSchedule(10, 14, 21, 20)
-    with pytest.raises(ValueError, match="start <= end"):
-        ProgressiveSchedule(10, 15, 14, 20)
+    with pytest.raises(ValueError, match="start >= 1 and end >= 1"):
+        ProgressiveSchedule(10, 0, 14, 20)
     with pytest.raises(ValueError, match="outside"):
         ProgressiveSchedule.reference()(100)
+
+
+@pytest.mark.parametrize("stages", [1, 3, 7, 20, 100])
+def test_forward_window_mirrors_the_backward_schedule(stages):
+    """start > end: the interval's first step moves forward (MixGRPO's sliding window), the mirror image of B²'s
+    growth: same plateaus, from start down to end, monotone."""
+    forward = ProgressiveSchedule(stages, 20, 14, 20).trained_steps
+    backward = ProgressiveSchedule(stages, 14, 20, 20).trained_steps
+    assert forward == [34 - s for s in backward]
+    assert forward[-1] == 14 and all(a >= b for a, b in zip(forward, forward[1:]))

@@ -1,0 +1,210 @@
+"""Pretraining the flow world from scratch: the MM-DiT and both CLIP text encoders, by rectified flow, on CPU.
+
+The VAE is the DDIM world's, frozen, so the flow world learns the same latent space from the same rendered scenes
+(:func:`b2lib.world.pretrain.make_dataset`) and the two worlds are comparable image for image. One entry point,
+:func:`pretrain_flow_world`, writes the shipped ``flow_weights`` folder and a report of wall time, sizes and losses.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import StableDiffusion3Pipeline
+from diffusers.optimization import get_cosine_schedule_with_warmup
+from tqdm.auto import tqdm
+
+from ..flow_policy import compact_zero_tokens, predict_velocity
+from ..policy import Cond
+from .flow_models import MAX_SEQUENCE_LENGTH, build_flow_world_pipeline, encode_prompt_ids
+from .pretrain import _ema_update, _folder_mb, _params, _to_tensor, _tokenize, make_dataset
+
+__all__ = ["FlowPretrainConfig", "sample_sigmas", "train_flow_text_to_image", "pretrain_flow_world"]
+
+
+@dataclass
+class FlowPretrainConfig:
+    """Sizes of the flow world's pretraining. ``full()`` is what makes the shipped weights; ``smoke()`` checks the code.
+
+    ``threads``: torch threads while :func:`pretrain_flow_world` runs (None: leave torch's setting), 1 by default
+    because the cores are shared: measured at batch 64 with a niced background job on the other core, 1 thread takes
+    0.77 s/step and 2 threads 1.8-2.0 s/step (their OpenMP barriers stall whenever a core is taken), 2.5x slower.
+    On idle cores 2 threads should reach ~0.56 s/step (the DDIM world's UNet step is 0.89 s on 1 thread here and took
+    0.66 s on 2 idle threads, weights/report.json; the MM-DiT step costs 0.85-0.95x the UNet's).
+    ``steps``: 1 thread, batch 64: 0.79 s/step median, 0.68 s best, over 20 steps; encoding 2,048 images took 21 s, so
+    16k take ~3 min. 2,800 steps: ~40 min in all (35-45 min).
+    ``ema_decay`` 0.995 averages the last ~200 steps (~7% of the run); SD's 0.999 would still carry the early,
+    untrained weights of so short a run (0.999^1000 = 37%).
+    ``sigma_sampling`` "logit_normal" (SD3's default, m=0, s=1): noise levels drawn as sigmoid(N(m, s^2)), which puts
+    the training signal on intermediate noise, where the velocity is hardest to predict and matters most to samples
+    (SD3 paper, Esser et al. 2024, best of their rectified-flow variants); at the ends the optimal velocity is either
+    trivial (sigma -> 1: the input minus the mean latent) or unlearnable (sigma -> 0: the noise, barely visible in the
+    input). "uniform" draws sigma ~ U(0, 1), the plain rectified-flow objective.
+    """
+
+    seed: int = 0
+    n_images: int = 16_000
+    steps: int = 2_800
+    batch: int = 64
+    lr: float = 3e-4
+    warmup: int = 100
+    weight_decay: float = 1e-2
+    caption_dropout: float = 0.1
+    ema_decay: float = 0.995
+    sigma_sampling: str = "logit_normal"
+    logit_mean: float = 0.0
+    logit_std: float = 1.0
+    threads: int | None = 1
+
+    @classmethod
+    def full(cls, **kw) -> "FlowPretrainConfig":
+        return cls(**kw)
+
+    @classmethod
+    def smoke(cls, **kw) -> "FlowPretrainConfig":
+        base = dict(n_images=48, steps=3, batch=4, warmup=1)
+        base.update(kw)
+        return cls(**base)
+
+
+def sample_sigmas(n: int, cfg: FlowPretrainConfig, shift: float, generator: torch.Generator) -> torch.Tensor:
+    """``n`` training noise levels in (0, 1): drawn by ``cfg.sigma_sampling``, then shifted as the scheduler shifts its
+    sampling grid (sigma -> shift*sigma / (1 + (shift-1)*sigma); the identity at the world's shift 1), so training and
+    sampling agree on what a noise level means."""
+    if cfg.sigma_sampling == "logit_normal":
+        sigma = torch.sigmoid(cfg.logit_mean + cfg.logit_std * torch.randn(n, generator=generator))
+    elif cfg.sigma_sampling == "uniform":
+        sigma = torch.rand(n, generator=generator)
+    else:
+        raise ValueError(f"sigma_sampling must be 'logit_normal' or 'uniform', not {cfg.sigma_sampling!r}.")
+    return shift * sigma / (1 + (shift - 1) * sigma)
+
+
+def train_flow_text_to_image(
+    pipe: StableDiffusion3Pipeline,
+    images: np.ndarray,
+    captions: Sequence[str],
+    cfg: FlowPretrainConfig,
+    progress: bool = True,
+) -> dict:
+    """Train the transformer and both text encoders jointly by rectified flow, from scratch.
+
+    Each step noises a latent on the straight path x_sigma = (1 - sigma) x0 + sigma eps and regresses the transformer
+    on the velocity eps - x0 (what ``FlowMatchEulerDiscreteScheduler.step`` integrates), with the timestep given as
+    sigma * num_train_timesteps, exactly as the SD3 pipeline passes it. ``caption_dropout`` of the captions become ""
+    so classifier-free guidance has an unconditional model (the pipeline's negative prompt is "" by default). Latents
+    come from the frozen VAE, encoded once (the posterior is re-sampled per step), in SD3's convention
+    (z - shift_factor) * scaling_factor. The weights kept are an exponential moving average (``ema_decay``).
+    Returns first/final loss, the per-step losses, the encoding time and the seconds per step.
+    """
+    t_start = time.perf_counter()
+    gen = torch.Generator().manual_seed(cfg.seed + 1)
+    vae, transformer = pipe.vae, pipe.transformer
+    encoders = [pipe.text_encoder, pipe.text_encoder_2]
+    sf, shift_factor = vae.config.scaling_factor, vae.config.shift_factor or 0.0
+    with torch.no_grad():  # encode once; sample the posterior per step (cheap) instead of re-running the encoder
+        data = _to_tensor(images)
+        dists = [vae.encode(data[i : i + 512]).latent_dist for i in range(0, len(data), 512)]
+        mean = torch.cat([d.mean for d in dists])
+        std = torch.cat([d.std for d in dists])
+    del data
+    encode_s = time.perf_counter() - t_start
+    unique = sorted(set(captions))
+    row = {c: i for i, c in enumerate(unique)}
+    ids_table = _tokenize(pipe.tokenizer, unique + [""])  # each distinct caption tokenized once
+    ids_table_2 = _tokenize(pipe.tokenizer_2, unique + [""])
+    cap_index = torch.tensor([row[c] for c in captions])
+    empty = len(unique)
+    n_train = pipe.scheduler.config.num_train_timesteps
+    shift = float(pipe.scheduler.config.shift)
+    compact_zero_tokens(transformer)
+    params = list(transformer.parameters()) + [p for e in encoders for p in e.parameters()]
+    for module in [transformer, *encoders]:
+        module.train().requires_grad_(True)
+    ema = [p.detach().clone() for p in params]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = get_cosine_schedule_with_warmup(opt, cfg.warmup, cfg.steps)
+    losses, step_s = [], []
+    bar = tqdm(range(cfg.steps), desc="MM-DiT + text encoders", disable=not progress)
+    for step in bar:
+        t_step = time.perf_counter()
+        idx = torch.randint(len(mean), (cfg.batch,), generator=gen)
+        x0 = (mean[idx] + std[idx] * torch.randn(mean[idx].shape, generator=gen) - shift_factor) * sf
+        cap = cap_index[idx].clone()
+        cap[torch.rand(cfg.batch, generator=gen) < cfg.caption_dropout] = empty
+        noise = torch.randn(x0.shape, generator=gen)
+        sigma = sample_sigmas(cfg.batch, cfg, shift, gen)
+        s = sigma.view(-1, 1, 1, 1)
+        noisy = (1.0 - s) * x0 + s * noise
+        embeds, pooled = encode_prompt_ids(pipe, ids_table[cap], ids_table_2[cap])
+        # one zero "T5" token standing for the stock pipeline's MAX_SEQUENCE_LENGTH (b2lib.flow_policy)
+        cond = Cond(embeds, pooled=pooled)
+        pred = predict_velocity(transformer, noisy, sigma * n_train, cond, 1.0, MAX_SEQUENCE_LENGTH)
+        loss = F.mse_loss(pred, noise - x0)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        _ema_update(ema, params, cfg.ema_decay)
+        losses.append(loss.item())
+        step_s.append(time.perf_counter() - t_step)
+        if step % 10 == 0:
+            bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
+    with torch.no_grad():
+        for p, e in zip(params, ema):
+            p.copy_(e)
+    for module in [transformer, *encoders]:
+        module.eval().requires_grad_(False)
+    return {
+        "final_loss": float(np.mean(losses[-50:])),
+        "first_loss": float(np.mean(losses[:10])),
+        "encode_s": encode_s,
+        "s_per_step_median": float(np.median(step_s)) if step_s else 0.0,
+        "s_per_step_min": float(np.min(step_s)) if step_s else 0.0,
+        "losses": [round(x, 5) for x in losses],
+    }
+
+
+def pretrain_flow_world(out_dir: str | Path, cfg: FlowPretrainConfig | None = None, progress: bool = True) -> dict:
+    """Train the flow world from scratch (on the shipped DDIM world's VAE) and write ``out_dir/pipeline``
+    (``StableDiffusion3Pipeline.save_pretrained``, safetensors) and ``out_dir/report.json`` (wall times, parameter
+    counts, file sizes, per-step losses)."""
+    cfg = cfg or FlowPretrainConfig.full()
+    threads = torch.get_num_threads()
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
+    try:
+        return _pretrain_flow_world(Path(out_dir), cfg, progress)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _pretrain_flow_world(out: Path, cfg: FlowPretrainConfig, progress: bool) -> dict:
+    out.mkdir(parents=True, exist_ok=True)
+    report: dict = {"config": asdict(cfg), "threads": torch.get_num_threads()}
+    t = time.perf_counter()
+    images, captions = make_dataset(cfg.n_images, cfg.seed)
+    report["data_s"] = time.perf_counter() - t
+
+    pipe = build_flow_world_pipeline(cfg.seed)
+    t = time.perf_counter()
+    report["text_to_image"] = train_flow_text_to_image(pipe, images, captions, cfg, progress)
+    report["text_to_image"]["wall_s"] = time.perf_counter() - t
+    pipe.save_pretrained(out / "pipeline", safe_serialization=True)
+
+    report["params"] = {
+        name: _params(getattr(pipe, name)) for name in ("transformer", "text_encoder", "text_encoder_2", "vae")
+    }
+    report["size_mb"] = {"pipeline": _folder_mb(out / "pipeline")}
+    report["max_sequence_length"] = MAX_SEQUENCE_LENGTH
+    report["scheduler_shift"] = float(pipe.scheduler.config.shift)
+    report["total_s"] = report["data_s"] + report["text_to_image"]["wall_s"]
+    (out / "report.json").write_text(json.dumps(report, indent=2))
+    return report
