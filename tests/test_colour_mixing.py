@@ -211,7 +211,7 @@ TINY = dict(
 
 def test_study_regenerates_the_runs_evaluation_and_is_read_back(tmp_path, monkeypatch):
     from b2lib.experiment import RunConfig, run_experiment
-    from b2lib.world import colour_mixing as cm
+    from b2lib.world import colour_mixing_study as cm
 
     run = tmp_path / "binding"
     run_experiment(RunConfig(**TINY, output_dir=str(run)), progress=False)
