@@ -120,22 +120,29 @@ def _sd_scheduler(**overrides) -> DDIMScheduler:
 
 
 def clip_text_encoder(
-    hidden: int, intermediate: int, num_layers: int, max_length: int, heads: int = 4
+    hidden: int, intermediate: int, num_layers: int, max_length: int, heads: int = 4, projection: int | None = None
 ) -> CLIPTextModel:
-    """A randomly initialised CLIP text transformer over CLIP's 49,408-token BPE vocabulary (SD's text encoder kind)."""
-    return CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=49408,
-            hidden_size=hidden,
-            intermediate_size=intermediate,
-            num_hidden_layers=num_layers,
-            num_attention_heads=heads,
-            max_position_embeddings=max_length,
-            bos_token_id=49406,
-            eos_token_id=49407,
-            pad_token_id=49407,
-        )
+    """A randomly initialised CLIP text transformer over CLIP's 49,408-token BPE vocabulary (SD's text encoder kind).
+    ``projection``: with a projection head of that width (``CLIPTextModelWithProjection``, SD3's kind: its pooled
+    ``text_embeds`` condition the MM-DiT's timestep embedding)."""
+    extra = {} if projection is None else {"projection_dim": projection}
+    config = CLIPTextConfig(
+        vocab_size=49408,
+        hidden_size=hidden,
+        intermediate_size=intermediate,
+        num_hidden_layers=num_layers,
+        num_attention_heads=heads,
+        max_position_embeddings=max_length,
+        bos_token_id=49406,
+        eos_token_id=49407,
+        pad_token_id=49407,
+        **extra,
     )
+    if projection is None:
+        return CLIPTextModel(config)
+    from transformers import CLIPTextModelWithProjection
+
+    return CLIPTextModelWithProjection(config)
 
 
 def assemble_pipeline(vae, unet, text_encoder, max_length: int, tokenizer_dir=None) -> StableDiffusionPipeline:

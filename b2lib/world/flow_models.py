@@ -39,10 +39,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
-from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+from transformers import CLIPTextModelWithProjection
 
 from ..flow_policy import STOCK_T5_TOKENS
-from ..models import clip_bpe_tokenizer
+from ..models import clip_bpe_tokenizer, clip_text_encoder
 from .models import MAX_TOKENS, WEIGHTS_DIR
 
 __all__ = [
@@ -94,22 +94,8 @@ _REGENERATE = (
 def clip_text_encoder_with_projection(
     hidden: int, intermediate: int, num_layers: int, max_length: int, projection: int, heads: int = 4
 ) -> CLIPTextModelWithProjection:
-    """A randomly initialised CLIP text transformer with its projection head (SD3's text encoder kind: the pooled
-    ``text_embeds`` condition the MM-DiT's timestep embedding), over CLIP's 49,408-token BPE vocabulary."""
-    return CLIPTextModelWithProjection(
-        CLIPTextConfig(
-            vocab_size=49408,
-            hidden_size=hidden,
-            intermediate_size=intermediate,
-            num_hidden_layers=num_layers,
-            num_attention_heads=heads,
-            max_position_embeddings=max_length,
-            projection_dim=projection,
-            bos_token_id=49406,
-            eos_token_id=49407,
-            pad_token_id=49407,
-        )
-    )
+    """A CLIP text encoder with its projection head (:func:`b2lib.models.clip_text_encoder` with ``projection``)."""
+    return clip_text_encoder(hidden, intermediate, num_layers, max_length, heads, projection)
 
 
 def _world_vae() -> AutoencoderKL:
