@@ -109,6 +109,8 @@ TABLES: dict[str, TableFormat] = {
     ),
     # notebook 13: B² and DDPO in bf16 against the committed fp32 runs, and the base model in both dtypes
     "bf16_comparisons": TableFormat("bf16", "comparisons.csv", _COMPARISONS, writer="13_bf16"),
+    # notebook 15: the flow world, B² against the flow-GRPO family
+    "flow_comparisons": TableFormat("flow", "comparisons.csv", _COMPARISONS, writer="15_flow"),
     "main_table": TableFormat("templates", "main_table.csv", _MEAN_STD, ("template", "method"), writer="04_templates"),
     "generalisation": TableFormat(
         "templates", "generalisation.csv", (), ("template", "method"), header_rows=2, writer="04_templates"
