@@ -194,8 +194,10 @@ def _run(cfg: RunConfig, acc, out: Path, t0: float, progress: bool) -> RunResult
     n_first = cfg.n_per_prompt(len(eval_prompts))
     eval_batch = [p for p in eval_prompts for _ in range(n_first)]
     train_reward = reward
-    if cfg.reward == "judge":
-        from .world.evaluation import judge_reward as train_reward
+    if cfg.reward != "clip":  # a judge reward of the sparsity axis (b2lib.world.evaluation.JUDGE_REWARDS)
+        from .world.evaluation import JUDGE_REWARDS
+
+        train_reward = JUDGE_REWARDS[cfg.reward]
     if cfg.reward_sign == -1:
         from .rewards import Negated
 

@@ -22,6 +22,9 @@ DEFAULT_METHODS = ("ddpo", "b2")
 _ADDED_AT_DEFAULT = {"recipe": "paper", "budget": "images", "method_overrides": {}, "dtype": "fp32"}
 #: the method whose ``stages`` define an equal compute budget (``RunConfig.budget="compute"``)
 COMPUTE_REFERENCE = "b2"
+#: what ``RunConfig.reward`` may name, densest first: the world's CLIPScore, then the judge's rewards of the sparsity
+#: axis (b2lib.world.evaluation.JUDGE_REWARDS; kept in sync by a test)
+REWARDS = ("clip", "judge_graded", "judge", "judge_strict")
 
 
 class ConfigError(ValueError):
@@ -63,8 +66,10 @@ class RunConfig:
     save_lora: bool = True  # write each trained model's LoRA (diffusers format)
     grid_prompts: int = 8  # first image of the first k eval prompts per model -> samples.safetensors (figures)
     device: str = ""  # "": the preset's device (embedded: cpu); "cuda" runs the embedded world on a GPU
-    reward: str = "clip"  # what the RL optimises: "clip" (CLIPScore, dense) or "judge" (1 if the world's judge
-    # finds every attribute of the prompt, else 0: a truly sparse, binary reward; embedded preset only)
+    reward: str = "clip"  # what the RL optimises, densest first: "clip" (CLIPScore), "judge_graded" (the fraction of
+    # the prompt's attributes the world's judge finds right), "judge" (1 if it finds every attribute, else 0: a truly
+    # sparse, binary reward), "judge_strict" (binary: every attribute and every object cleanly drawn; rarer); the
+    # judge rewards need a world preset (b2lib.world.evaluation.JUDGE_REWARDS)
     recipe: str = "paper"  # the estimators: "paper" as published, "coarse" (b2lib.presets.RECIPES)
     reward_sign: int = 1  # -1: train on the negated reward (the sign control, b2lib.rewards.Negated); evaluation
     # always scores the real reward, so (gain(+1) - gain(-1)) / 2 is what the update learned and the mean their drift
@@ -145,10 +150,21 @@ class RunConfig:
                 out.append((name, f"must be None (the template's prompts) or a non-empty list of prompts; got {v!r}"))
         if not listed(self.eval_splits) or not self.eval_splits or set(self.eval_splits) - {"test", "train"}:
             out.append(("eval_splits", f"use 'test' and/or 'train'; got {self.eval_splits!r}"))
-        if self.reward not in ("clip", "judge"):
-            out.append(("reward", f"use 'clip' (CLIPScore) or 'judge' (binary, embedded preset); got {self.reward!r}"))
-        elif self.reward == "judge" and self.preset == "paper":
-            out.append(("reward", "'judge' needs the embedded world's programmatic judge: use preset='embedded'"))
+        if self.reward not in REWARDS:
+            out.append(
+                (
+                    "reward",
+                    f"use 'clip' (CLIPScore), 'judge_graded' (fraction of attributes right), 'judge' (binary) or "
+                    f"'judge_strict' (binary, rarer); the judge rewards need a world preset; got {self.reward!r}",
+                )
+            )
+        elif self.reward != "clip" and self.preset in PRESETS and not get_preset(self.preset).world:
+            out.append(
+                (
+                    "reward",
+                    f"{self.reward!r} needs a world's programmatic judge: use preset 'embedded' or 'flow'",
+                )
+            )
         from .presets import RECIPES
 
         if self.recipe not in RECIPES:

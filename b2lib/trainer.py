@@ -62,11 +62,13 @@ def policy_of(pipe: DiffusionPipeline | Policy) -> Policy:
     return as_policy(pipe)
 
 
-def flat_groups(rewards: torch.Tensor, group_ids: torch.Tensor) -> int:
+def flat_groups(rewards: torch.Tensor, group_ids: torch.Tensor, below: float | None = None) -> int:
     """How many branch groups have the same reward in every branch: they carry no within-group signal (under a binary
-    reward, the groups whose branches all fail, or all succeed)."""
-    groups = group_ids.unique()
-    return int(sum(bool((rewards[group_ids == g] == rewards[group_ids == g][0]).all()) for g in groups))
+    reward, the groups whose branches all fail, or all succeed). ``below``: count only those whose common reward is
+    below it (with the stage's mean reward: the "flat_low" groups of :func:`b2lib.studies.group_census`)."""
+    flat = [rewards[group_ids == g] for g in group_ids.unique()]
+    flat = [r for r in flat if bool((r == r[0]).all())]
+    return sum(1 for r in flat if below is None or float(r[0]) < below)
 
 
 class RLTrainer(PolicyUpdate):
@@ -399,6 +401,7 @@ class RLTrainer(PolicyUpdate):
         if cfg.tree is not None:  # the tree counts its own sampling rows (b2lib.tree.tree_unet_rows)
             cost["unet_rows_sample"] = tree["unet_rows_sample"]
         self.unet_rows_seen += cost["unet_rows_sample"] + cost["unet_rows_train"]
+        grouped = cfg.num_branches >= 2 or bool(cfg.tree)
         metrics = {
             "stage": stage,
             "split_step": split_step,
@@ -410,7 +413,9 @@ class RLTrainer(PolicyUpdate):
             "kept": int(keep.sum()),
             "kept_pos": int((keep & (adv > 0)).sum()),
             "kept_neg": int((keep & (adv <= 0)).sum()),
-            "flat_groups": flat_groups(rewards, traj.group_ids) if cfg.num_branches >= 2 or cfg.tree else 0,
+            "flat_groups": flat_groups(rewards, traj.group_ids) if grouped else 0,
+            "flat_low_groups": flat_groups(rewards, traj.group_ids, rewards.mean().item()) if grouped else 0,
+            "groups": int(traj.group_ids.unique().numel()),
             **cost,
             "unet_rows_seen": self.unet_rows_seen,
             **stats,

@@ -40,6 +40,31 @@ def test_judge_reward_is_binary_and_agrees_with_the_judge():
     assert right.mean() > wrong.mean() and right.mean() >= 0.8
 
 
+def test_sparsity_axis_rewards_are_ordered_and_agree_with_the_judge():
+    import numpy as np
+
+    from b2lib.runconfig import REWARDS
+    from b2lib.world.evaluation import JUDGE_REWARDS, STRICT_SHAPE_FIT, judge_graded_reward, judge_strict_reward
+    from b2lib.world.judge import judge_batch
+    from b2lib.world.scenes import caption, render_batch, sample_scene
+
+    assert list(REWARDS) == ["clip", *JUDGE_REWARDS] and RunConfig(reward="judge_strict", preset="flow")
+    rng = np.random.default_rng(0)
+    scenes = [sample_scene(rng, t) for t in ("counting", "binding", "relation") for _ in range(4)]
+    images = torch.from_numpy(render_batch(scenes)).permute(0, 3, 1, 2).float() / 255.0
+    prompts = [caption(s) for s in scenes[1:] + scenes[:1]]  # shifted: some attributes right, some wrong
+    results = judge_batch(images, prompts)
+    graded, binary = judge_graded_reward(images, prompts), JUDGE_REWARDS["judge"](images, prompts)
+    strict = judge_strict_reward(images, prompts)
+    for r, g, b, s in zip(results, graded.tolist(), binary.tolist(), strict.tolist()):
+        checks = [v for v in (r.count_ok, r.colour_ok, r.shape_ok, r.binding_ok, r.relation_ok) if v is not None]
+        assert g == pytest.approx(sum(checks) / len(checks))  # the fraction right, by hand
+        fit_ok = min((d.shape_fit for d in r.objects), default=0.0) >= STRICT_SHAPE_FIT
+        assert b == float(r.all_ok) and s == float(r.all_ok and fit_ok)
+        assert s <= b <= g  # each reward at most the denser one: the axis only gets sparser
+    assert 0 < graded.mean() < 1 and len(set(graded.tolist())) > 2  # graded, not binary
+
+
 def test_sign_control_and_device_options_are_validated():
     assert RunConfig(reward_sign=-1).reward_sign == -1
     with pytest.raises(ValueError, match="reward_sign"):

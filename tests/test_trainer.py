@@ -272,6 +272,10 @@ def test_flat_groups_counts_groups_without_signal():
     groups = torch.tensor([0, 0, 0, 1, 1, 1, 2, 2, 2])
     assert flat_groups(rewards, groups) == 1  # group 0 all fail; group 1 mixed; group 2 not flat (0.5)
     assert flat_groups(torch.ones(4), torch.tensor([0, 0, 1, 1])) == 2
+    # below the stage's mean (0.39): the all-fail group 0; group 2 (1, 1, 0.5) is not flat
+    assert flat_groups(rewards, groups, below=float(rewards.mean())) == 1
+    both = torch.tensor([0.0, 0.0, 1.0, 1.0, 0.0, 1.0])
+    assert flat_groups(both, torch.tensor([0, 0, 1, 1, 2, 2]), below=0.5) == 1
 
 
 def test_unet_rows_closed_form():
@@ -311,6 +315,8 @@ def test_stage_logs_health_and_cost(make_pipe):
         "rel_update",
         "kept",
         "flat_groups",
+        "flat_low_groups",
+        "groups",
         "unet_rows_sample",
         "unet_rows_train",
         "unet_rows_seen",
@@ -318,6 +324,7 @@ def test_stage_logs_health_and_cost(make_pipe):
         assert key in m, key
     assert m["unet_rows_seen"] == m["unet_rows_sample"] + m["unet_rows_train"] > 0
     assert m["rel_update"] > 0
+    assert m["groups"] == cfg.prompts_per_stage and 0 <= m["flat_low_groups"] <= m["flat_groups"] <= m["groups"]
 
 
 def test_lora_targets_all_wraps_convolutions(make_pipe):

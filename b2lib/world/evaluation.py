@@ -83,3 +83,37 @@ def judge_reward(images, prompts) -> torch.Tensor:
     """A truly sparse, binary reward: 1.0 when the world's judge finds every attribute of the prompt in the image
     (count, colours, shapes, relation), else 0.0. The paper's claim is about sparse rewards; CLIPScore is dense."""
     return torch.tensor([float(r.all_ok) for r in judge_batch(images, list(prompts))])
+
+
+#: The strict reward's bar on the worst object's shape fit (:attr:`~b2lib.world.judge.Detection.shape_fit`): the median,
+#: over the base DDIM world's all-correct images, of their worst object's fit (128 counting train images, seed 7: 27 %
+#: all-correct, 13 % of all images above this bar). So the strict reward is the binary one at about half its rate,
+#: one more step along the sparsity axis, set once from the base model and never from a trained one.
+STRICT_SHAPE_FIT = 0.97
+
+
+def judge_graded_reward(images, prompts) -> torch.Tensor:
+    """A graded reward from the same judge: the fraction of the prompt's checked attributes it finds right (count,
+    colour set, shape set; binding and relation where the template has them). Denser than :func:`judge_reward`: an
+    image that gets two of three right scores 2/3, not 0."""
+
+    def graded(r) -> float:
+        checks = [v for v in (r.count_ok, r.colour_ok, r.shape_ok, r.binding_ok, r.relation_ok) if v is not None]
+        return float(np.mean(checks))
+
+    return torch.tensor([graded(r) for r in judge_batch(images, list(prompts))])
+
+
+def judge_strict_reward(images, prompts) -> torch.Tensor:
+    """A sparser binary reward: 1.0 when the judge finds every attribute right (:func:`judge_reward`) *and* every
+    object is cleanly drawn (its shape fit at least :data:`STRICT_SHAPE_FIT`), else 0.0."""
+
+    def strict(r) -> float:
+        return float(r.all_ok and min((d.shape_fit for d in r.objects), default=0.0) >= STRICT_SHAPE_FIT)
+
+    return torch.tensor([strict(r) for r in judge_batch(images, list(prompts))])
+
+
+#: The rewards of the sparsity axis by ``RunConfig.reward`` name, densest first ("clip" is the world's CLIPScore,
+#: loaded with the models): graded judge, binary judge, strict binary judge.
+JUDGE_REWARDS = {"judge_graded": judge_graded_reward, "judge": judge_reward, "judge_strict": judge_strict_reward}

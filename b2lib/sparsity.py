@@ -1,0 +1,180 @@
+"""How many of B²'s branch groups carry a signal under a sparse reward: closed forms, and the census read back.
+
+Why: under a binary reward a branch group (``B`` continuations of one shared prefix) carries a within-group comparison
+only if its branches disagree. A group whose branches all fail, or all succeed, is *flat*: B²'s group-relative
+advantage is zero across it, so it trains nothing however large the stage. The share of informative groups is set by
+two numbers: the base rate ``p`` at which a branch succeeds, and how much siblings agree, the intra-group correlation
+``rho`` (siblings share their prefix, so they succeed together more often than independent samples would). This module
+predicts the share from ``(p, rho, B)`` under the exchangeable (beta-binomial) model, estimates ``p`` and ``rho`` from a
+census of groups (:func:`b2lib.studies.group_census`), and sets prediction against measurement.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+__all__ = [
+    "AXIS",
+    "positive_rates",
+    "sparsity_runs",
+    "gain_vs_sparsity",
+    "sparsity_plot",
+    "flat_probability",
+    "informative_share",
+    "sibling_correlation",
+    "census_prediction",
+    "groups_needed",
+]
+
+
+def flat_probability(p: float, rho: float, branches: int) -> float:
+    """P(all ``branches`` siblings score alike) for a binary reward with success rate ``p`` and intra-group
+    correlation ``rho`` (beta-binomial: each group draws its own rate from a Beta with mean ``p``; ``rho`` = 1 / (a + b
+    + 1)). ``rho`` = 0 is independent branches: p^B + (1 - p)^B; ``rho`` = 1 makes every group flat. For B = 2 this is
+    1 - 2 p (1 - p)(1 - rho)."""
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"p must be in [0, 1]; got {p}")
+    if not 0.0 <= rho <= 1.0:
+        raise ValueError(f"rho must be in [0, 1]; got {rho}")
+    if branches < 2:
+        raise ValueError(f"a group needs at least 2 branches; got {branches}")
+    if p in (0.0, 1.0) or rho == 1.0:
+        return 1.0
+    if rho == 0.0:
+        return p**branches + (1 - p) ** branches
+    s = (1 - rho) / rho  # a + b of the Beta
+    a, b = p * s, (1 - p) * s
+    all_one = math.prod((a + k) / (s + k) for k in range(branches))
+    all_zero = math.prod((b + k) / (s + k) for k in range(branches))
+    return all_one + all_zero
+
+
+def informative_share(p: float, rho: float, branches: int) -> float:
+    """The share of branch groups whose siblings disagree: 1 - :func:`flat_probability`."""
+    return 1.0 - flat_probability(p, rho, branches)
+
+
+def sibling_correlation(group_means: np.ndarray, branches: int) -> tuple[float, float]:
+    """``(p, rho)`` estimated from the mean binary reward of each of many groups of ``branches`` siblings: ``p`` the
+    overall mean, ``rho`` from the variance of the group means, Var(m) = p (1 - p) (1 + (B - 1) rho) / B (method of
+    moments, clipped to [0, 1]). Needs groups of equal size and at least two of them."""
+    m = np.asarray(group_means, dtype=float)
+    if m.size < 2:
+        raise ValueError("estimating rho needs at least two groups")
+    p = float(m.mean())
+    if p in (0.0, 1.0):
+        return p, float("nan")  # every branch alike: rho is not identified
+    var = float(m.var(ddof=1))
+    rho = (branches * var / (p * (1 - p)) - 1) / (branches - 1)
+    return p, float(min(max(rho, 0.0), 1.0))
+
+
+def census_prediction(census: pd.DataFrame, by: str = "trained_steps") -> pd.DataFrame:
+    """Per value of ``by`` in a :func:`~b2lib.studies.group_census` table (binary reward): the groups, the estimated
+    ``p`` and ``rho``, the informative share predicted from them and the one measured (share of "mixed" groups), and
+    the share independent branches (``rho`` = 0) would have had."""
+    rows = []
+    for key, part in census.groupby(by):
+        b = int(part["branches"].iloc[0])
+        p, rho = sibling_correlation(part["reward_mean"].to_numpy(), b)
+        rows.append(
+            {
+                by: key,
+                "groups": len(part),
+                "branches": b,
+                "p": p,
+                "rho": rho,
+                "predicted": informative_share(p, rho, b) if not math.isnan(rho) else 0.0,
+                "measured": float((part["kind"] == "mixed").mean()),
+                "independent": informative_share(p, 0.0, b),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def groups_needed(share: float, informative: int) -> float:
+    """Groups to sample for ``informative`` informative ones on average at informative ``share``: what a budget must
+    buy under a sparse reward (e.g. a stage size that gives every update as many comparisons as a dense reward)."""
+    if share <= 0:
+        return float("inf")
+    return informative / share
+
+
+#: The sparsity axis, densest first (``RunConfig.reward`` names): the world's CLIPScore, the judge's graded score, its
+#: binary all-correct verdict and the strict binary one (:data:`b2lib.world.evaluation.JUDGE_REWARDS`).
+AXIS: tuple[str, ...] = ("clip", "judge_graded", "judge", "judge_strict")
+
+
+def positive_rates(images, prompts: Sequence[str], clip_scores=None) -> pd.DataFrame:
+    """Each reward of :data:`AXIS` on the same images: its mean and its *positive rate*, the share of images it scores
+    above 0 (what a binary reward's sparsity is). CLIPScore (``clip_scores``, if given) scores every image, so its
+    positive rate is 1 by this definition: the dense end of the axis."""
+    from .world.evaluation import JUDGE_REWARDS
+
+    rows = []
+    if clip_scores is not None:
+        c = np.asarray(clip_scores, dtype=float)
+        rows.append({"reward": "clip", "mean": float(c.mean()), "positive_rate": 1.0})
+    for name, fn in JUDGE_REWARDS.items():
+        r = fn(images, list(prompts)).numpy()
+        rows.append({"reward": name, "mean": float(r.mean()), "positive_rate": float((r > 0).mean())})
+    order = {name: i for i, name in enumerate(AXIS)}
+    return pd.DataFrame(rows).sort_values("reward", key=lambda x: x.map(order)).reset_index(drop=True)
+
+
+def sparsity_runs(base, out: str | Path, rewards: Sequence[str] = AXIS) -> dict[str, object]:
+    """One :class:`~b2lib.experiment.RunConfig` per reward of the axis: ``base`` (its methods, seeds, budget and each
+    method's point) trained on that reward, in ``out/<reward>``. Evaluation is the same for every folder (test judge,
+    CLIPScore, BERTScore on the same prompts and noise), so every model is scored on the same independent metrics."""
+    return {r: replace(base, reward=r, output_dir=str(Path(out) / r)) for r in rewards}
+
+
+def gain_vs_sparsity(
+    comparisons: Mapping[str, pd.DataFrame], rates: pd.DataFrame, metric: str = "judge_all_ok", split: str = "test"
+) -> pd.DataFrame:
+    """Each method's gain over the base model on ``metric`` (with its interval), per training reward, next to that
+    reward's positive rate on the base model: the table behind :func:`sparsity_plot`. ``comparisons``: reward ->
+    that folder's paired comparisons (:func:`b2lib.report.paired_comparisons`)."""
+    rate = rates.set_index("reward")["positive_rate"]
+    rows = []
+    for reward, table in comparisons.items():
+        sel = table[(table["metric"] == metric) & (table["b"] == "base")]
+        if "split" in sel:
+            sel = sel[sel["split"] == split]
+        for _, r in sel.iterrows():
+            rows.append(
+                {
+                    "reward": reward,
+                    "positive_rate": float(rate[reward]),
+                    "method": r["a"],
+                    "diff": r["diff"],
+                    "low": r["low"],
+                    "high": r["high"],
+                }  # fmt: skip
+            )
+    return pd.DataFrame(rows)
+
+
+def sparsity_plot(table: pd.DataFrame, metric_label: str = "test judge (all correct), gain over base"):
+    """Gain over base against the base model's positive rate of the training reward, one line per method with its
+    95 % intervals, sparser to the left (log axis): the paper's title claim as a figure."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    for i, (method, part) in enumerate(table.sort_values("positive_rate").groupby("method", sort=False)):
+        x = part["positive_rate"].to_numpy() * (1 + 0.03 * (i - 1))  # a small offset so intervals do not overlap
+        y = part["diff"].to_numpy()
+        err = np.vstack([y - part["low"].to_numpy(), part["high"].to_numpy() - y])
+        ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=method)
+    for _, r in table.drop_duplicates("reward").iterrows():
+        ax.annotate(r["reward"], (r["positive_rate"], ax.get_ylim()[0]), fontsize=7, ha="center", va="bottom")
+    ax.axhline(0, color="grey", lw=0.8)
+    ax.set(xscale="log", xlabel="positive rate of the training reward on the base model", ylabel=metric_label)
+    ax.legend(fontsize=8)
+    return fig
