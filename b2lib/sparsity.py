@@ -22,6 +22,7 @@ import pandas as pd
 __all__ = [
     "AXIS",
     "positive_rates",
+    "branch_census",
     "sparsity_runs",
     "gain_vs_sparsity",
     "sparsity_plot",
@@ -178,3 +179,36 @@ def sparsity_plot(table: pd.DataFrame, metric_label: str = "test judge (all corr
     ax.set(xscale="log", xlabel="positive rate of the training reward on the base model", ylabel=metric_label)
     ax.legend(fontsize=8)
     return fig
+
+
+def branch_census(
+    trainer, rewards: Mapping[str, object], draws: int = 10, stage: int = 0, trained_steps: int | None = None
+) -> pd.DataFrame:
+    """B²'s branch groups scored by several rewards on the *same* samples: ``draws`` independent samples of ``stage``
+    (``trainer.sample_stage(..., draw=d)``, not training's own; nothing is trained; ``trained_steps``: the branch
+    point, default the schedule's at ``stage``), each image scored by every reward
+    in ``rewards`` (name -> ``fn(images, prompts)``). One row per reward, draw and group: its branches, mean reward and
+    kind ("mixed", "flat_low": all equal and below the draw's mean, "flat_high"), the table
+    :func:`census_prediction` reads. Scoring one set of samples with every reward keeps the sampling noise out of the
+    comparison between rewards."""
+    rows = []
+    for d in range(draws):
+        traj, _ = trainer.sample_stage(stage, trained_steps=trained_steps, draw=d + 1)
+        for name, fn in rewards.items():
+            r = fn(traj.images, traj.prompts).float()
+            mean = float(r.mean())
+            for g in traj.group_ids.unique().tolist():
+                rg = r[traj.group_ids == g]
+                flat = bool((rg == rg[0]).all())
+                kind = "mixed" if not flat else ("flat_low" if float(rg[0]) < mean else "flat_high")
+                rows.append(
+                    {
+                        "reward": name,
+                        "draw": d,
+                        "group": g,
+                        "branches": len(rg),
+                        "reward_mean": float(rg.mean()),
+                        "kind": kind,
+                    }  # fmt: skip
+                )
+    return pd.DataFrame(rows)

@@ -92,3 +92,29 @@ def test_axis_runs_rates_and_gain_table(tmp_path):
     assert len(table) == 4 and list(table["diff"]) == pytest.approx([0.0, 0.1, 0.2, 0.3])
     assert list(table["positive_rate"]) == list(rates["positive_rate"])
     sparsity_plot(table)
+
+
+def test_branch_census_scores_the_same_samples_with_every_reward(make_pipe):
+    import torch
+
+    from b2lib import B2Trainer, TrainerConfig
+    from b2lib.sparsity import branch_census
+
+    def brightness(images, prompts):
+        return images.mean((1, 2, 3))
+
+    def above_median(images, prompts):  # binary: half the images, so some groups mixed, some flat
+        b = brightness(images, prompts)
+        return (b > b.median()).float()
+
+    cfg = TrainerConfig.b2(num_steps=4, num_stages=1, split_start=2, prompts_per_stage=3, sample_batch_size=3,
+                           num_branches=2, progress=False)  # fmt: skip
+    trainer = B2Trainer(make_pipe(), brightness, ["a red circle", "two blue squares"], cfg)
+    census = branch_census(trainer, {"dense": brightness, "binary": above_median}, draws=2)
+    assert len(census) == 2 * 2 * 3 and set(census["reward"]) == {"dense", "binary"}  # rewards x draws x groups
+    dense, binary = (census[census.reward == r].reset_index(drop=True) for r in ("dense", "binary"))
+    assert (dense["kind"] == "mixed").all()  # continuous scores: siblings never tie
+    assert set(binary["reward_mean"]) <= {0.0, 0.5, 1.0} and (census["branches"] == 2).all()
+    assert ((binary["reward_mean"] == 0.5) == (binary["kind"] == "mixed")).all()
+    assert census_prediction(census[census.reward == "binary"], by="reward")["groups"].iloc[0] == 6
+    assert torch.is_tensor(above_median(torch.rand(4, 3, 8, 8), ["a"] * 4))
