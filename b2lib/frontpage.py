@@ -88,6 +88,10 @@ NAMES: dict[str, str] = {
     "tree2_flat": "tree, depth 2, flat",
     "tree3": "tree, depth 3",
     "tree3_flat": "tree, depth 3, flat",
+    "flow_grpo": "Flow-GRPO",
+    "mixgrpo": "MixGRPO-style",
+    "tempflow": "TempFlow-style",
+    "tree": "tree, depth 2",
 }
 
 
@@ -145,6 +149,15 @@ CLAIMS: tuple[Claim, ...] = (
             Check("sparse/comparisons.csv", "counting", "b2", "ddpo", "judge_all_ok", "B² − DDPO"),
         ),
         "11_sparse_reward",
+    ),
+    Claim(
+        "Our extension: B²'s advantage over the group baseline carries over to flow-matching models (flow world)",
+        (
+            Check("flow/comparisons.csv", "counting", "b2", "flow_grpo", "judge_all_ok", "B² − Flow-GRPO, judge"),
+            Check("flow/comparisons.csv", "counting", "b2", "flow_grpo", "reward", "B² − Flow-GRPO, CLIPScore"),
+            Check("flow/comparisons.csv", "counting", "b2", "base", "judge_all_ok", "B² − base, judge"),
+        ),
+        "15_flow",
     ),
     Claim(
         "A reward gain is an alignment gain (binding: two colours bound to two objects)",
@@ -309,7 +322,7 @@ def diff_table(results: str | Path, file: str, rows: Sequence[tuple[str, str, st
 
 
 def study_tables(results: str | Path) -> dict[str, str]:
-    """The four study tables of the front page (≤ 12 rows each), counting's test prompts, 5 seeds, 512 paired
+    """The five study tables of the front page (≤ 12 rows each), counting's test prompts, 5 seeds, 512 paired
     images per model."""
     r = results
     ablation = [
@@ -334,11 +347,17 @@ def study_tables(results: str | Path) -> dict[str, str]:
         (_pair(t, b), "counting", t, b) for t in ("tree2", "tree2_flat", "tree3", "tree3_flat") for b in ("base", "b2")
     ]
     sparse = [(_pair(a, b), "counting", a, b) for a, b in (("ddpo", "base"), ("b2", "base"), ("b2", "ddpo"))]
+    flow_methods = ("flow_grpo", "mixgrpo", "tempflow")
+    flow = [(_pair(a, "base"), "counting", a, "base") for a in (*flow_methods, "b2", "tree")]
+    flow += [(_pair("b2", b), "counting", "b2", b) for b in flow_methods] + [
+        (_pair("tree", "b2"), "counting", "tree", "b2")
+    ]
     return {
         "ablation": diff_table(r, "ablations/strategy_comparisons.csv", ablation),
         "compat": diff_table(r, "compat/comparisons.csv", compat),
         "trees": diff_table(r, "trees/comparisons.csv", trees),
         "sparse": diff_table(r, "sparse/comparisons.csv", sparse),
+        "flow": diff_table(r, "flow/comparisons.csv", flow),
     }
 
 
