@@ -23,6 +23,9 @@ __all__ = [
     "AXIS",
     "positive_rates",
     "branch_census",
+    "group_kind",
+    "census_study",
+    "census_figure",
     "sparsity_runs",
     "gain_vs_sparsity",
     "sparsity_plot",
@@ -181,6 +184,16 @@ def sparsity_plot(table: pd.DataFrame, metric_label: str = "test judge (all corr
     return fig
 
 
+def group_kind(rewards, mean: float) -> str:
+    """One group's kind from its members' rewards: "mixed" (they differ: the group carries a comparison), "flat_low"
+    (all equal and below ``mean``, the stage's mean reward: under a binary reward every member failed) or "flat_high"
+    (all equal, at or above it). The one definition the censuses share."""
+    first = float(rewards[0])
+    if any(float(x) != first for x in rewards):
+        return "mixed"
+    return "flat_low" if first < mean else "flat_high"
+
+
 def branch_census(
     trainer, rewards: Mapping[str, object], draws: int = 10, stage: int = 0, trained_steps: int | None = None
 ) -> pd.DataFrame:
@@ -199,8 +212,7 @@ def branch_census(
             mean = float(r.mean())
             for g in traj.group_ids.unique().tolist():
                 rg = r[traj.group_ids == g]
-                flat = bool((rg == rg[0]).all())
-                kind = "mixed" if not flat else ("flat_low" if float(rg[0]) < mean else "flat_high")
+                kind = group_kind(rg.tolist(), mean)
                 rows.append(
                     {
                         "reward": name,
@@ -212,3 +224,62 @@ def branch_census(
                     }  # fmt: skip
                 )
     return pd.DataFrame(rows)
+
+
+def census_study(
+    prompts: Sequence[str],
+    branches: Sequence[int],
+    images_per_stage: int,
+    draws: int,
+    rewards: Mapping[str, object] | None = None,
+    preset: str = "embedded",
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Notebook 16's census on the base model: for each branch count, :func:`branch_census` branched at B²'s first
+    stage's point (``split_start`` steps before the end) and at x_T, every image scored by each binary reward
+    (default: the judge's binary and strict verdicts). Returns the group table and, per reward and branch count,
+    :func:`census_prediction` (predicted against measured). Each branch count gets its own freshly loaded pipeline,
+    because a trainer adds a LoRA to the pipeline it is given."""
+    from .presets import load_models, trainer_config
+    from .trainer import RLTrainer
+    from .world.evaluation import judge_reward, judge_strict_reward
+
+    rewards = rewards or {"judge": judge_reward, "judge_strict": judge_strict_reward}
+    parts = []
+    for b in branches:
+        cfg = trainer_config(preset, "b2", images_per_stage=images_per_stage, branches=b, progress=False)
+        trainer = RLTrainer(load_models(preset)[0], judge_reward, list(prompts), cfg)
+        for steps in (cfg.split_start, cfg.num_steps):
+            part = branch_census(trainer, rewards, draws=draws, trained_steps=steps)
+            parts.append(part.assign(trained_steps=steps))
+    census = pd.concat(parts, ignore_index=True)
+    prediction = pd.concat(
+        [census_prediction(part).assign(reward=r, B=b) for (r, b), part in census.groupby(["reward", "branches"])],
+        ignore_index=True,
+    )
+    cols = ["reward", "B", "trained_steps", "groups", "p", "rho", "predicted", "measured", "independent"]
+    return census, prediction[cols]
+
+
+def census_figure(prediction: pd.DataFrame):
+    """Left: the measured informative share (solid) and the predicted one (dashed) against branches per prefix, one
+    line per reward and branch point; right: predicted against measured. Only the branch counts measured are ticked."""
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter, NullLocator
+
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
+    for (r, steps), part in prediction.groupby(["reward", "trained_steps"]):
+        line = axes[0].plot(
+            part["B"], part["measured"], marker="o", label=f"{r}, branched {steps} steps before the end"
+        )
+        axes[0].plot(part["B"], part["predicted"], ls="--", color=line[0].get_color())
+    ticks = sorted(prediction["B"].unique())
+    axes[0].set(xscale="log", xlabel="branches per prefix", ylabel="informative groups (share)")
+    axes[0].set_title("measured (solid), predicted (dashed)")
+    axes[0].set_xticks(ticks, [str(t) for t in ticks])
+    axes[0].xaxis.set_minor_locator(NullLocator())  # no stray minor labels (e.g. 6x10^0) on the log axis
+    axes[0].xaxis.set_minor_formatter(NullFormatter())
+    axes[0].legend(fontsize=7)
+    axes[1].scatter(prediction["predicted"], prediction["measured"])
+    axes[1].plot([0, 1], [0, 1], color="grey", lw=0.8)
+    axes[1].set(xlabel="predicted share", ylabel="measured share", title="prediction against measurement")
+    return fig

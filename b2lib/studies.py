@@ -17,6 +17,7 @@ import pandas as pd
 from .experiment import RunConfig
 from .presets import trainer_config
 from .rundir import reuse_problems
+from .sparsity import group_kind
 
 __all__ = [
     "SENSITIVITY",
@@ -396,7 +397,7 @@ def group_census(trainer, draws: int = 10, stage: int = 0, trained_steps: int | 
         for g in traj.group_ids.unique().tolist():
             idx = traj.group_ids == g
             r = rewards[idx]
-            kind = "mixed" if not bool((r == r[0]).all()) else ("flat_low" if float(r[0]) < mean else "flat_high")
+            kind = group_kind(r.tolist(), mean)
             rows.append(
                 {
                     "draw": d,

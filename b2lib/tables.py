@@ -111,6 +111,13 @@ TABLES: dict[str, TableFormat] = {
     "bf16_comparisons": TableFormat("bf16", "comparisons.csv", _COMPARISONS, writer="13_bf16"),
     # notebook 15: the flow world, B² against the flow-GRPO family
     "flow_comparisons": TableFormat("flow", "comparisons.csv", _COMPARISONS, writer="15_flow"),
+    # notebook 17: each method at its chosen binary-reward levers (search: results/sparse_levers/search.csv)
+    "sparse_levers_comparisons": TableFormat(
+        "sparse_levers", "comparisons.csv", _COMPARISONS, writer="17_sparse_levers"
+    ),
+    "lever_search": TableFormat(
+        "sparse_levers", "search.csv", ("method", "point", "seed", "gain", "clip_gain"), writer="17_sparse_levers"
+    ),
     "main_table": TableFormat("templates", "main_table.csv", _MEAN_STD, ("template", "method"), writer="04_templates"),
     "generalisation": TableFormat(
         "templates", "generalisation.csv", (), ("template", "method"), header_rows=2, writer="04_templates"

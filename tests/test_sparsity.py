@@ -118,3 +118,12 @@ def test_branch_census_scores_the_same_samples_with_every_reward(make_pipe):
     assert ((binary["reward_mean"] == 0.5) == (binary["kind"] == "mixed")).all()
     assert census_prediction(census[census.reward == "binary"], by="reward")["groups"].iloc[0] == 6
     assert torch.is_tensor(above_median(torch.rand(4, 3, 8, 8), ["a"] * 4))
+
+
+def test_group_kind_is_the_one_definition_of_flat_groups():
+    from b2lib.sparsity import group_kind
+
+    assert group_kind([0.0, 1.0, 0.0], 0.3) == "mixed"
+    assert group_kind([0.0, 0.0], 0.3) == "flat_low"
+    assert group_kind([1.0, 1.0], 0.3) == "flat_high"
+    assert group_kind([0.3, 0.3], 0.3) == "flat_high"  # at the mean counts as high, as the stage log's flat_low_groups
