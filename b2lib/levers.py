@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 
 from .experiment import RunConfig
-from .tuning import sweep_table
+from .tuning import search_config, sweep_table
 
 __all__ = [
     "LEVERS",
@@ -35,6 +35,7 @@ __all__ = [
     "census_by_branch_point",
     "census_plot",
     "stages_for_signal",
+    "signal_budget",
     "goal_table",
 ]
 
@@ -77,17 +78,7 @@ def lever_runs(
     for method, points in (levers or LEVERS).items():
         for point in points:
             for s in seeds[method] if isinstance(seeds, dict) else seeds:
-                cfg = replace(
-                    base,
-                    methods=(method,),
-                    seeds=(s,),
-                    overrides={**base.overrides, **point},
-                    output_dir=str(out / f"{method}_{point_tag(point)}_seed{s}"),
-                    eval_splits=("train",),
-                    bertscore=False,
-                    save_lora=False,
-                    grid_prompts=0,
-                )
+                cfg = search_config(base, method, s, point, out / f"{method}_{point_tag(point)}_seed{s}")
                 runs.append((point, cfg))
     return runs
 
@@ -288,6 +279,34 @@ def stages_for_signal(informative_per_stage: float, reference_groups: float, ref
     if informative_per_stage <= 0:
         return float("inf")
     return reference_stages * reference_groups / informative_per_stage
+
+
+def signal_budget(
+    census: pd.DataFrame, choice: pd.DataFrame, reference: str | Path, method: str = "b2"
+) -> pd.DataFrame:
+    """The stages :func:`stages_for_signal` asks for ``method``: at its trained point (``census``, from
+    :func:`stage_census`) and at its searched point with the most informative groups per stage (``choice``), against
+    the dense-reward run in folder ``reference`` (its ``run.json``: prompts per stage, i.e. groups, and stages). Empty
+    when the reference run or the method is missing."""
+    import json
+
+    run = Path(reference) / "run.json"
+    if not run.exists() or method not in set(census["method"]):
+        return pd.DataFrame(columns=["point", "informative_per_stage", "stages_needed"])
+    t = json.loads(run.read_text())["settings"]["trainer"][f"{method}_seed0"]
+    rows = [("trained (5 seeds)", float(census.set_index("method").loc[method, "informative"]))]
+    points = choice[choice["method"] == method].dropna(subset=["informative_per_stage"])
+    if len(points):
+        top = points.loc[points["informative_per_stage"].idxmax()]
+        rows.append((f"search: {top['point']}", float(top["informative_per_stage"])))
+    return pd.DataFrame(
+        [
+            {"point": p, "informative_per_stage": i,
+             "stages_needed": stages_for_signal(i, t["prompts_per_stage"], t["num_stages"]),
+             "reference_groups": t["prompts_per_stage"], "reference_stages": t["num_stages"]}
+            for p, i in rows
+        ]
+    )  # fmt: skip
 
 
 def goal_table(comparisons: pd.DataFrame, methods=("b2", "tree"), metric: str = "judge_all_ok") -> pd.DataFrame:

@@ -19,7 +19,17 @@ import pandas as pd
 from .experiment import RunConfig
 from .tables import write_table
 
-__all__ = ["GRID", "PRUNE_MARGIN", "sweep_runs", "run_sweep", "sweep_table", "survivors", "choose", "write_choice"]
+__all__ = [
+    "GRID",
+    "search_config",
+    "PRUNE_MARGIN",
+    "sweep_runs",
+    "run_sweep",
+    "sweep_table",
+    "survivors",
+    "choose",
+    "write_choice",
+]
 
 #: The search space, the same for every method. ``grad_accum`` sets the optimizer steps per stage: 4 micro-batches of
 #: 8 per step is one step per 32 trained samples, 1 is a step per micro-batch (4x the steps).
@@ -36,6 +46,22 @@ def _tag(point: dict) -> str:
     return "_".join(f"{k}{v:g}" if isinstance(v, float) else f"{k}{v}" for k, v in point.items())
 
 
+def search_config(base: RunConfig, method: str, seed: int, point: dict, folder: str | Path) -> RunConfig:
+    """One search run: ``method`` at ``seed`` with ``point``'s fields over ``base.overrides``, in ``folder``,
+    evaluated on the training prompts only, without BERTScore, LoRA export or sample grid: what a choice needs."""
+    return replace(
+        base,
+        methods=(method,),
+        seeds=(seed,),
+        overrides={**base.overrides, **point},
+        output_dir=str(folder),
+        eval_splits=("train",),
+        bertscore=False,
+        save_lora=False,
+        grid_prompts=0,
+    )
+
+
 def sweep_runs(
     base: RunConfig, out: str | Path, methods=("ddpo", "b2"), seeds=(0, 1), grid: dict | None = None
 ) -> list[tuple[dict, RunConfig]]:
@@ -47,17 +73,7 @@ def sweep_runs(
         point = dict(zip(grid, values))
         for m in methods:
             for s in seeds:
-                cfg = replace(
-                    base,
-                    methods=(m,),
-                    seeds=(s,),
-                    overrides={**base.overrides, **point},
-                    output_dir=str(out / f"{m}_{_tag(point)}_seed{s}"),
-                    eval_splits=("train",),
-                    bertscore=False,
-                    save_lora=False,
-                    grid_prompts=0,
-                )
+                cfg = search_config(base, m, s, point, out / f"{m}_{_tag(point)}_seed{s}")
                 runs.append((point, cfg))
     return runs
 

@@ -145,3 +145,17 @@ def test_census_by_branch_point_pairs_training_with_the_base_census():
     assert t.loc[10, "measured"] == pytest.approx(0.125) and t.loc[10, "stages"] == 2
     assert t.loc[20, "measured"] == pytest.approx(0.5) and t.loc[20, "predicted"] == pytest.approx(0.53)
     assert t.loc[10, "predicted"] == pytest.approx(0.11)  # the strict reward's row is not used
+
+
+def test_signal_budget_reads_the_reference_run(tmp_path):
+    import json
+
+    from b2lib.levers import signal_budget
+
+    trainer = {"b2_seed0": {"prompts_per_stage": 8, "num_stages": 120}}
+    (tmp_path / "run.json").write_text(json.dumps({"settings": {"trainer": trainer}}))
+    census = pd.DataFrame({"method": ["b2"], "informative": [2.0]})
+    choice = pd.DataFrame({"method": ["b2", "b2"], "point": ["a", "b"], "informative_per_stage": [2.0, 4.0]})
+    b = signal_budget(census, choice, tmp_path).set_index("point")
+    assert b.loc["trained (5 seeds)", "stages_needed"] == 480 and b.loc["search: b", "stages_needed"] == 240
+    assert signal_budget(census, choice, tmp_path / "missing").empty
