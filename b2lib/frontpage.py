@@ -33,6 +33,8 @@ __all__ = [
     "scorecard",
     "table1",
     "diff_table",
+    "axis_table",
+    "REWARD_NAMES",
     "study_tables",
     "render_blocks",
     "update_readme",
@@ -59,6 +61,7 @@ class Check:
     label: str
     split: str = "test"
     sign: int = 1
+    reward: str = ""  # files with one row per training reward (notebook 18's axis): which one
 
 
 @dataclass(frozen=True)
@@ -203,11 +206,12 @@ def _row(df: pd.DataFrame, check: Check, results: Path) -> pd.Series:
         & (df["b"] == check.b)
         & (df["metric"] == check.metric)
         & (df["split"] == check.split)
+        & ((df["reward"] == check.reward) if check.reward else True)
     ]
     if len(m) != 1:
         raise KeyError(
             f"results/{check.file}: expected one row {check.template}, {check.a} − {check.b}, {check.metric}, "
-            f"{check.split}; found {len(m)}."
+            f"{check.split}{', trained on ' + check.reward if check.reward else ''}; found {len(m)}."
         )
     return m.iloc[0]
 
@@ -319,6 +323,35 @@ def diff_table(results: str | Path, file: str, rows: Sequence[tuple[str, str, st
             format_diff(_row(df, Check(file, template, a, b, metric, label, split), results)) for metric in METRICS
         ]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+#: how the front page names the training rewards of the sparsity axis (b2lib.sparsity.AXIS), densest first
+REWARD_NAMES: dict[str, str] = {
+    "clip": "CLIPScore",
+    "judge_graded": "judge, graded",
+    "judge": "judge, binary",
+    "judge_strict": "judge, strict binary",
+}
+
+
+def axis_table(results: str | Path, file: str = "sparse_axis/comparisons.csv", metric: str = "judge_all_ok") -> str:
+    """Notebook 18's axis as a table: one row per training reward present, densest first, with the base model's
+    positive rate of that reward; one column per comparison on ``metric`` (test split), each ``a − b`` with its
+    interval (bold: resolved)."""
+    results = Path(results)
+    df = _read(results, file)
+    rates = _read(results, "sparse_axis/gain.csv").drop_duplicates("reward").set_index("reward")["positive_rate"]
+    pairs = [("ddpo", "base"), ("b2", "base"), ("tree", "base"), ("b2", "ddpo"), ("tree", "b2")]
+    head = "| trained on (positive rate on the base model) | " + " | ".join(_pair(a, b) for a, b in pairs) + " |"
+    lines = [head, "|---|" + "---|" * len(pairs)]
+    for reward, name in REWARD_NAMES.items():
+        if reward not in set(df["reward"]):
+            continue
+        cells = [
+            format_diff(_row(df, Check(file, "counting", a, b, metric, "", reward=reward), results)) for a, b in pairs
+        ]
+        lines.append(f"| {name} ({rates[reward]:.2f}) | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

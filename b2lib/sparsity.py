@@ -132,11 +132,22 @@ def positive_rates(images, prompts: Sequence[str], clip_scores=None) -> pd.DataF
     return pd.DataFrame(rows).sort_values("reward", key=lambda x: x.map(order)).reset_index(drop=True)
 
 
-def sparsity_runs(base, out: str | Path, rewards: Sequence[str] = AXIS) -> dict[str, object]:
-    """One :class:`~b2lib.experiment.RunConfig` per reward of the axis: ``base`` (its methods, seeds, budget and each
-    method's point) trained on that reward, in ``out/<reward>``. Evaluation is the same for every folder (test judge,
-    CLIPScore, BERTScore on the same prompts and noise), so every model is scored on the same independent metrics."""
-    return {r: replace(base, reward=r, output_dir=str(Path(out) / r)) for r in rewards}
+def sparsity_runs(
+    base, out: str | Path, rewards: Sequence[str] = AXIS, seeds: Sequence[int] = (0, 1, 2, 3, 4)
+) -> list[object]:
+    """One :class:`~b2lib.experiment.RunConfig` per reward of the axis, method of ``base`` and seed: ``base`` (its
+    setup, budget and every method's point) trained on that reward, in ``out/<reward>/<method>_seed<k>``.
+
+    Why one folder per run: two workers stay busy to the end, a study cut off keeps every run it finished (a rerun
+    skips them by fingerprint), and the runs come reward by reward, so the axis fills in one whole column at a time.
+    Evaluation is the same for every folder (test judge, CLIPScore, BERTScore on the same prompts and noise), so every
+    model is scored on the same independent metrics whatever it was trained on."""
+    return [
+        replace(base, reward=r, methods=(m,), seeds=(s,), output_dir=str(Path(out) / r / f"{m}_seed{s}"))
+        for r in rewards
+        for s in seeds
+        for m in base.methods
+    ]
 
 
 def gain_vs_sparsity(

@@ -118,6 +118,16 @@ TABLES: dict[str, TableFormat] = {
     "lever_search": TableFormat(
         "sparse_levers", "search.csv", ("method", "point", "seed", "gain", "clip_gain"), writer="17_sparse_levers"
     ),
+    # notebook 18: DDPO, B² and a tree trained on each reward of the sparsity axis (results/sparse_axis/<reward>/)
+    "sparse_axis_comparisons": TableFormat(
+        "sparse_axis", "comparisons.csv", _COMPARISONS + ("reward",), writer="18_sparse_axis"
+    ),
+    "sparse_axis_gain": TableFormat(
+        "sparse_axis",
+        "gain.csv",
+        ("reward", "positive_rate", "method", "metric", "diff", "low", "high"),
+        writer="18_sparse_axis",
+    ),
     "main_table": TableFormat("templates", "main_table.csv", _MEAN_STD, ("template", "method"), writer="04_templates"),
     "generalisation": TableFormat(
         "templates", "generalisation.csv", (), ("template", "method"), header_rows=2, writer="04_templates"

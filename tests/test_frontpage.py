@@ -11,6 +11,7 @@ from b2lib.frontpage import (
     CLAIMS,
     Check,
     Claim,
+    axis_table,
     check_readme,
     claim_status,
     diff_table,
@@ -104,3 +105,21 @@ def test_update_then_check_round_trip_and_a_stale_page_is_caught(tmp_path):
     assert len(check_readme(readme, ROOT / "results")) == 1
     readme.write_text("no markers")
     assert update_readme(readme, ROOT / "results") == list(names)
+
+
+def test_axis_table_one_row_per_trained_reward_densest_first(tmp_path):
+    (tmp_path / "sparse_axis").mkdir()
+    rows = []
+    for reward, d in (("judge", 0.02), ("clip", 0.1)):  # written sparse first: the table still goes densest first
+        for a, b in (("ddpo", "base"), ("b2", "base"), ("tree", "base"), ("b2", "ddpo"), ("tree", "b2")):
+            rows.append(["counting", "judge_all_ok", a, b, 0.3, 0.3, d, d - 0.05, d + 0.05, d > 0.05, "test", reward])
+    pd.DataFrame(rows, columns=COLUMNS + ["reward"]).to_csv(tmp_path / "sparse_axis" / "comparisons.csv", index=False)
+    pd.DataFrame({"reward": ["clip", "judge"], "positive_rate": [1.0, 0.2637]}).to_csv(
+        tmp_path / "sparse_axis" / "gain.csv", index=False
+    )
+    lines = axis_table(tmp_path).splitlines()
+    assert lines[0].startswith("| trained on") and "| B² − DDPO |" in lines[0] and len(lines) == 4
+    assert lines[2].startswith("| CLIPScore (1.00) | **+0.100 [+0.050, +0.150]** |")
+    assert lines[3].startswith("| judge, binary (0.26) | +0.020 [-0.030, +0.070] |")
+    with pytest.raises(KeyError, match="trained on clip"):  # a missing row is an error that names the reward
+        axis_table(tmp_path, metric="reward")

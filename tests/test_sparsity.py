@@ -72,9 +72,10 @@ def test_axis_runs_rates_and_gain_table(tmp_path):
     assert list(rates["reward"]) == list(AXIS) and rates["positive_rate"].iloc[0] == 1.0
     assert rates["positive_rate"].is_monotonic_decreasing  # the axis gets sparser, measured on the same images
 
-    runs = sparsity_runs(RunConfig(methods=("b2",)), tmp_path)
-    assert list(runs) == list(AXIS) and runs["judge"].reward == "judge"
-    assert runs["judge_strict"].output_dir == str(tmp_path / "judge_strict") and runs["clip"].methods == ("b2",)
+    runs = sparsity_runs(RunConfig(methods=("ddpo", "b2")), tmp_path, seeds=(0, 1))
+    assert [r.reward for r in runs[::4]] == list(AXIS) and len(runs) == 16  # reward by reward: whole columns first
+    assert runs[-1].output_dir == str(tmp_path / "judge_strict" / "b2_seed1")
+    assert runs[-1].reward == "judge_strict" and runs[-1].methods == ("b2",) and runs[-1].seeds == (1,)
 
     def comp(d):
         return pd.DataFrame(
