@@ -10,7 +10,14 @@ from .judge import judge_batch
 from .prompts import TEMPLATES, perturb_prompt, split_prompts
 from .scenes import caption, render_batch, sample_scene
 
-__all__ = ["reward_accuracy", "evaluate_templates", "judge_metrics", "judge_reward"]
+__all__ = [
+    "reward_accuracy",
+    "evaluate_templates",
+    "template_samples",
+    "write_base_model",
+    "judge_metrics",
+    "judge_reward",
+]
 
 
 @torch.no_grad()
@@ -66,6 +73,32 @@ def evaluate_templates(
         rows.append({"template": template, **summary})
         tables[template], images[template] = table, imgs
     return pd.DataFrame(rows).set_index("template"), tables, images
+
+
+def template_samples(tables: dict, images: dict, per_template: int = 8) -> tuple[list, list[str]]:
+    """``per_template`` images of each template, evenly spaced over its evaluation table (:func:`evaluate_templates`),
+    each titled with its prompt, the judge's verdict (✓/✗) and its CLIPScore: the first look at a model, the same
+    picks for every model evaluated alike. Returns ``(images, titles)`` for :func:`b2lib.plots.image_grid`."""
+    show, titles = [], []
+    for template, table in tables.items():
+        for i in range(0, len(table), max(1, len(table) // per_template))[:per_template]:
+            show.append(images[template][i])
+            ok = "✓" if table.loc[i, "judge_all_ok"] else "✗"
+            titles.append(f"{table.loc[i, 'prompt']}\n{ok} {table.loc[i, 'reward']:.3f}")
+    return show, titles
+
+
+def write_base_model(out, name: str, summary, params: dict, **extra) -> None:
+    """A base model's evaluation as ``out/<name>.csv`` (one row per template) and ``out/<name>.json`` (the summary,
+    every ``extra`` measurement, e.g. the judge's accuracy or the sampling speed, and the ``params`` it was made with):
+    what the README and the later notebooks read a world's starting point from."""
+    import json
+    from pathlib import Path
+
+    out = Path(out)
+    summary.to_csv(out / f"{name}.csv")
+    record = {"summary": summary.reset_index().to_dict(orient="records"), **extra, "params": params}
+    (out / f"{name}.json").write_text(json.dumps(record, indent=2))
 
 
 def judge_metrics(images, prompts) -> dict[str, float]:
