@@ -191,6 +191,11 @@ def sparsity_plot(table: pd.DataFrame, metric_label: str = "test judge (all corr
         ax.annotate(r["reward"], (r["positive_rate"], ax.get_ylim()[0]), fontsize=7, ha="center", va="bottom")
     ax.axhline(0, color="grey", lw=0.8)
     ax.set(xscale="log", xlabel="positive rate of the training reward on the base model", ylabel=metric_label)
+    from matplotlib.ticker import NullFormatter
+
+    rates = sorted(table["positive_rate"].unique())
+    ax.set_xticks(rates, [f"{r:.2f}" for r in rates])  # the rewards' own rates: a log axis's labels would overlap
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.legend(fontsize=8)
     return fig
 
