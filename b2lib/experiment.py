@@ -15,18 +15,18 @@ import functools
 import json
 import time
 from dataclasses import asdict, dataclass
+from os import cpu_count
 from pathlib import Path
 
 import pandas as pd
 import torch
 
-from .checkpoint import latest_checkpoint, save_lora, save_unet
-from .evaluate import evaluate_prompts, subset
+from .evaluate import subset
+from .modeljobs import BASE, ModelResult, RunContext, job_order, resolve_workers, run_jobs_parallel
 from .paths import code_version, results_dir
 from .presets import (
     canonical_template,
     get_preset,
-    load_models,
     load_prompts,
     trainer_config,
 )
@@ -41,7 +41,6 @@ from .rundir import (
     prepare_output_dir,
     write_text_atomic,
 )
-from .trainer import RLTrainer
 
 __all__ = [
     "ConfigError",
@@ -180,72 +179,32 @@ def run_experiment(cfg: RunConfig, progress: bool = True, accelerator=None) -> R
 def _run(cfg: RunConfig, acc, out: Path, t0: float, progress: bool) -> RunResult:
     main = acc.is_main_process
     template = canonical_template(cfg.template)
-    train_prompts = list(cfg.train_prompts) if cfg.train_prompts else load_prompts(cfg.preset, template, "train")
-    split_prompts = eval_split_prompts(cfg)
-    eval_prompts = split_prompts[cfg.eval_splits[0]]
-    metric_fn = _stage_metric_fn(cfg.preset)
-
-    device = str(acc.device)
+    eval_prompts = eval_split_prompts(cfg)[cfg.eval_splits[0]]
     report = RunProgress(progress and acc.is_local_main_process, bars=terminal())
-    with report.quiet_loading():
-        pipe, reward = load_models(cfg.preset, cfg.model_dir, cfg.clip_dir, device=device)
-        eval_kwargs = eval_settings(cfg, device, bertscore=cfg.bertscore and main)  # loads the BERTScore model
-    rows, images, per_image = [], {}, []
     n_first = cfg.n_per_prompt(len(eval_prompts))
     eval_batch = [p for p in eval_prompts for _ in range(n_first)]
-    train_reward = reward
-    if cfg.reward != "clip":  # a judge reward of the sparsity axis (b2lib.world.evaluation.JUDGE_REWARDS)
-        from .world.evaluation import JUDGE_REWARDS
+    results: dict[str, ModelResult] = {}
 
-        train_reward = JUDGE_REWARDS[cfg.reward]
-    if cfg.reward_sign == -1:
-        from .rewards import Negated
+    def done(result: ModelResult) -> None:
+        results[result.label] = result
+        if main and result.metrics:  # the stage logs so far, in job order: survives a crash
+            _write_result(out / "metrics.csv", _metrics_table(cfg, results).to_csv(index=False))
 
-        train_reward = Negated(train_reward)
-
-    def evaluate(label: str, method: str, seed) -> None:
-        for split in cfg.eval_splits:
-            prompts = split_prompts[split]
-            n = cfg.n_per_prompt(len(prompts))
-            report.evaluation_started(label, split, n * len(prompts))
-            start = time.perf_counter()
-            table, summary, imgs = evaluate_prompts(pipe, prompts, reward, n_per_prompt=n, **eval_kwargs)
-            report.evaluation_done(label, split, summary, time.perf_counter() - start)
-            rows.append({"model": label, "method": method, "seed": seed, "split": split, **summary})
-            per_image.append(table.assign(model=label, method=method, seed=seed, split=split, image=range(len(table))))
-            if split == cfg.eval_splits[0]:
-                images[label] = imgs
-
-    if main:
-        evaluate("base", "base", None)
-
-    metrics = []
-    for seed in cfg.seeds:
-        for method in cfg.methods:
-            label = f"{method}_seed{seed}"
-            with report.quiet_loading():
-                pipe, _ = load_models(cfg.preset, cfg.model_dir, cfg.clip_dir, device=device)  # fresh base weights
-            # tqdm bars on a terminal; elsewhere (a notebook, papermill, a log file) the report's lines instead
-            tcfg = cfg.trainer_config(method, seed, progress=progress and report.bars)
-            trainer = RLTrainer(pipe, train_reward, train_prompts, tcfg, accelerator=acc, metric_fn=metric_fn)
-            ckpt_dir = out / label / "checkpoints"
-            resume = latest_checkpoint(out / label) if cfg.resume else None
-            on_stage = report.training(label, tcfg.num_stages, int(resume.name.split("_")[-1]) if resume else 0)
-            trainer.train(checkpoint_dir=ckpt_dir, resume_from=resume, on_stage=on_stage)
-            acc.wait_for_everyone()
-            for m in trainer.log:
-                metrics.append({"method": method, "seed": seed, **m})
-            if main:
-                if cfg.save_lora and tcfg.use_lora:
-                    save_lora(pipe, out / label / "lora")
-                elif cfg.save_lora:
-                    save_unet(pipe, out / label / "unet")  # a full fine-tune: UNet2DConditionModel.from_pretrained
-                evaluate(label, method, seed)
-                _write_result(out / "metrics.csv", pd.DataFrame(metrics).to_csv(index=False))  # survives a crash
+    workers = resolve_workers(cfg, acc.num_processes, acc.device.type)
+    if workers > 1:
+        run_jobs_parallel(cfg, out, workers, report, done)
+    else:
+        ctx = RunContext.build(cfg, acc, out, report)
+        for method, seed in job_order(cfg):
+            done(ctx.model(method, seed))
+    ordered = [results[_label(m, s)] for m, s in job_order(cfg)]
+    rows = [r for res in ordered for r in res.rows]
+    per_image = [t for res in ordered for t in res.per_image]
+    images = {res.label: res.images for res in ordered if res.images is not None}
 
     if main and cfg.grid_prompts:
         _save_samples(images, n_first, cfg.grid_prompts, out / "samples.safetensors")
-    metrics_df, evals = pd.DataFrame(metrics), pd.DataFrame(rows)
+    metrics_df, evals = _metrics_table(cfg, results), pd.DataFrame(rows)
     wall = time.perf_counter() - t0
     if main:
         _write_result(out / "metrics.csv", metrics_df.to_csv(index=False))
@@ -259,7 +218,8 @@ def _run(cfg: RunConfig, acc, out: Path, t0: float, progress: bool) -> RunResult
                     "template": template,
                     "preset": cfg.preset,
                     "processes": acc.num_processes,
-                    "torch_threads": torch.get_num_threads(),
+                    "torch_threads": torch.get_num_threads() if workers == 1 else max(1, cpu_count() // workers),
+                    "workers": workers,
                     "eval_prompts": eval_prompts,
                     "device": str(acc.device),
                     "device_name": torch.cuda.get_device_name(acc.device) if acc.device.type == "cuda" else "cpu",
@@ -273,6 +233,16 @@ def _run(cfg: RunConfig, acc, out: Path, t0: float, progress: bool) -> RunResult
         )
         report.say(f"run finished in {clock(wall)}: results in {out}")
     return RunResult(out, metrics_df, evals, images, eval_batch, wall)
+
+
+def _label(method: str, seed) -> str:
+    return BASE if method == BASE else f"{method}_seed{seed}"
+
+
+def _metrics_table(cfg: RunConfig, results: dict[str, ModelResult]) -> pd.DataFrame:
+    """The per-stage logs of the jobs finished so far, in job order (what one process would have written)."""
+    labels = [_label(m, s) for m, s in job_order(cfg)]
+    return pd.DataFrame([row for label in labels if label in results for row in results[label].metrics])
 
 
 #: Columns of ``eval_images.csv``: one row per (model, split, image). ``image`` is the index in the split's

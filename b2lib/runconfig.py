@@ -80,6 +80,9 @@ class RunConfig:
     # each method's own tuned point, e.g. {"b2": {"lr": 1e-4}, "ddpo": {"lr": 3e-4, "timestep_fraction": 0.25}}
     dtype: str = "fp32"  # compute dtype of every model forward, training and evaluation (b2lib.precision): "fp32" or
     # "bf16" (autocast; DDIM steps, log-probs, loss and scores fp32; needs a CPU with AVX512-BF16/AMX or a bf16 GPU)
+    workers: int = 1  # processes that train and evaluate the run's models side by side (base, each method x seed),
+    # cores // workers torch threads each; 0: one per model up to the CPU cores on a CPU, 1 on a GPU. Not part of the
+    # fingerprint (like the device): it only changes how the work is spread, and the float rounding of thread counts
 
     def __post_init__(self) -> None:
         problems = self.problems()
@@ -115,6 +118,7 @@ class RunConfig:
             ("eval_images", 0, "0 = the preset's"),
             ("grid_prompts", 0, ""),
             ("eval_seed", 0, ""),
+            ("workers", 0, "0 = one process per model up to the CPU cores"),
         ):
             v = getattr(self, name)
             if not is_int(v) or v < low:
@@ -244,7 +248,9 @@ class RunConfig:
         """What defines this run's numbers (everything but where it is written, whether it resumes, and the device,
         which ``config.json`` and ``summary.json`` record), with the
         resolved trainer settings of every method and seed: the run folder's fingerprint (:mod:`b2lib.rundir`)."""
-        own = {k: v for k, v in asdict(self).items() if k not in ("run_name", "output_dir", "resume", "device")}
+        own = {
+            k: v for k, v in asdict(self).items() if k not in ("run_name", "output_dir", "resume", "device", "workers")
+        }
         for name, default in _ADDED_AT_DEFAULT.items():  # fields newer than existing run folders: recorded when set
             if own.get(name) == default:
                 own.pop(name)

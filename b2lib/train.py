@@ -42,6 +42,8 @@ def parser() -> argparse.ArgumentParser:
         "eval_n_per_prompt": "0: enough images per prompt for --eval-images",
         "eval_max_prompts": "a subset of k prompts of the split; 0: the preset's (every prompt; smoke 2)",
         "eval_images": "evaluation images per model and split; 0: the preset's (512; smoke 4)",
+        "workers": "processes training the models side by side (cores // workers threads each); 0: one per model up "
+        "to the CPU cores, 1 on a GPU or under accelerate launch",
     }
     for name, text in helps.items():
         p.add_argument(flag(name), type=int, default=d[name], help=f"{text} (default {d[name]})")
@@ -114,6 +116,7 @@ def config_from_args(argv: list[str] | None = None) -> tuple[RunConfig, argparse
         "device",
         "budget",
         "dtype",
+        "workers",
     }
     kwargs = {n: getattr(a, n) for n in names}
     kwargs.update(

@@ -165,3 +165,62 @@ def test_progress_lines_are_rate_limited_and_silent_when_off(monkeypatch, capsys
     off.training("b2_seed0", total=9)({"stage": 8, "reward_mean": 0.5})
     off.evaluation_started("base", "test", 512)
     assert capsys.readouterr().err == ""
+
+
+def test_models_trained_side_by_side_in_processes_give_the_numbers_of_one_process(tmp_path):
+    """``RunConfig.workers``: the main job's models train and evaluate in separate processes. Each job loads its own
+    models, so at the same thread count the tables and LoRAs equal one process's, bit for bit, rows in the same order;
+    the fingerprint ignores ``workers`` (a run started one way resumes the other)."""
+    import os
+
+    from safetensors.torch import load_file
+
+    from b2lib.experiment import run_experiment
+
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // 2))  # what each of two workers gets
+    base = dict(
+        methods=("ddpo", "b2"),
+        stages=2,
+        images_per_stage=4,
+        branches=2,
+        eval_images=2,
+        eval_max_prompts=1,
+        bertscore=False,
+        grid_prompts=1,
+        overrides={"num_steps": 2, "split_start": 1},
+    )
+    one = run_experiment(RunConfig(**base, output_dir=str(tmp_path / "one")), progress=False)
+    two = run_experiment(RunConfig(**base, workers=2, output_dir=str(tmp_path / "two")), progress=True)
+    timing = [c for c in one.metrics if c.endswith("_s")]
+    pd.testing.assert_frame_equal(one.metrics.drop(columns=timing), two.metrics.drop(columns=timing))
+    pd.testing.assert_frame_equal(one.evals, two.evals)
+    assert list(two.images) == ["base", "ddpo_seed0", "b2_seed0"] and all(
+        torch.equal(one.images[k], two.images[k]) for k in one.images
+    )
+    for label in ("ddpo_seed0", "b2_seed0"):
+        a, b = (load_file(str(r.out / label / "lora" / "pytorch_lora_weights.safetensors")) for r in (one, two))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert (tmp_path / "two" / "logs" / "b2_seed0.log").read_text().count("b2_seed0: training 2 stages") == 1
+    summary = pd.read_json(tmp_path / "two" / "summary.json", typ="series")
+    assert summary["workers"] == 2 and summary["processes"] == 1
+    # the same run asked for in one process finds the folder finished by two: same fingerprint, nothing retrained
+    again = run_experiment(RunConfig(**base, output_dir=str(tmp_path / "two")), progress=False)
+    pd.testing.assert_frame_equal(again.evals, two.evals)
+
+
+def test_workers_resolve_to_the_cores_on_a_cpu_and_to_one_elsewhere():
+    import os
+
+    from b2lib.modeljobs import job_order, resolve_workers
+
+    cfg = RunConfig(methods=("ddpo", "b2"), seeds=(0, 1), workers=0)
+    assert job_order(cfg) == [("base", None), ("ddpo", 0), ("b2", 0), ("ddpo", 1), ("b2", 1)]
+    assert resolve_workers(cfg, 1, "cpu") == min(5, os.cpu_count() or 1)
+    assert resolve_workers(cfg, 1, "cuda") == 1 and resolve_workers(cfg, 4, "cpu") == 1  # a GPU; accelerate launch
+    assert resolve_workers(RunConfig(workers=8), 1, "cpu") == 3  # never more processes than models
+    with pytest.raises(ValueError, match="workers"):
+        RunConfig(workers=-1)
+    from b2lib.train import config_from_args
+
+    script = config_from_args(["--workers", "2"])[0]  # the accelerate script takes it too
+    assert script.workers == 2 and script.settings() == RunConfig().settings()  # not part of the fingerprint

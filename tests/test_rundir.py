@@ -260,7 +260,9 @@ def test_a_read_only_output_folder_stops_before_any_model_loads_and_names_the_fi
     def no_models(*args, **kwargs):
         raise AssertionError("a model was loaded before the output folder was checked")
 
-    monkeypatch.setattr(experiment, "load_models", no_models)
+    import b2lib.modeljobs as modeljobs
+
+    monkeypatch.setattr(modeljobs, "load_models", no_models)
     with pytest.raises(OutputNotWritableError) as caught:
         experiment.run_experiment(RunConfig(output_dir=str(out)), progress=False)
     assert str(caught.value) == f"output folder {out} is not writable (read-only file system): {FIX}"
