@@ -2,10 +2,11 @@
 evaluated. :mod:`b2lib.experiment` runs these jobs one after another in its own process, or ``RunConfig.workers`` at a
 time in separate processes.
 
-Why processes: the embedded world's models are small, so a torch thread more barely speeds a forward (on 2 CPU cores
-a DDPO stage at two threads takes ~90 % of its time at one). Two models side by side, one thread each, nearly halve
-the main job's wall time. Each job loads its own models, so a job's numbers are the same in either way of running it
-(at the same thread count; rounding differs between thread counts, as between machines).
+Why processes: the embedded world's models are small, so a second torch thread does not speed a forward (on 2 CPU
+cores the main job's DDPO took 6.0 min at one thread beside B², 9.0 min alone at two). Two models side by side, one
+thread each, more than halve the main job's wall time. Each job loads its own models, so a job's numbers are the
+same in either way of running it (at the same thread count; rounding differs between thread counts, as between
+machines).
 """
 
 from __future__ import annotations

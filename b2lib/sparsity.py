@@ -136,14 +136,16 @@ def sparsity_runs(
     base, out: str | Path, rewards: Sequence[str] = AXIS, seeds: Sequence[int] = (0, 1, 2, 3, 4)
 ) -> list[object]:
     """One :class:`~b2lib.experiment.RunConfig` per reward of the axis, method of ``base`` and seed: ``base`` (its
-    setup, budget and every method's point) trained on that reward, in ``out/<reward>/<method>_seed<k>``.
+    setup, budget and every method's point) trained on that reward, in ``out/<reward>/<method>_seed<k>``; with
+    ``base.reward_sign == -1`` (the sign control: trained to lower the reward) in ``out/<reward>_negated/...``.
 
     Why one folder per run: two workers stay busy to the end, a study cut off keeps every run it finished (a rerun
     skips them by fingerprint), and the runs come reward by reward, so the axis fills in one whole column at a time.
     Evaluation is the same for every folder (test judge, CLIPScore, BERTScore on the same prompts and noise), so every
     model is scored on the same independent metrics whatever it was trained on."""
+    tag = "" if base.reward_sign == 1 else "_negated"
     return [
-        replace(base, reward=r, methods=(m,), seeds=(s,), output_dir=str(Path(out) / r / f"{m}_seed{s}"))
+        replace(base, reward=r, methods=(m,), seeds=(s,), output_dir=str(Path(out) / f"{r}{tag}" / f"{m}_seed{s}"))
         for r in rewards
         for s in seeds
         for m in base.methods

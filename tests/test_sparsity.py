@@ -76,6 +76,9 @@ def test_axis_runs_rates_and_gain_table(tmp_path):
     assert [r.reward for r in runs[::4]] == list(AXIS) and len(runs) == 16  # reward by reward: whole columns first
     assert runs[-1].output_dir == str(tmp_path / "judge_strict" / "b2_seed1")
     assert runs[-1].reward == "judge_strict" and runs[-1].methods == ("b2",) and runs[-1].seeds == (1,)
+    negated = sparsity_runs(RunConfig(methods=("b2",), reward_sign=-1), tmp_path, ["judge_strict"], seeds=(3,))
+    assert [r.output_dir for r in negated] == [str(tmp_path / "judge_strict_negated" / "b2_seed3")]  # its own folder
+    assert negated[0].reward_sign == -1 and negated[0].settings() != runs[-1].settings()
 
     def comp(d):
         return pd.DataFrame(
