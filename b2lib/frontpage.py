@@ -151,41 +151,18 @@ CLAIMS: tuple[Claim, ...] = (
             Check("sparse_levers/comparisons.csv", "counting", "b2", "base", "judge_all_ok", "B² − base"),
             Check("sparse_levers/comparisons.csv", "counting", "b2", "ddpo", "judge_all_ok", "B² − DDPO"),
             Check("sparse_levers/comparisons.csv", "counting", "tree", "base", "judge_all_ok", "tree − base"),
-            Check(
-                "sparse_axis/comparisons.csv",
-                "counting",
-                "b2",
-                "base",
-                "judge_all_ok",
-                "main setup: B² − base",
-                reward="judge",
-            ),
-            Check(
-                "sparse_axis/comparisons.csv",
-                "counting",
-                "b2",
-                "ddpo",
-                "judge_all_ok",
-                "main setup: B² − DDPO",
-                reward="judge",
-            ),
-            Check(
-                "sparse_axis/comparisons.csv",
-                "counting",
-                "b2",
-                "base",
-                "judge_all_ok",
-                "main setup, strict reward: B² − base",
-                reward="judge_strict",
-            ),
-            Check(
-                "sparse_axis/comparisons.csv",
-                "counting",
-                "b2",
-                "ddpo",
-                "judge_all_ok",
-                "main setup, strict reward: B² − DDPO",
-                reward="judge_strict",
+            *(
+                Check(
+                    "sparse_axis/comparisons.csv",
+                    "counting",
+                    "b2",
+                    b,
+                    "judge_all_ok",
+                    f"main setup{tag}: {name}",
+                    reward=reward,
+                )
+                for reward, tag in (("judge", ""), ("judge_strict", ", strict reward"))
+                for b, name in (("base", "B² − base"), ("ddpo", "B² − DDPO"))
             ),
         ),
         "11_sparse_reward, 17_sparse_levers, 18_sparse_axis",
