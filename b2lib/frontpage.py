@@ -1,5 +1,5 @@
-"""README's front page, generated from ``results/``: the scorecard of the paper's claims, Table 1 and one compact
-table per study.
+"""README's front page, generated from ``results/``: the scorecard of the paper's claims and of this project's
+extensions, Table 1 and one compact table per study.
 
 Why a module of its own: the front page is the one place a reader looks, so none of its numbers may be typed. Each
 block is rendered from the comparison files the notebooks wrote (paired two-level bootstrap intervals, see
@@ -8,18 +8,31 @@ README.md by :func:`update_readme` (notebook 08 calls it). :func:`check_readme` 
 ones whose text differs from README's, which the test suite asserts is none: a result file that changes without the
 page following fails the tests.
 
-A claim's status is a rule over its checks, never a judgement typed next to a number: every check is one paired
-comparison with the direction the paper claims; *reproduced* when every check's interval excludes 0 in that
-direction, *partly* when some do, *not reproduced* when none does.
+The claims and the rule that gives each its verdict are data in :mod:`b2lib.claims`. A verdict is stated once, in the
+scorecard; any other page that names one writes it inside a ``<!-- verdict:KEY -->…<!-- /verdict -->`` marker, which
+:func:`fill_verdicts` writes and :func:`verdict_problems` checks against :func:`verdicts`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import re
 from pathlib import Path
 from typing import Mapping, Sequence
 
 import pandas as pd
+
+from .claims import (
+    EXTENSIONS,
+    NAMES,
+    PAPER_CLAIMS,
+    STATUS_WORDS,
+    Check,
+    Claim,
+    Health,
+    claim_status,
+    learned,
+    pair_label,
+)
 
 __all__ = [
     "METRICS",
@@ -29,6 +42,10 @@ __all__ = [
     "CLAIMS",
     "format_diff",
     "claim_status",
+    "claim_verdict",
+    "verdicts",
+    "fill_verdicts",
+    "verdict_problems",
     "diversity_line",
     "scorecard",
     "table1",
@@ -46,157 +63,11 @@ METRICS: dict[str, str] = {"reward": "CLIPScore", "bertscore": "BERTScore", "jud
 #: main_table.csv's column of each metric's mean over seeds
 _MEAN_COLUMNS = {"reward": "reward_mean_mean", "bertscore": "bertscore_mean_mean", "judge_all_ok": "judge_all_ok_mean"}
 _BLOCK = "<!-- frontpage:{name} -->", "<!-- /frontpage:{name} -->"
-
-
-@dataclass(frozen=True)
-class Check:
-    """One paired comparison ``a − b`` on ``metric`` in a comparisons file under ``results/``; ``sign`` +1 when the
-    paper's claim is that ``a`` is higher, −1 when it is lower."""
-
-    file: str
-    template: str
-    a: str
-    b: str
-    metric: str
-    label: str
-    split: str = "test"
-    sign: int = 1
-    reward: str = ""  # files with one row per training reward (notebook 18's axis): which one
-
-
-@dataclass(frozen=True)
-class Claim:
-    """One line of the scorecard: the paper's claim, its checks, the notebook that measured them and, optionally, a
-    note on what the images show instead (``instead``: checks whose numbers are shown, not scored)."""
-
-    claim: str
-    checks: tuple[Check, ...]
-    notebook: str
-    instead: tuple[Check, ...] = field(default_factory=tuple)
-    instead_text: str = ""
-
-
-def _t(template: str, a: str, b: str, metric: str, label: str, file: str = "templates/comparisons.csv") -> Check:
-    return Check(file, template, a, b, metric, label)
-
-
-#: how the front page names the run folders' methods
-NAMES: dict[str, str] = {
-    "b2": "B²",
-    "ddpo": "DDPO",
-    "base": "base",
-    "progressive": "progressive only",
-    "branch": "branch only",
-    "tree2": "tree, depth 2",
-    "tree2_flat": "tree, depth 2, flat",
-    "tree3": "tree, depth 3",
-    "tree3_flat": "tree, depth 3, flat",
-    "flow_grpo": "Flow-GRPO",
-    "mixgrpo": "MixGRPO-style",
-    "tempflow": "TempFlow-style",
-    "tree": "tree, depth 2",
-}
-
-
-def _pair(a: str, b: str, suffix: str = "") -> str:
-    return f"{NAMES.get(a, a)} − {NAMES.get(b, b)}{suffix}"
-
-
-#: the paper's claims, in the order of its abstract; each check names where its number lives
-CLAIMS: tuple[Claim, ...] = (
-    Claim(
-        "B² improves prompt-image alignment over the base model (Table 1)",
-        tuple(_t(t, "b2", "base", "judge_all_ok", f"{t}, judge") for t in ("counting", "binding", "relation")),
-        "04_templates",
-    ),
-    Claim(
-        "B² raises the alignment reward it is trained on, on held-out prompts (Table 1, generalisation)",
-        tuple(_t(t, "b2", "base", "reward", f"{t}, CLIPScore") for t in ("counting", "binding", "relation")),
-        "04_templates",
-    ),
-    Claim(
-        "B² beats DDPO (equal UNet work; equal images)",
-        (
-            _t("counting", "b2", "ddpo", "judge_all_ok", "equal work, judge"),
-            _t("counting", "b2", "ddpo", "judge_all_ok", "equal images, judge", "trees_images/comparisons.csv"),
-        ),
-        "03_train, 12_trees",
-    ),
-    Claim(
-        "Both strategies contribute (ablation)",
-        tuple(
-            Check("ablations/strategy_comparisons.csv", "counting", a, b, "judge_all_ok", _pair(a, b))
-            for a, b in (("branch", "ddpo"), ("progressive", "ddpo"), ("b2", "branch"), ("b2", "progressive"))
-        ),
-        "06_ablations",
-    ),
-    Claim(
-        "B² is compatible with existing RL updates (PPO, DPOK, GRPO)",
-        tuple(
-            Check(
-                "compat/comparisons.csv",
-                "counting",
-                f"b2@{u}",
-                f"ddpo@{u}",
-                "judge_all_ok",
-                _pair("b2", "ddpo", f" ({u.upper()})"),
-            )
-            for u in ("ppo", "dpok", "grpo")
-        ),
-        "07_compatibility",
-    ),
-    Claim(
-        "B² learns from a sparse (binary) reward (each method at its own searched levers; at the main setup)",
-        (
-            Check("sparse_levers/comparisons.csv", "counting", "b2", "base", "judge_all_ok", "B² − base"),
-            Check("sparse_levers/comparisons.csv", "counting", "b2", "ddpo", "judge_all_ok", "B² − DDPO"),
-            Check("sparse_levers/comparisons.csv", "counting", "tree", "base", "judge_all_ok", "tree − base"),
-            *(
-                Check(
-                    "sparse_axis/comparisons.csv",
-                    "counting",
-                    "b2",
-                    b,
-                    "judge_all_ok",
-                    f"main setup{tag}: {name}",
-                    reward=reward,
-                )
-                for reward, tag in (("judge", ""), ("judge_strict", ", strict reward"))
-                for b, name in (("base", "B² − base"), ("ddpo", "B² − DDPO"))
-            ),
-        ),
-        "11_sparse_reward, 17_sparse_levers, 18_sparse_axis",
-    ),
-    Claim(
-        "Our extension: B²'s advantage over the group baseline carries over to flow-matching models (flow world)",
-        (
-            Check("flow/comparisons.csv", "counting", "b2", "flow_grpo", "judge_all_ok", "B² − Flow-GRPO, judge"),
-            Check("flow/comparisons.csv", "counting", "b2", "flow_grpo", "reward", "B² − Flow-GRPO, CLIPScore"),
-            Check("flow/comparisons.csv", "counting", "b2", "base", "judge_all_ok", "B² − base, judge"),
-        ),
-        "15_flow",
-    ),
-    Claim(
-        "A reward gain is an alignment gain (binding: two colours bound to two objects)",
-        (_t("binding", "b2", "base", "judge_all_ok", "judge"),),
-        "04_templates",
-        instead=(
-            _t("binding", "b2", "base", "reward", "CLIPScore"),
-            *(
-                Check(
-                    "templates/colour_mixing_comparisons.csv",
-                    t,
-                    "b2",
-                    "base",
-                    "asked_colours_mixed",
-                    f"{t}: images with the two asked colours blended in one object",
-                )
-                for t in ("binding", "relation")
-            ),
-        ),
-        instead_text="what the images show instead",
-    ),
-)
+#: a verdict named in prose: ``<!-- verdict:KEY -->word<!-- /verdict -->``, filled and checked from the scorecard
+VERDICT_MARK = re.compile(r"<!-- verdict:(?P<key>[a-z_]+) -->(?P<word>[^<]*)<!-- /verdict -->")
+#: every claim the scorecard scores (the paper's, then the extensions)
+CLAIMS: tuple[Claim, ...] = PAPER_CLAIMS + EXTENSIONS
+_pair = pair_label
 
 
 def format_diff(row: pd.Series | Mapping, bold: bool = True) -> str:
@@ -229,52 +100,96 @@ def _row(df: pd.DataFrame, check: Check, results: Path) -> pd.Series:
     return m.iloc[0]
 
 
-def _supports(row: pd.Series, sign: int) -> bool:
-    return bool(row["resolved"]) and (row["diff"] * sign > 0)
+class _Files:
+    """The result files a render reads, each read once."""
+
+    def __init__(self, results: Path):
+        self.results, self.cache = results, {}
+
+    def table(self, file: str) -> pd.DataFrame:
+        if file not in self.cache:
+            self.cache[file] = _read(self.results, file)
+        return self.cache[file]
+
+    def rows(self, checks: Sequence[Check]) -> list[pd.Series]:
+        return [_row(self.table(c.file), c, self.results) for c in checks]
+
+    def learned(self, health: Sequence[Health]) -> bool | None:
+        """Whether any of the runs behind a claim learned (None: the claim names no health table)."""
+        if not health:
+            return None
+        found = []
+        for h in health:
+            df = self.table(h.file)
+            m = df[(df["method"] == h.method) & ((df["reward"] == h.reward) if h.reward else True)]
+            if len(m) != 1:
+                raise KeyError(f"results/{h.file}: expected one health row for {h.method} {h.reward}; found {len(m)}.")
+            found.append(learned(m.iloc[0]))
+        return any(found)
 
 
-def claim_status(rows: Sequence[pd.Series], signs: Sequence[int]) -> str:
-    """The rule: every check resolved in the claimed direction → reproduced; some → partly; none → not reproduced."""
-    hits = sum(_supports(r, s) for r, s in zip(rows, signs))
-    if hits == len(rows):
-        return "reproduced"
-    return "partly" if hits else "not reproduced"
+def claim_verdict(claim: Claim, files: _Files) -> str:
+    """A claim's status by :func:`b2lib.claims.claim_status`, from its checks and its runs' health."""
+    return claim_status(files.rows(claim.checks), [c.sign for c in claim.checks], files.learned(claim.health))
 
 
-def scorecard(results: str | Path, claims: Sequence[Claim] = CLAIMS, diversity: bool = True) -> str:
-    """The scorecard: one line per claim, its status, every check's number with its interval, the notebook; then the
-    diversity line (:func:`diversity_line`) unless ``diversity`` is False."""
-    results = Path(results)
-    cache: dict[str, pd.DataFrame] = {}
+def verdicts(results: str | Path) -> dict[str, str]:
+    """Every scored claim's verdict, by key, in the words of its part of the scorecard (``reproduced`` for the
+    paper's claims, ``shown`` for the extensions)."""
+    files = _Files(Path(results))
+    out = {c.key: STATUS_WORDS["paper"][claim_verdict(c, files)] for c in PAPER_CLAIMS}
+    out.update({c.key: STATUS_WORDS["extension"][claim_verdict(c, files)] for c in EXTENSIONS})
+    return out
 
-    def rows(checks):
-        out = []
-        for c in checks:
-            if c.file not in cache:
-                cache[c.file] = _read(results, c.file)
-            out.append(_row(cache[c.file], c, results))
-        return out
 
+def _claim_line(claim: Claim, files: _Files, words: Mapping[str, str]) -> str:
+    got = files.rows(claim.checks)
+    status = words[claim_verdict(claim, files)]
+    numbers = "; ".join(f"{c.label} {format_diff(r)}" for c, r in zip(claim.checks, got))
+    if claim.instead:
+        try:
+            extra = files.rows(claim.instead)
+            numbers += f"; {claim.instead_text}: " + "; ".join(
+                f"{c.label} {_means(r)} {format_diff(r)}" for c, r in zip(claim.instead, extra)
+            )
+        except (FileNotFoundError, KeyError) as err:
+            numbers += f"; {claim.instead_text}: not measured ({err})"
+    return f"| {claim.claim} | **{status}** | {numbers} | `{claim.notebook}` |"
+
+
+def scorecard(
+    results: str | Path, claims: Sequence[Claim] = PAPER_CLAIMS, diversity: bool = True, part: str = "paper"
+) -> str:
+    """The scorecard of one part (``"paper"`` or ``"extension"``): one line per claim, its status, every check's
+    number with its interval, the notebook; then, for the paper's part, the diversity line (:func:`diversity_line`)
+    unless ``diversity`` is False."""
+    files = _Files(Path(results))
+    head = "the paper's claim" if part == "paper" else "beyond the paper (this project's extension)"
     lines = [
-        "| the paper's claim | here | the numbers (a − b, 95 % interval; bold: resolved) | notebook |",
+        f"| {head} | here | the numbers (a − b, 95 % interval; bold: resolved) | notebook |",
         "|---|---|---|---|",
     ]
-    for claim in claims:
-        got = rows(claim.checks)
-        status = claim_status(got, [c.sign for c in claim.checks])
-        numbers = "; ".join(f"{c.label} {format_diff(r)}" for c, r in zip(claim.checks, got))
-        if claim.instead:
-            try:
-                extra = rows(claim.instead)
-                numbers += f"; {claim.instead_text}: " + "; ".join(
-                    f"{c.label} {_means(r)} {format_diff(r)}" for c, r in zip(claim.instead, extra)
-                )
-            except (FileNotFoundError, KeyError) as err:
-                numbers += f"; {claim.instead_text}: not measured ({err})"
-        lines.append(f"| {claim.claim} | **{status}** | {numbers} | `{claim.notebook}` |")
-    if diversity:
+    lines += [_claim_line(claim, files, STATUS_WORDS[part]) for claim in claims]
+    if diversity and part == "paper":
         lines.append(diversity_line(results))
     return "\n".join(lines)
+
+
+def fill_verdicts(text: str, found: Mapping[str, str]) -> str:
+    """``text`` with every verdict marker's word set to the scorecard's verdict of its key."""
+    return VERDICT_MARK.sub(lambda m: f"<!-- verdict:{m['key']} -->{found[m['key']]}<!-- /verdict -->", text)
+
+
+def verdict_problems(text: str, found: Mapping[str, str], where: str = "") -> list[str]:
+    """Verdict markers in ``text`` whose key is unknown or whose word differs from the scorecard's."""
+    problems = []
+    for m in VERDICT_MARK.finditer(text):
+        key, word = m["key"], m["word"]
+        if key not in found:
+            problems.append(f"{where}: verdict marker names unknown claim {key!r} (b2lib.claims)")
+        elif word != found[key]:
+            problems.append(f"{where}: verdict of {key!r} says {word!r}, the scorecard says {found[key]!r}")
+    return problems
 
 
 def diversity_line(results: str | Path) -> str:
@@ -414,7 +329,12 @@ def study_tables(results: str | Path) -> dict[str, str]:
 
 def render_blocks(results: str | Path) -> dict[str, str]:
     """Every generated block of the front page, by marker name."""
-    return {"scorecard": scorecard(results), "table1": table1(results), **study_tables(results)}
+    return {
+        "scorecard": scorecard(results),
+        "extensions": scorecard(results, EXTENSIONS, part="extension"),
+        "table1": table1(results),
+        **study_tables(results),
+    }
 
 
 def _split(text: str, name: str) -> tuple[str, str, str] | None:
@@ -437,7 +357,7 @@ def update_readme(readme: str | Path, results: str | Path) -> list[str]:
             missing.append(name)
             continue
         text = f"{parts[0]}\n{block}\n{parts[2]}"
-    readme.write_text(text)
+    readme.write_text(fill_verdicts(text, verdicts(results)))
     return missing
 
 
@@ -452,4 +372,4 @@ def check_readme(readme: str | Path, results: str | Path) -> list[str]:
             problems.append(f"{name}: markers {_BLOCK[0].format(name=name)} … missing in {readme}")
         elif parts[1].strip() != block.strip():
             problems.append(f"{name}: README differs from {results}; rerun notebooks/08_figures.ipynb to rewrite it")
-    return problems
+    return problems + verdict_problems(text, verdicts(results), str(readme))

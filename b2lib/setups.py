@@ -12,7 +12,7 @@ This module imports nothing heavy: a notebook reads it in its parameters cell, b
 
 from __future__ import annotations
 
-__all__ = ["MAIN", "MAIN_SENSITIVITY"]
+__all__ = ["MAIN", "PAPER", "SETUPS", "MAIN_SENSITIVITY"]
 
 #: The main job's setup (fields of :class:`b2lib.experiment.RunConfig`): the coarse recipe, B² for 120 stages of the
 #: embedded preset's 32 images, every other method for the stages of the same UNet work (``budget="compute"``), each
@@ -26,6 +26,14 @@ MAIN: dict = dict(
         "ddpo": {"lr": 0.0001, "grad_accum": 1, "timestep_fraction": 0.25},
     },
 )
+
+#: The paper's published recipe at the preset's own budget (embedded 20 stages, paper scale 100), equal images, every
+#: method at the preset's learning rate: the setup for the paper scale (SD 1.4 on GPUs). On the embedded world it moved
+#: neither method (``results/main_paper``).
+PAPER: dict = dict(recipe="paper", stages=0, budget="images", method_overrides={})
+
+#: the setups by name (``python -m b2lib.train --setup NAME``)
+SETUPS: dict[str, dict] = {"main": MAIN, "paper": PAPER}
 
 #: B²'s one-factor sensitivity grid around :data:`MAIN` (notebook 06): each factor's values include MAIN's own
 #: (4 branches, split_start 10, 120 stages, threshold 0.5); "stages" keeps MAIN's total images fixed

@@ -1,8 +1,9 @@
-"""The full table of comparisons, "paper result -> notebook -> our number" (:func:`readme_table`), rebuilt from the
-tables the notebooks wrote under ``results/`` (:func:`b2lib.tables.read_table`); notebook 08 writes it to
-``results/summary.md``, one link from the front page (whose own blocks are :mod:`b2lib.frontpage`'s).
+"""The full table of comparisons, "study and comparison -> notebook -> means -> difference" (:func:`readme_table`),
+rebuilt from the tables the notebooks wrote under ``results/`` (:func:`b2lib.tables.read_table`); notebook 08
+writes it to ``results/summary.md``, one link from the front page (whose own blocks are :mod:`b2lib.frontpage`'s).
 
-Why a module of its own: it is the one reader of every study's output, with wording of its own per row (verdicts,
+Why a module of its own: it is the one reader of every study's output, with wording of its own per row (which way a
+difference goes,
 recipe and budget notes, devices, the generalisation rows of :func:`generalisation_rows`); kept apart, its phrasing
 can change without touching the readers of :mod:`b2lib.report` or the statistics of :mod:`b2lib.comparisons`, and it
 needs no training or run folder: a study that has not run is reported as not run, never filled in.
@@ -127,10 +128,13 @@ def generalisation_rows(c: pd.DataFrame | None) -> list[tuple[str, str, str]]:
 
 
 def readme_table(results: str | Path) -> str:
-    """The README's "paper result -> notebook -> our number" table as markdown, read from the CSVs the notebooks
-    wrote under ``results`` (a missing study is reported as not run, never filled in)."""
+    """The full table of comparisons (study and comparison, notebook, means, difference) as markdown, read from the
+    CSVs the notebooks wrote under ``results`` (a missing study is reported as not run, never filled in)."""
     results = Path(results)
-    lines = ["| paper result | notebook | our number at embedded scale (CPU) | B² vs DDPO |", "|---|---|---|---|"]
+    lines = [
+        "| study · comparison | notebook | means at the embedded scale (a / b) | a − b (95 % interval) or B² vs DDPO |",
+        "|---|---|---|---|",
+    ]
 
     def add(what, nb, number, verdict=""):
         lines.append(f"| {what} | `{nb}` | {number} | {verdict} |")

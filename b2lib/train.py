@@ -1,13 +1,16 @@
 """Command-line entry of the main job, for ``accelerate launch`` (several GPUs) and for scripts:
 
-    accelerate launch --multi_gpu --num_processes 8 -m b2lib.train --preset paper --template template1
-    python -m b2lib.train --template counting --stages 12
+    python -m b2lib.train                      # the main job, as notebooks/03_train.ipynb runs it
+    accelerate launch --multi_gpu --num_processes 8 -m b2lib.train --setup paper --preset paper --template template1
 
-The notebook ``notebooks/03_train.ipynb`` calls the same :func:`b2lib.experiment.run_experiment`. Every flag is a
-:class:`~b2lib.experiment.RunConfig` field with its default, and every setting is checked before a model is loaded:
-a bad one stops the command with one line per problem, naming the flag as typed here. An OS fault on the output
-folder (a read-only file system, a full disk) stops it with one message naming the fix (``--output-dir``), no
-traceback.
+``--setup`` names a setup of :mod:`b2lib.setups`: ``main`` (the default: the coarse recipe, B² 120 stages, every
+other method at its UNet work, each at its searched point, the defaults of notebook 03) or ``paper`` (the published
+recipe at the preset's own budget). ``--recipe``, ``--stages``, ``--budget`` and ``--method-overrides`` given on the
+command line override the setup's; ``--preset smoke`` keeps its own toy number of stages. The notebook calls the
+same :func:`b2lib.experiment.run_experiment`. Every flag is a :class:`~b2lib.experiment.RunConfig` field with its
+default, and every setting is checked before a model is loaded: a bad one stops the command with one line per
+problem, naming the flag as typed here. An OS fault on the output folder (a read-only file system, a full disk)
+stops it with one message naming the fix (``--output-dir``), no traceback.
 """
 
 from __future__ import annotations
@@ -20,8 +23,11 @@ from dataclasses import fields
 from .experiment import METHODS, ConfigError, RunConfig, run_experiment
 from .presets import PRESETS, RECIPES
 from .rundir import OutputFolderError, RunLockedError, RunSettingsError
+from .setups import SETUPS
 
 _DEFAULTS = {f.name: f.default for f in fields(RunConfig) if f.default is not f.default_factory}
+#: the flags whose default is the chosen setup's (b2lib.setups)
+_FROM_SETUP = ("recipe", "stages", "budget", "method_overrides")
 
 
 def flag(field: str) -> str:
@@ -35,8 +41,14 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", nargs="+", default=list(d["methods"]), choices=METHODS)
     p.add_argument("--template", default=d["template"])
     p.add_argument("--preset", default=d["preset"], choices=list(PRESETS))
+    p.add_argument(
+        "--setup",
+        default="main",
+        choices=list(SETUPS),
+        help="recipe, B²'s stages, budget and each method's point from b2lib.setups (default main: notebook 03's job)",
+    )
     helps = {
-        "stages": "0: the preset's default",
+        "stages": "0: the preset's default; unset: the setup's",
         "images_per_stage": "0: the preset's default",
         "branches": "0: the preset's default",
         "eval_n_per_prompt": "0: enough images per prompt for --eval-images",
@@ -46,13 +58,16 @@ def parser() -> argparse.ArgumentParser:
         "to the CPU cores, 1 on a GPU or under accelerate launch",
     }
     for name, text in helps.items():
-        p.add_argument(flag(name), type=int, default=d[name], help=f"{text} (default {d[name]})")
+        default = None if name in _FROM_SETUP else d[name]
+        p.add_argument(flag(name), type=int, default=default, help=f"{text} (default {default})")
     p.add_argument("--seeds", type=int, nargs="+", default=list(d["seeds"]))
     for name in ("model_dir", "clip_dir", "run_name", "output_dir", "device"):
         p.add_argument(flag(name), default=d[name])
     p.add_argument("--eval-splits", nargs="+", default=list(d["eval_splits"]), choices=["test", "train"])
     p.add_argument("--reward", default=d["reward"], choices=["clip", "judge"])
-    p.add_argument("--recipe", default=d["recipe"], choices=sorted(RECIPES), help="estimator recipe (presets.RECIPES)")
+    p.add_argument(
+        "--recipe", default=None, choices=sorted(RECIPES), help="estimator recipe (presets.RECIPES); unset: the setup's"
+    )
     p.add_argument("--reward-sign", type=int, default=d["reward_sign"], choices=[1, -1])
     p.add_argument(
         "--dtype",
@@ -63,12 +78,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--overrides", default="{}", help="TrainerConfig fields as JSON, e.g. '{\"lr\": 3e-4}'")
     p.add_argument(
         "--method-overrides",
-        default="{}",
-        help='per method, TrainerConfig fields as JSON, e.g. \'{"ddpo": {"lr": 3e-4}}\'',
+        default=None,
+        help='per method, TrainerConfig fields as JSON, e.g. \'{"ddpo": {"lr": 3e-4}}\'; unset: the setup\'s',
     )
     p.add_argument(
         "--budget",
-        default=d["budget"],
+        default=None,
         choices=["images", "compute"],
         help="equal images per method, or equal UNet work (--stages is B²'s)",
     )
@@ -85,6 +100,13 @@ def config_from_args(argv: list[str] | None = None) -> tuple[RunConfig, argparse
     """Parse and validate; exits with a usage error (status 2) naming the flags at fault."""
     p = parser()
     a = p.parse_args(argv)
+    setup = SETUPS[a.setup]
+    for name in _FROM_SETUP:
+        if getattr(a, name) is None:
+            value = setup.get(name, _DEFAULTS.get(name))
+            if name == "stages" and a.preset == "smoke":
+                value = 0  # the toy size keeps its own chain and stages (presets.SMOKE)
+            setattr(a, name, json.dumps(value) if name == "method_overrides" else value)
     parsed = {}
     for name, example in (
         ("overrides", '{"lr": 3e-4, "grad_accum": 1}'),

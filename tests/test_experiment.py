@@ -222,5 +222,5 @@ def test_workers_resolve_to_the_cores_on_a_cpu_and_to_one_elsewhere():
         RunConfig(workers=-1)
     from b2lib.train import config_from_args
 
-    script = config_from_args(["--workers", "2"])[0]  # the accelerate script takes it too
+    script = config_from_args(["--workers", "2", "--setup", "paper"])[0]  # the accelerate script takes it too
     assert script.workers == 2 and script.settings() == RunConfig().settings()  # not part of the fingerprint

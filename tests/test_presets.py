@@ -81,7 +81,7 @@ def test_a_default_changed_in_one_place_reaches_every_entry_point(monkeypatch):
     run = RunConfig()  # the notebooks' and the library's entry (0 = the preset's)
     assert run.settings()["trainer"]["b2_seed0"]["num_branches"] == 8
     assert run.settings()["trainer"]["b2_seed0"]["prompts_per_stage"] == presets.EMBEDDED["images_per_stage"] // 8
-    cli, _ = config_from_args([])  # the command line
+    cli, _ = config_from_args(["--setup", "paper"])  # the command line at RunConfig's own defaults
     assert cli.settings() == run.settings()
     assert sensitivity_defaults(run)["branches"] == 8  # the studies' default point
     assert trainer_config("embedded", "b2").num_branches == 8
@@ -247,7 +247,7 @@ def test_smoke_is_a_preset_whose_sizes_reach_every_entry_point(monkeypatch):
 
     monkeypatch.setitem(presets.SMOKE, "num_stages", 3)  # the one line a maintainer would change
     monkeypatch.setitem(presets.SMOKE, "eval_images", 6)
-    cli, _ = config_from_args(["--preset", "smoke"])
+    cli, _ = config_from_args(["--preset", "smoke", "--setup", "paper"])
     assert cli.settings() == RunConfig(preset="smoke").settings()
     assert cli.trainer_config("ddpo", 0).num_stages == 3 and cli.eval_images == 6
     assert smoke_params()["stages"] == 3 and smoke_params()["eval_images"] == 6

@@ -1,4 +1,4 @@
-"""``summary_table``: the README's "paper result -> notebook -> our number" table, rebuilt from the study tables."""
+"""``summary_table``: the full table of comparisons (results/summary.md), rebuilt from the study tables."""
 
 import json
 
