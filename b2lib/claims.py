@@ -40,6 +40,7 @@ __all__ = [
     "supports",
     "strong_support",
     "claim_status",
+    "RULE",
 ]
 
 #: mean approx KL per stage below which a run did not move its policy (a moving B² run of the main job logs ~1e-6)
@@ -59,6 +60,15 @@ STATUS_WORDS: dict[str, dict[str, str]] = {
         "inconclusive": "inconclusive",
     },
 }
+
+#: the rule in the front page's words (README's ``rule`` block): stated here, next to :func:`claim_status`, once
+RULE = (
+    "**The rule** (`b2lib.claims`): *reproduced* when every check is resolved in the claimed direction; *partly* when "
+    "some are and at least one of them survives a Bonferroni correction for the claim's number of checks (one edge "
+    "hit among seven is what chance gives about one time in six); *inconclusive* when short of that and the runs' "
+    "health shows they did not learn (approx KL below {kl:.0e} per stage, or no resolved rise of the train reward); "
+    "*not reproduced* otherwise. Beyond the paper the same rule says *shown* for *reproduced*."
+)
 
 #: how the front page names the run folders' methods
 NAMES: dict[str, str] = {

@@ -15,6 +15,7 @@ scorecard; any other page that names one writes it inside a ``<!-- verdict:KEY -
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -23,8 +24,10 @@ import pandas as pd
 
 from .claims import (
     EXTENSIONS,
+    KL_FLOOR,
     NAMES,
     PAPER_CLAIMS,
+    RULE,
     STATUS_WORDS,
     Check,
     Claim,
@@ -52,6 +55,7 @@ __all__ = [
     "diff_table",
     "axis_table",
     "REWARD_NAMES",
+    "recipe_table",
     "study_tables",
     "render_blocks",
     "update_readme",
@@ -128,6 +132,27 @@ class _Files:
         return any(found)
 
 
+#: how the scorecard names each recipe (``RunConfig.recipe``; a run folder without the field ran the published one)
+RECIPE_NAMES = {"paper": "published", "coarse": "coarse"}
+
+
+def claim_recipes(claim: Claim, results: Path) -> str:
+    """The recipes of the runs behind a claim's checks (:func:`study_recipes`)."""
+    return study_recipes(results, [c.file for c in claim.checks])
+
+
+def study_recipes(results: Path, files: Sequence[str]) -> str:
+    """The recipes of the runs behind result files, read from the ``config.json`` of every run folder under each
+    file's study folder (its own searches aside): what the scorecard's recipe column says, never typed."""
+    found = set()
+    for file in files:
+        for cfg in sorted((results / file).parent.rglob("config.json")):
+            if "search" in cfg.relative_to(results).parts:
+                continue
+            found.add(json.loads(cfg.read_text()).get("recipe", "paper"))
+    return ", ".join(RECIPE_NAMES.get(r, r) for r in sorted(found, key=list(RECIPE_NAMES).index)) or "?"
+
+
 def claim_verdict(claim: Claim, files: _Files) -> str:
     """A claim's status by :func:`b2lib.claims.claim_status`, from its checks and its runs' health."""
     return claim_status(files.rows(claim.checks), [c.sign for c in claim.checks], files.learned(claim.health))
@@ -154,7 +179,8 @@ def _claim_line(claim: Claim, files: _Files, words: Mapping[str, str]) -> str:
             )
         except (FileNotFoundError, KeyError) as err:
             numbers += f"; {claim.instead_text}: not measured ({err})"
-    return f"| {claim.claim} | **{status}** | {numbers} | `{claim.notebook}` |"
+    recipes = claim_recipes(claim, files.results)
+    return f"| {claim.claim} | **{status}** | {numbers} | {recipes} | `{claim.notebook}` |"
 
 
 def scorecard(
@@ -166,8 +192,8 @@ def scorecard(
     files = _Files(Path(results))
     head = "the paper's claim" if part == "paper" else "beyond the paper (this project's extension)"
     lines = [
-        f"| {head} | here | the numbers (a − b, 95 % interval; bold: resolved) | notebook |",
-        "|---|---|---|---|",
+        f"| {head} | here | the numbers (a − b, 95 % interval; bold: resolved) | recipe | notebook |",
+        "|---|---|---|---|---|",
     ]
     lines += [_claim_line(claim, files, STATUS_WORDS[part]) for claim in claims]
     if diversity and part == "paper":
@@ -207,7 +233,8 @@ def diversity_line(results: str | Path) -> str:
     where = ", ".join(below) if below else "none"
     return (
         "| B² keeps image diversity | **no interval** (one number per model) | CLIP diversity, base → B² (± std over "
-        f"seeds): {'; '.join(parts)}; B² below base by more than 1 std on: {where} | `04_templates` |"
+        f"seeds): {'; '.join(parts)}; B² below base by more than 1 std on: {where} | "
+        f"{study_recipes(Path(results), ['templates/main_table.csv'])} | `04_templates` |"
     )
 
 
@@ -327,11 +354,50 @@ def study_tables(results: str | Path) -> dict[str, str]:
     }
 
 
+#: the recipes as the front page describes them, with the estimator of notebook 10 that measures each one's B² stage
+RECIPE_ROWS: tuple[tuple[str, str, str, str, str], ...] = (
+    (
+        'published (`recipe="paper"`)',
+        "every step after the branch point (10 steps)",
+        "all 1,024 latent dimensions",
+        "PPO-clip on the best and worst branch of each group, rewards normalised per prompt",
+        "b2_first",
+    ),
+    (
+        'coarse (`recipe="coarse"`)',
+        "the branch step only; the rest of the chain deterministic",
+        "16 dimensions (a 2 × 2 lattice per latent channel); DDPO the same",
+        "group-relative (z within the branch group), PPO-clip, KL to the base model",
+        "b2_first_window1_grid2_grpo",
+    ),
+)
+
+
+def recipe_table(results: str | Path) -> str:
+    """The two estimator recipes side by side: what each changes for B², and B²'s stage gradient SNR at the base model
+    (notebook 10, ``snr/snr.csv``: the estimator's signal over its noise across 40 independent stages, 95 %
+    interval), the number the coarse recipe was chosen on."""
+    snr = _read(Path(results), "snr/snr.csv")
+    snr = snr[(snr["steps"] == "interval") & snr["selection"]].set_index("estimator")
+    lines = [
+        "| recipe | B² trains | exploration noise on | B²'s update | B²'s stage gradient SNR at the base model |",
+        "|---|---|---|---|---|",
+    ]
+    for name, trains, noise, update, estimator in RECIPE_ROWS:
+        r = snr.loc[estimator]
+        lines.append(
+            f"| {name} | {trains} | {noise} | {update} | {r['snr']:+.3f} [{r['snr_low']:+.3f}, {r['snr_high']:+.3f}] |"
+        )
+    return "\n".join(lines)
+
+
 def render_blocks(results: str | Path) -> dict[str, str]:
     """Every generated block of the front page, by marker name."""
     return {
         "scorecard": scorecard(results),
         "extensions": scorecard(results, EXTENSIONS, part="extension"),
+        "recipe": recipe_table(results),
+        "rule": RULE.format(kl=KL_FLOOR),
         "table1": table1(results),
         **study_tables(results),
     }
