@@ -1,14 +1,14 @@
-"""Driver for one lease of a GPU machine (one GPU + 16 CPU cores), sized to a fixed wall-clock deadline.
+"""Driver for one stretch of time on a GPU machine (one GPU + 16 CPU cores), sized to a fixed wall-clock deadline.
 
-Why a script and not a notebook: a lease is short and cannot be extended, so the runs are a priority queue drained by
-worker processes until ``DEADLINE_S``; whatever finished (a run folder with ``summary.json``) is packed into
+Why a script and not a notebook: the machine is held for a short time that cannot be extended, so the runs are a queue
+drained by worker processes until ``DEADLINE_S``; whatever finished (a run folder with ``summary.json``) is packed into
 ``$OUT/runs.tar.gz`` and copied into ``results/`` by hand afterwards (every number in it names the machine).
 
-Two queues:
+Two queues, at the former main job's budget (the paper recipe, set in ``_base``; the preset's 20 stages of 32 images):
 - ``gpu``: the budget-scaling study (counting, CLIPScore reward, the tuned recipe of every method, more images per
   stage than a 2-core CPU can afford), several processes sharing the one GPU;
-- ``cpu``: more seeds of the main job's budget (``run_experiment`` on the CPU, 2 threads each), the same code path as
-  on a laptop.
+- ``cpu``: more seeds of that budget (``run_experiment`` on the CPU, 2 threads each), the same code path as on a
+  laptop.
 A CUDA smoke run decides first whether the GPU queue runs on the GPU at all; if it fails, its workers drain the CPU
 queue instead and the error is kept in ``status.json``.
 """
@@ -41,6 +41,7 @@ def _base(**kw):
 
     kw = {
         "template": "counting",
+        "recipe": "paper",  # what these runs used (then RunConfig's default), whatever the default is now
         "eval_images": 512,
         "eval_splits": ("train", "test"),
         "bertscore": False,
@@ -62,12 +63,12 @@ def _base(**kw):
     return cfg
 
 
-JOBS = os.environ.get("JOBS", "scale")  # "scale": the lease of 2026-11-27 02:10; "signs": the sign control
+JOBS = os.environ.get("JOBS", "scale")  # "scale": the budget-scaling study (run 2026-11-27); "signs": the sign control
 
 
 def sign_jobs() -> list:
-    """The sign control at the main job's budget: each method's tuned recipe trained on CLIPScore and on its negation
-    (same seeds), evaluated on every train prompt x 16 (512 images, paired)."""
+    """The sign control at the former main job's budget: each method's tuned recipe trained on CLIPScore and on its
+    negation (same seeds), evaluated on every train prompt x 16 (512 images, paired)."""
     jobs = [
         _base(
             methods=(m,),
@@ -90,7 +91,7 @@ def gpu_jobs() -> list:
 
 
 def scale_jobs() -> list:
-    """Budget scaling: the tuned recipe with 4x and 16x the main job's images per stage (20 stages each)."""
+    """Budget scaling: the tuned recipe with 4x and 16x the former main job's images per stage (20 stages each)."""
     jobs = []
     for n in (128, 512):
         for seed in (0, 1):
@@ -110,7 +111,7 @@ def scale_jobs() -> list:
 
 
 def cpu_jobs() -> list:
-    """The main job's budget (counting, 20 stages x 32 images) for seeds 1-4, one method per run."""
+    """The former main job's budget (counting, paper recipe, 20 stages x 32 images), seeds 1-4, one method per run."""
     if JOBS == "signs":
         return []
     jobs = [
@@ -137,7 +138,7 @@ def _worker(name: str, device: str, threads: int, jobs, t0: float, log) -> None:
         try:
             run_experiment(cfg, progress=False)
             log.put({"worker": name, "run": cfg.output_dir, "device": device, "s": time.time() - start, "ok": True})
-        except Exception:  # keep draining: one failed run must not stop the lease's other work
+        except Exception:  # keep draining: one failed run must not stop the machine's other work
             log.put(
                 {
                     "worker": name,
