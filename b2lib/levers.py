@@ -254,19 +254,24 @@ def census_by_branch_point(
 
 
 def census_plot(table: pd.DataFrame):
-    """The measured informative share against trained steps, one line per method, with the base model's predicted
-    share as open markers: :func:`census_by_branch_point` drawn."""
+    """The measured informative share against trained steps, one line per method in its colour, with the base model's
+    predicted share as open markers: :func:`census_by_branch_point` drawn, the legend to the right."""
     import matplotlib.pyplot as plt
 
+    from .plot_style import legend_outside, method_colour, method_order
+
     fig, ax = plt.subplots(figsize=(5.5, 3.4))
-    for method, part in table.groupby("method"):
-        line = ax.plot(part["split_step"], part["measured"], marker="o", label=f"{method}: measured in training")[0]
+    for method in method_order(table["method"]):
+        part = table[table["method"] == method].sort_values("split_step")
+        colour = method_colour(method)
+        ax.plot(part["split_step"], part["measured"], marker="o", color=colour, label=f"{method}: measured in training")
         pred = part.dropna(subset=["predicted"])
         if len(pred):
-            ax.scatter(pred["split_step"], pred["predicted"], s=90, facecolors="none", edgecolors=line.get_color(),
+            ax.scatter(pred["split_step"], pred["predicted"], s=90, facecolors="none", edgecolors=colour, lw=1.5,
                        label=f"{method}: predicted from the base model")  # fmt: skip
-    ax.set(xlabel="trained steps (branch point = 20 - this)", ylabel="informative groups (share)", ylim=(0, 1))
-    ax.legend(fontsize=7)
+    ax.set(xlabel="trained steps s (branch point: chain step 20 − s)", ylabel="informative groups (share)", ylim=(0, 1))
+    fig.tight_layout()
+    legend_outside(fig, "right")
     return fig
 
 

@@ -1,4 +1,5 @@
-"""Figures shared by the notebooks (seaborn styling, same look everywhere)."""
+"""Figures shared by the notebooks, in one style (:mod:`b2lib.plot_style`): each method in its own colour in every
+figure, legends outside the data, axes labelled with their units, every interval named as what it is."""
 
 from __future__ import annotations
 
@@ -7,8 +8,23 @@ from typing import Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
+import pandas as pd
 import seaborn as sns
 import torch
+
+from .plot_style import (
+    INTERVAL,
+    SD_BAND,
+    legend_outside,
+    method_colour,
+    method_dashes,
+    method_handles,
+    method_order,
+    metric_label,
+    set_style,
+    wrap,
+)
+from .plots_bars import FACTOR_LABELS, factor_lines, ratio_bars
 
 __all__ = [
     "snr_plot",
@@ -25,13 +41,12 @@ __all__ = [
     "sweep_plot",
     "interval_plot",
     "sign_control_plot",
+    "method_colour",
+    "legend_outside",
+    "FACTOR_LABELS",
     "HEALTH_COLUMNS",
     "X_LABELS",
 ]
-
-
-def set_style() -> None:
-    sns.set_theme(style="whitegrid", context="notebook")
 
 
 def _to_hwc(image) -> np.ndarray:
@@ -45,6 +60,11 @@ def _to_hwc(image) -> np.ndarray:
     return image
 
 
+def _title_width(scale: float) -> int:
+    """Characters per title line that fit over one image of ``scale`` inches at font size 6.5 (no overlap)."""
+    return max(10, int(scale * 13))
+
+
 def image_grid(
     images: Sequence,
     titles: Sequence[str] | None = None,
@@ -52,12 +72,13 @@ def image_grid(
     scale: float = 1.3,
     row_labels: Sequence[str] | None = None,
 ):
-    """A grid of images (tensors ``(3, H, W)`` in [0, 1] or uint8 ``(H, W, 3)``) with optional titles."""
+    """A grid of images (tensors ``(3, H, W)`` in [0, 1] or uint8 ``(H, W, 3)``) with optional titles, wrapped so that
+    neighbouring titles never run into each other."""
     n = len(images)
     nrows = max(1, -(-n // ncols))
-    fig, axes = plt.subplots(
-        nrows, ncols, figsize=(ncols * scale, nrows * scale * (1.25 if titles else 1.0)), squeeze=False
-    )
+    titles = [wrap(t, _title_width(scale)) for t in titles] if titles is not None else None
+    lines = max((t.count("\n") + 1 for t in titles), default=0) if titles else 0
+    fig, axes = plt.subplots(nrows, ncols, figsize=(ncols * scale, nrows * (scale + 0.13 * lines)), squeeze=False)
     for i, ax in enumerate(axes.flat):
         ax.set_xticks([])
         ax.set_yticks([])
@@ -66,7 +87,7 @@ def image_grid(
         if i < n:
             ax.imshow(_to_hwc(images[i]), interpolation="nearest")
             if titles is not None:
-                ax.set_title(titles[i], fontsize=6)
+                ax.set_title(titles[i], fontsize=6.5)
     if row_labels is not None:
         for r, label in enumerate(row_labels[:nrows]):
             axes[r, 0].set_ylabel(label, fontsize=8)
@@ -87,14 +108,17 @@ X_LABELS = {"images_seen": "images generated", "unet_rows_seen": "UNet rows (sam
 #: the training-health columns of ``metrics.csv`` (see README "Training health")
 HEALTH_COLUMNS = ("reward_mean", "approx_kl", "clipfrac", "grad_norm", "rel_update", "kept")
 
+_LOG_COLUMNS = ("approx_kl", "rel_update", "grad_norm")
+
 
 def health_curves(metrics, x: str = "images_seen", hue: str = "method"):
     """The training-health panels: train reward, approx KL, clip fraction, grad norm, relative update size, kept
-    samples, per stage (log scale where the values span decades)."""
+    samples, per stage (log scale where the values span decades, and the axis says so)."""
     fig = training_curves(metrics, HEALTH_COLUMNS, x=x, hue=hue)
     for ax, col in zip(fig.axes, [c for c in HEALTH_COLUMNS if c in metrics]):
-        if col in ("approx_kl", "rel_update", "grad_norm") and (metrics[col] > 0).any():
+        if col in _LOG_COLUMNS and (metrics[col] > 0).any():
             ax.set_yscale("log")
+            ax.set_ylabel(f"{metric_label(col, per_stage=True)} (log scale)")
     return fig
 
 
@@ -108,29 +132,24 @@ def sweep_plot(table, x: str = "lr", hue: str = "grad_accum", y: str = "gain", c
     g.map_dataframe(sns.stripplot, x=x, y=y, hue=hue, dodge=dodge, alpha=0.5, palette="dark:k")
     for ax in g.axes.flat:
         ax.axhline(0.0, color="grey", lw=0.8, ls="--")
-    g.set_axis_labels(x, "train reward − base (paired)")
+    g.set_axis_labels("learning rate" if x == "lr" else x.replace("_", " "), "train reward − base (paired)")
     return g.figure
 
 
 def interval_plot(table, label_cols=("template", "metric", "a", "b")):
-    """Differences with their 95 % intervals (one row per comparison of :func:`b2lib.comparisons.paired_comparison`)."""
-    import numpy as np
-
+    """Differences with their 95 % intervals (one row per comparison of :func:`b2lib.comparisons.paired_comparison`),
+    each in the colour of its first model's method."""
     labels = [" · ".join(f"{r[c]}" for c in label_cols[:2]) + f": {r['a']} − {r['b']}" for _, r in table.iterrows()]
-    fig, ax = plt.subplots(figsize=(6.5, 0.32 * len(table) + 0.8))
-    y = np.arange(len(table))
-    ax.errorbar(
-        table["diff"],
-        y,
-        xerr=[table["diff"] - table["low"], table["high"] - table["diff"]],
-        fmt="o",
-        color="k",
-        capsize=3,
-    )
+    fig, ax = plt.subplots(figsize=(7.5, 0.32 * len(table) + 0.8))
+    for y, (_, r) in enumerate(table.iterrows()):  # each row in the colour of its first model (a in a − b)
+        ax.errorbar(
+            r["diff"], y, xerr=[[r["diff"] - r["low"]], [r["high"] - r["diff"]]], fmt="o", color=method_colour(r["a"]),
+            capsize=3,
+        )  # fmt: skip
     ax.axvline(0.0, color="grey", lw=0.8, ls="--")
-    ax.set_yticks(y, labels, fontsize=8)
+    ax.set_yticks(np.arange(len(table)), labels, fontsize=8)
     ax.invert_yaxis()
-    ax.set_xlabel("difference (95 % bootstrap interval over seeds and prompts)")
+    ax.set_xlabel(f"difference a − b (dot: mean; bar: {INTERVAL}, bootstrap over seeds and prompts)")
     fig.tight_layout()
     return fig
 
@@ -138,8 +157,6 @@ def interval_plot(table, label_cols=("template", "metric", "a", "b")):
 def sign_control_plot(table, metric: str = "reward"):
     """Gain, signal and drift with their 95 % intervals per method (:func:`b2lib.comparisons.sign_control`): learning
     shows as a signal above zero, damage that does not depend on the reward as a drift below it."""
-    import numpy as np
-
     t = table[table["metric"] == metric].reset_index(drop=True)
     parts = ("gain", "signal", "drift")
     fig, ax = plt.subplots(figsize=(6.5, 0.9 * len(t) + 1.2))
@@ -157,9 +174,9 @@ def sign_control_plot(table, metric: str = "reward"):
     ax.axvline(0.0, color="grey", lw=0.8, ls="--")
     ax.set_yticks(np.arange(len(t)), [f"{m} ({s} seeds)" for m, s in zip(t["method"], t["seeds"])])
     ax.invert_yaxis()
-    ax.set_xlabel(f"{metric} change vs base (95 % bootstrap interval)")
-    ax.legend(loc="best", fontsize=8)
+    ax.set_xlabel(f"{metric} change vs base (dot: mean; bar: {INTERVAL}, bootstrap)")
     fig.tight_layout()
+    legend_outside(fig, "right")
     return fig
 
 
@@ -167,8 +184,6 @@ def snr_plot(table):
     """Per-image gradient SNR with its 95 % interval for every estimator and step subset of
     :func:`b2lib.gradient_snr.snr_study` (selection on and off as two markers): the estimator that trains on a budget
     of N images with the least drift is the one furthest right."""
-    import numpy as np
-
     t = table.reset_index(drop=True)
     labels = [f"{e} · {s} ({n} steps)" for e, s, n in zip(t["estimator"], t["steps"], t["n_steps"])]
     order = list(dict.fromkeys(labels))
@@ -193,35 +208,99 @@ def snr_plot(table):
     ax.axvline(0.0, color="grey", lw=0.8, ls="--")
     ax.set_yticks(np.arange(len(order)), order, fontsize=8)
     ax.invert_yaxis()
-    ax.set_xlabel("gradient SNR per image generated (95 % jackknife interval)")
-    ax.legend(loc="best", fontsize=8)
+    ax.set_xlabel("gradient SNR per image generated (dot: estimate; bar: 95 % jackknife interval)")
     fig.tight_layout()
+    legend_outside(fig, "right")
     return fig
 
 
-def training_curves(metrics, columns: Sequence[str] = ("reward_mean",), x: str = "images_seen", hue: str = "method"):
-    """Per-stage curves against the number of images generated (the budget both methods share); mean and band
-    over seeds when there are several."""
-    import pandas as pd
+def _mean_band(ax, data: pd.DataFrame, x: str, y: str, hue: str, markers: bool | None = None) -> list:
+    """One line per ``hue`` value in its method's colour and dash: the mean over seeds per stage against the mean
+    ``x`` of that stage, and a band of one standard deviation where there are several seeds. Averaging per *stage*
+    (not per ``x`` value) keeps a curve whole when seeds reach a stage at different costs (UNet rows differ by
+    seed). Markers on every line or none (``None``: when no line has more than 30 stages). Returns the hue values
+    drawn, in legend order."""
+    data = data.dropna(subset=[x, y])
+    if data.empty:
+        return []
+    levels = method_order(data[hue]) if hue in data else [None]
+    dashes = method_dashes(levels)
+    key = "stage" if "stage" in data else x
+    curves = {}
+    for level in levels:
+        part = data if level is None else data[data[hue] == level]
+        agg = part.groupby(key).agg(xm=(x, "mean"), ym=(y, "mean"), ys=(y, "std"), n=(y, "size"))
+        curves[level] = agg.sort_values("xm")
+    if markers is None:
+        markers = max(len(g) for g in curves.values()) <= 30
+    for level, g in curves.items():
+        colour = method_colour(level)
+        (line,) = ax.plot(g["xm"], g["ym"], color=colour, lw=1.4, marker="o" if markers else None, ms=3.5)
+        if dashes.get(level):
+            line.set_dashes(dashes[level])
+        if (g["n"] > 1).any():
+            sd = g["ys"].fillna(0.0)
+            ax.fill_between(g["xm"], g["ym"] - sd, g["ym"] + sd, color=colour, alpha=0.15, lw=0)
+    return levels
 
+
+def _curve_legend(fig, levels: Sequence, hue: str) -> None:
+    """The curves' one legend, to the right of every panel, with markers where the lines have them."""
+    if levels and levels != [None]:
+        marked = any(line.get_marker() not in (None, "None", "") for ax in fig.axes for line in ax.get_lines())
+        handles = method_handles(levels, marker="o" if marked else None)
+        legend_outside(fig, "right", handles=handles, title=f"{hue}\n(mean over seeds;\nband {SD_BAND})")
+
+
+def _compact_ticks(ax) -> None:
+    """Thousands written as ``20k`` on an x axis that reaches 10,000 (UNet rows), so long tick labels do not touch."""
+    from matplotlib.ticker import FuncFormatter
+
+    if ax.get_xlim()[1] >= 10_000:
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v / 1000:g}k" if v else "0"))
+
+
+def training_curves(
+    metrics,
+    columns: Sequence[str] = ("reward_mean",),
+    x: str = "images_seen",
+    hue: str = "method",
+    x_label: str | None = None,
+):
+    """Per-stage curves against the number of images generated (the budget both methods share) or another cost
+    (``x_label`` names it, e.g. transformer rows on the flow world); mean and band over seeds when there are
+    several, each method in its colour, the legend to the right of the panels (at most three panels a row)."""
     metrics = pd.DataFrame(metrics)
     columns = [c for c in columns if c in metrics]
-    fig, axes = plt.subplots(1, len(columns), figsize=(4.2 * len(columns), 3.2), squeeze=False)
+    ncols = min(3, max(len(columns), 1))
+    nrows = max(1, -(-len(columns) // ncols))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.2 * nrows), squeeze=False)
+    levels: list = []
     for ax, col in zip(axes.flat, columns):
-        sns.lineplot(data=metrics, x=x, y=col, hue=hue, marker="o", errorbar="sd", ax=ax)
-        ax.set_xlabel(X_LABELS.get(x, x))
-        ax.set_ylabel(col.replace("_", " "))
+        levels = _mean_band(ax, metrics, x, col, hue) or levels
+        ax.set_xlabel(x_label or X_LABELS.get(x, x))
+        ax.set_ylabel(metric_label(col, per_stage=True))
+        _compact_ticks(ax)
+    for ax in list(axes.flat)[len(columns) :]:
+        ax.remove()
     fig.tight_layout()
+    _curve_legend(fig, levels, hue)
     return fig
 
 
 def comparison_grid(images: dict, prompts: Sequence[str], columns: int = 8, scale: float = 1.4):
-    """Rows = models (e.g. base / DDPO / B²), columns = the same prompts and seeds: differences are the models'."""
+    """Rows = models (e.g. base / DDPO / B²), columns = the same prompts and seeds: differences are the models'.
+    Prompts are wrapped over two or three lines so that neighbouring titles never touch; each row is labelled with its
+    model in the model's method colour."""
     labels = list(images)
     n = min(columns, len(prompts))
     step = max(1, len(prompts) // n)
     idx = list(range(0, len(prompts), step))[:n]
-    fig, axes = plt.subplots(len(labels), n, figsize=(n * scale, len(labels) * scale * 1.15), squeeze=False)
+    titles = {i: wrap(prompts[i], _title_width(scale)) for i in idx}
+    lines = max(t.count("\n") + 1 for t in titles.values())
+    fig, axes = plt.subplots(
+        len(labels), n, figsize=(n * scale, len(labels) * scale * 1.05 + 0.13 * lines), squeeze=False
+    )
     for r, label in enumerate(labels):
         for c, i in enumerate(idx):
             ax = axes[r, c]
@@ -229,46 +308,9 @@ def comparison_grid(images: dict, prompts: Sequence[str], columns: int = 8, scal
             ax.set_xticks([])
             ax.set_yticks([])
             if r == 0:
-                ax.set_title(prompts[i], fontsize=6)
+                ax.set_title(titles[i], fontsize=6.5)
             if c == 0:
-                ax.set_ylabel(label, fontsize=8)
-    fig.tight_layout()
-    return fig
-
-
-def ratio_bars(table, value: str = "median", label: str = "measurement", goal: str = "goal"):
-    """Horizontal bars of measured ratios/shares with min-max whiskers and each row's goal as a tick mark
-    (a table like :func:`b2lib.bench.summary_table`'s)."""
-    import pandas as pd
-
-    table = pd.DataFrame(table).reset_index(drop=True)
-    fig, ax = plt.subplots(figsize=(8.5, 0.55 * len(table) + 1.0))
-    y = np.arange(len(table))
-    colours = ["#4c72b0" if g is None or pd.isna(g) or v >= g else "#c44e52" for v, g in zip(table[value], table[goal])]
-    ax.barh(y, table[value], color=colours, alpha=0.85)
-    if {"min", "max"} <= set(table):
-        ax.errorbar(
-            table[value],
-            y,
-            xerr=[table[value] - table["min"], table["max"] - table[value]],
-            fmt="none",
-            ecolor="black",
-            capsize=3,
-            lw=1,
-        )
-    for yi, g in zip(y, table[goal]):
-        if g is not None and not pd.isna(g):
-            ax.plot([g, g], [yi - 0.4, yi + 0.4], color="black", lw=2, ls="--")
-    if "bound" in table:  # the best any loop could reach given the measured fixed costs (e.g. the VAE decode)
-        for yi, b in zip(y, table["bound"]):
-            if b is not None and not pd.isna(b):
-                ax.plot([b], [yi], marker="D", color="#dd8452", ms=5, zorder=3)
-    for yi, v in zip(y, table[value]):
-        ax.text(v, yi, f" {v:.2f}", va="center", fontsize=8)
-    ax.set_yticks(y)
-    ax.set_yticklabels(table[label], fontsize=8)
-    ax.invert_yaxis()
-    ax.set_xlabel("ratio or share (median of repeats; whiskers: min-max; dashed: goal; diamond: best reachable)")
+                ax.set_ylabel(label, fontsize=10, fontweight="bold", color=method_colour(label))
     fig.tight_layout()
     return fig
 
@@ -280,69 +322,48 @@ def curves_grid(
     x: str = "images_seen",
     hue: str = "method",
 ):
-    """Training curves, one row of panels per ``row`` value (e.g. template), one column per metric; mean and a
-    band of one std over seeds."""
-    import pandas as pd
-
+    """Training curves, one row of panels per ``row`` value (e.g. template or update rule), one column per metric;
+    mean and a band of one std over seeds, each method in its colour, one legend to the right of all panels."""
     metrics = pd.DataFrame(metrics)
     rows = list(dict.fromkeys(metrics[row])) if row in metrics else [None]
     columns = [c for c in columns if c in metrics]
     fig, axes = plt.subplots(len(rows), len(columns), figsize=(4.2 * len(columns), 3.0 * len(rows)), squeeze=False)
+    levels: list = []
     for r, value in enumerate(rows):
         data = metrics if value is None else metrics[metrics[row] == value]
         for c, col in enumerate(columns):
             ax = axes[r, c]
-            sns.lineplot(data=data, x=x, y=col, hue=hue, errorbar="sd", ax=ax, legend=(r == 0 and c == 0))
-            ax.set_title(f"{value} · {col.replace('_', ' ')}" if value is not None else col, fontsize=9)
+            levels = method_order([*levels, *_mean_band(ax, data, x, col, hue)])
+            if value is not None:
+                ax.set_title(f"{row}: {value}", fontsize=9)
             ax.set_xlabel(X_LABELS.get(x, x))
-            ax.set_ylabel("")
+            ax.set_ylabel(metric_label(col, per_stage=True))
+            _compact_ticks(ax)
     fig.tight_layout()
+    _curve_legend(fig, levels, hue)
     return fig
+
+
+_MARKERS = ("o", "X", "s", "^", "D", "v", "P", "*")
 
 
 def tradeoff(evals, x: str = "clip_diversity", y: str = "judge_all_ok", hue: str = "method", col: str = "template"):
-    """Alignment against diversity, one point per model (seed), one panel per ``col``: up and right is better."""
-    import pandas as pd
-
+    """Alignment against diversity, one point per model (seed), one panel per ``col``: up and right is better. Each
+    method in its colour (and a marker of its own), the legend to the right of the panels."""
     evals = pd.DataFrame(evals)
     cols = list(dict.fromkeys(evals[col])) if col in evals else [None]
+    levels = method_order(evals[hue])
+    markers = {m: _MARKERS[i % len(_MARKERS)] for i, m in enumerate(levels)}
     fig, axes = plt.subplots(1, len(cols), figsize=(4.0 * len(cols), 3.4), squeeze=False)
     for ax, value in zip(axes.flat, cols):
         data = evals if value is None else evals[evals[col] == value]
-        sns.scatterplot(data=data, x=x, y=y, hue=hue, style=hue, s=70, ax=ax, legend=ax is axes.flat[0])
-        ax.set_title(str(value) if value is not None else "", fontsize=9)
-        ax.set_xlabel(x.replace("_", " "))
-        ax.set_ylabel(y.replace("_", " "))
+        for m in levels:
+            part = data[data[hue] == m]
+            ax.scatter(part[x], part[y], s=55, color=method_colour(m), marker=markers[m], edgecolor="white", lw=0.5)
+        ax.set_title(f"{col}: {value}" if value is not None else "", fontsize=9)
+        ax.set_xlabel(wrap(metric_label(x), 36))
+        ax.set_ylabel(wrap(metric_label(y), 36))
     fig.tight_layout()
-    return fig
-
-
-def factor_lines(
-    table,
-    factor_col: str = "factor",
-    value_col: str = "value",
-    metrics: Sequence[str] = ("judge_all_ok", "reward_mean", "clip_diversity"),
-):
-    """Sensitivity: one panel per (factor, metric), the metric against the factor's values; with several seeds per
-    value, their mean and a bar of one std."""
-    import pandas as pd
-
-    table = pd.DataFrame(table)
-    factors = list(dict.fromkeys(table[factor_col]))
-    metrics = [m for m in metrics if m in table]
-    fig, axes = plt.subplots(
-        len(metrics), len(factors), figsize=(3.2 * len(factors), 2.6 * len(metrics)), squeeze=False
-    )
-    for c, f in enumerate(factors):
-        rows = table[table[factor_col] == f].assign(**{value_col: lambda t: t[value_col].astype(float)})
-        data = rows.groupby(value_col)[metrics].agg(["mean", "std"]).sort_index()
-        for r, m in enumerate(metrics):
-            ax = axes[r, c]
-            std = data[(m, "std")].fillna(0.0)
-            ax.errorbar(data.index, data[(m, "mean")], yerr=std, marker="o", capsize=3)
-            if r == 0:
-                ax.set_title(f, fontsize=9)
-            if c == 0:
-                ax.set_ylabel(m.replace("_", " "))
-    fig.tight_layout()
+    handles = [plt.Line2D([], [], ls="", marker=markers[m], ms=7, color=method_colour(m), label=str(m)) for m in levels]
+    legend_outside(fig, "right", handles=handles, title=f"{hue} (one point per seed)")
     return fig

@@ -178,27 +178,37 @@ def gain_vs_sparsity(
     return pd.DataFrame(rows)
 
 
-def sparsity_plot(table: pd.DataFrame, metric_label: str = "test judge (all correct), gain over base"):
-    """Gain over base against the base model's positive rate of the training reward, one line per method with its
-    95 % intervals, sparser to the left (log axis): the paper's title claim as a figure."""
+def sparsity_plot(table: pd.DataFrame, metric_label: str = "test judge (all correct),\ngain over base"):
+    """Each method's gain over base with its 95 % interval, one column per training reward, densest to sparsest
+    (each tick names the reward and its positive rate on the base model), methods side by side in their colours.
+    Points are not joined: the rewards are different rewards, not points on one scale."""
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(5.5, 3.6))
-    for i, (method, part) in enumerate(table.sort_values("positive_rate").groupby("method", sort=False)):
-        x = part["positive_rate"].to_numpy() * (1 + 0.03 * (i - 1))  # a small offset so intervals do not overlap
-        y = part["diff"].to_numpy()
-        err = np.vstack([y - part["low"].to_numpy(), part["high"].to_numpy() - y])
-        ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=method)
-    for _, r in table.drop_duplicates("reward").iterrows():
-        ax.annotate(r["reward"], (r["positive_rate"], ax.get_ylim()[0]), fontsize=7, ha="center", va="bottom")
-    ax.axhline(0, color="grey", lw=0.8)
-    ax.set(xscale="log", xlabel="positive rate of the training reward on the base model", ylabel=metric_label)
-    from matplotlib.ticker import NullFormatter
+    from .plot_style import INTERVAL, legend_outside, method_colour, method_order, wrap
 
-    rates = sorted(table["positive_rate"].unique())
-    ax.set_xticks(rates, [f"{r:.2f}" for r in rates])  # the rewards' own rates: a log axis's labels would overlap
-    ax.xaxis.set_minor_formatter(NullFormatter())
-    ax.legend(fontsize=8)
+    rewards = table.drop_duplicates("reward").sort_values("positive_rate", ascending=False, kind="stable")
+    methods = method_order(table["method"])
+    width = 0.7 / max(len(methods), 1)
+    fig, ax = plt.subplots(figsize=(1.5 * len(rewards) + 1.6, 3.6))
+    for i, method in enumerate(methods):
+        part = table[table["method"] == method].set_index("reward")
+        ks = [k for k, r in enumerate(rewards["reward"]) if r in part.index]
+        rows = part.loc[[rewards["reward"].iloc[k] for k in ks]]
+        x = np.array(ks) + (i - (len(methods) - 1) / 2) * width
+        y = rows["diff"].to_numpy()
+        err = np.vstack([y - rows["low"].to_numpy(), rows["high"].to_numpy() - y])
+        ax.errorbar(x, y, yerr=err, fmt="o", capsize=3, color=method_colour(method), label=str(method))
+    for k in range(len(rewards) - 1):  # the columns are separate rewards
+        ax.axvline(k + 0.5, color="lightgrey", lw=0.8)
+    ax.axhline(0, color="grey", lw=0.8, ls="--")
+    ticks = [f"{r}\n(positive rate {p:.2f})" for r, p in zip(rewards["reward"], rewards["positive_rate"])]
+    ax.set_xticks(range(len(rewards)), ticks, fontsize=8)
+    ax.set_xlim(-0.5, len(rewards) - 0.5)
+    ax.grid(axis="x", visible=False)
+    ax.set_xlabel("training reward, densest to sparsest (positive rate: share of base-model images scored above 0)")
+    ax.set_ylabel(metric_label if "\n" in metric_label else wrap(metric_label, 32))
+    fig.tight_layout()
+    legend_outside(fig, "right", title=f"method\n(dot: gain over base;\nbar: {INTERVAL})")
     return fig
 
 
@@ -278,26 +288,37 @@ def census_study(
     return census, prediction[cols]
 
 
-def census_figure(prediction: pd.DataFrame):
-    """Left: the measured informative share (solid) and the predicted one (dashed) against branches per prefix, one
-    line per reward and branch point; right: predicted against measured. Only the branch counts measured are ticked."""
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import NullFormatter, NullLocator
+#: Colours of the census's lines, one per (reward, branch point): light for half the chain, dark for x_T.
+_CENSUS_COLOURS = ("#a6cee3", "#1f78b4", "#fb9a99", "#e31a1c", "#b2df8a", "#33a02c")
 
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
-    for (r, steps), part in prediction.groupby(["reward", "trained_steps"]):
-        line = axes[0].plot(
-            part["B"], part["measured"], marker="o", label=f"{r}, branched {steps} steps before the end"
-        )
-        axes[0].plot(part["B"], part["predicted"], ls="--", color=line[0].get_color())
-    ticks = sorted(prediction["B"].unique())
-    axes[0].set(xscale="log", xlabel="branches per prefix", ylabel="informative groups (share)")
+
+def census_figure(prediction: pd.DataFrame):
+    """Left: the measured informative share (solid) and the predicted one (dashed) against branches per prefix (log
+    scale), one colour per reward and branch point; right: predicted against measured, in the same colours. Only the
+    branch counts measured are ticked; the legend sits below both panels."""
+    import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+
+    from .plot_style import legend_outside, value_ticks
+
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
+    handles = []
+    for k, ((r, steps), part) in enumerate(prediction.groupby(["reward", "trained_steps"])):
+        colour = _CENSUS_COLOURS[k % len(_CENSUS_COLOURS)]
+        part = part.sort_values("B")
+        axes[0].plot(part["B"], part["measured"], marker="o", color=colour)
+        axes[0].plot(part["B"], part["predicted"], ls="--", color=colour)
+        axes[1].scatter(part["predicted"], part["measured"], color=colour, edgecolor="black", lw=0.4, zorder=3)
+        handles.append(Line2D([], [], color=colour, marker="o", label=f"{r}, branched {steps} steps before the end"))
+    handles += [Line2D([], [], color="black", label="measured"), Line2D([], [], color="black", ls="--",
+                                                                         label="predicted from (p, rho)")]  # fmt: skip
+    axes[0].set(xscale="log", xlabel="branches per prefix (log scale)", ylabel="informative groups (share)")
     axes[0].set_title("measured (solid), predicted (dashed)")
-    axes[0].set_xticks(ticks, [str(t) for t in ticks])
-    axes[0].xaxis.set_minor_locator(NullLocator())  # no stray minor labels (e.g. 6x10^0) on the log axis
-    axes[0].xaxis.set_minor_formatter(NullFormatter())
-    axes[0].legend(fontsize=7)
-    axes[1].scatter(prediction["predicted"], prediction["measured"])
-    axes[1].plot([0, 1], [0, 1], color="grey", lw=0.8)
-    axes[1].set(xlabel="predicted share", ylabel="measured share", title="prediction against measurement")
+    value_ticks(axes[0], prediction["B"].unique())
+    axes[1].plot([0, 1], [0, 1], color="grey", lw=0.8, ls=":")
+    axes[1].set(
+        xlabel="predicted share", ylabel="measured share", title="prediction against measurement (y = x dotted)"
+    )
+    fig.tight_layout()
+    legend_outside(fig, "below", handles=handles, ncol=3)
     return fig
