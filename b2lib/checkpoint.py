@@ -35,10 +35,15 @@ __all__ = [
     "checkpoint_stages",
     "save_lora",
     "save_unet",
+    "check_lora",
+    "BrokenLoraError",
     "CHECKPOINT_FILES",
+    "LORA_FILE",
 ]
 
 CHECKPOINT_FILES = ("trainable.safetensors", "optimizer.safetensors", "trainer.json")
+#: the file diffusers' ``save_lora_weights`` writes and ``load_lora_weights`` reads
+LORA_FILE = "pytorch_lora_weights.safetensors"
 
 
 def _fsync(path: Path) -> None:
@@ -229,6 +234,49 @@ def save_lora(pipe, folder: str | os.PathLike, then: str = EXPORT_RERUN) -> Path
     with disk_full_guard(folder, "the LoRA adapter", then, _nbytes(layers)):
         replace_folder(folder, lambda tmp: type(pipe).save_lora_weights(tmp, **kwargs, safe_serialization=True))
     return folder
+
+
+class BrokenLoraError(ValueError):
+    """A saved LoRA is missing its file, or the file is truncated or corrupt; the message names the file and the fix."""
+
+
+def check_lora(folder: str | os.PathLike, run_dir: str | os.PathLike | None = None) -> Path:
+    """``folder``'s LoRA file, checked readable (its safetensors header parses and covers the file) before diffusers
+    loads it; else :class:`BrokenLoraError` naming the file and how to write it again. ``run_dir``: ``folder`` is a
+    finished run's ``<run_dir>/<method>_seed<k>/lora``, and the fix is a rerun of that run.
+
+    Why: a copy cut short or a disk that filled up outside :func:`save_lora` leaves a file that diffusers rejects with
+    a bare header error, naming neither the model nor what would restore it."""
+    from safetensors import safe_open
+
+    path = Path(folder) / LORA_FILE
+    if not path.is_file():
+        problem = f"{Path(folder)} holds no {LORA_FILE}"
+    else:
+        try:
+            with safe_open(str(path), "pt") as f:
+                f.keys()
+            return path
+        except Exception as err:  # safetensors' own error type for a short or garbled header
+            problem = f"{path} is truncated or corrupt ({path.stat().st_size} bytes; safetensors: {err})"
+    raise BrokenLoraError(f"{problem}: {_lora_fix(Path(folder), run_dir)}")
+
+
+def _lora_fix(folder: Path, run_dir: str | os.PathLike | None) -> str:
+    """How to write a broken LoRA again: from the run's checkpoints when it has them, else by training over."""
+    if run_dir is None:
+        return "save it again from the trained pipeline (b2lib.checkpoint.save_lora), or delete the folder and retrain."
+    run, label = Path(run_dir), folder.parent.name
+    if latest_checkpoint(folder.parent) is not None:
+        return (
+            f"rerun the run with resume on, e.g. run_experiment(dataclasses.replace(run_config('{run}'), resume=True)) "
+            "(from b2lib.experiment and b2lib.reevaluate; run_many and the notebooks skip finished folders): "
+            f"{label} resumes at its last checkpoint and exports its LoRA again."
+        )
+    return (
+        f"{folder.parent / 'checkpoints'} holds no checkpoint to export it from, so train the run over: rerun it with "
+        f"resume=False (command line: --no-resume; the folder's content is moved aside), or delete {run} and rerun."
+    )
 
 
 def save_unet(pipe, folder: str | os.PathLike, then: str = EXPORT_RERUN) -> Path:

@@ -29,7 +29,7 @@ from .models import LORA_TARGETS
 from .precision import check_dtype
 from .schedule import ProgressiveSchedule
 
-__all__ = ["TrainerConfig", "ADDED_FIELDS"]
+__all__ = ["TrainerConfig", "ADDED_FIELDS", "recipe_switches"]
 
 
 @dataclass
@@ -136,14 +136,18 @@ class TrainerConfig:
     kl_coef: float = 0.01
 
     @classmethod
-    def b2(cls, **overrides) -> "TrainerConfig":
-        """B²-DiffuRL: both strategies on (the defaults)."""
-        return cls(**overrides)
+    def b2(cls, recipe: str = "paper", **overrides) -> "TrainerConfig":
+        """B²-DiffuRL: both strategies on (the defaults). ``recipe``: the estimator switches of
+        :data:`b2lib.presets.RECIPES` (``"paper"``: none; ``"coarse"``: coarse exploration, one trained step at the
+        branch point, group-relative advantages with a KL), laid under ``overrides``."""
+        return cls(**{**recipe_switches(recipe, "b2"), **overrides})
 
     @classmethod
-    def ddpo(cls, **overrides) -> "TrainerConfig":
-        """The DDPO baseline: no branching, the whole chain every stage, DDPO's per-prompt stat tracking."""
+    def ddpo(cls, recipe: str = "paper", **overrides) -> "TrainerConfig":
+        """The DDPO baseline: no branching, the whole chain every stage, DDPO's per-prompt stat tracking. ``recipe``
+        as in :meth:`b2` (``"coarse"``: coarse exploration alone, DDPO having no branch group to compare within)."""
         base = dict(progressive=False, num_branches=1, selection=False, normalization="per_prompt")
+        base.update(recipe_switches(recipe, "ddpo"))
         base.update(overrides)
         return cls(**base)
 
@@ -291,6 +295,16 @@ ADDED_FIELDS = (
     "dtype",
     "prefix_eta",
 )
+
+
+def recipe_switches(recipe: str, method: str) -> dict:
+    """``method``'s switches under ``recipe``, read from :data:`b2lib.presets.RECIPES` (the one place recipes are
+    defined, which ``RunConfig(recipe=...)`` reads too), so a config built by hand and a run's agree."""
+    from .presets import RECIPES  # presets builds TrainerConfigs: imported here, not at the top
+
+    if recipe not in RECIPES:
+        raise ValueError(f"Unknown recipe {recipe!r}: use one of {sorted(RECIPES)}.")
+    return dict(RECIPES[recipe].get(method, {}))
 
 
 def _json_value(value):

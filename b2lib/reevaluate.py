@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from .checkpoint import check_lora
 from .evaluate import evaluate_prompts
 from .experiment import RunConfig, eval_settings, eval_split_prompts, write_eval_images
 from .paths import code_version
@@ -54,6 +55,7 @@ def load_trained(cfg: RunConfig, folder: Path, label: str, device: str = "cpu"):
     if lora.is_dir():
         from diffusers.utils import logging as diffusers_logging
 
+        check_lora(lora, run_dir=folder)  # a truncated file: named, with the rerun that writes it again
         level = diffusers_logging.get_verbosity()
         diffusers_logging.set_verbosity_error()  # not the notice, per model, that the adapter has no text-encoder part
         try:

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from .precision import model_autocast
 
-__all__ = ["RewardFn", "ClipScore", "Negated", "Redness", "check_reward_output"]
+__all__ = ["RewardFn", "ClipScore", "Negated", "Redness", "RewardNotFiniteError", "check_reward_output", "check_finite"]
 
 RewardFn = Callable[[torch.Tensor, Sequence[str]], torch.Tensor]
 
@@ -30,6 +30,42 @@ def check_reward_output(scores, n: int, name: str = "reward") -> torch.Tensor:
     if scores.shape != (n,):
         raise ValueError(f"{name} returned shape {tuple(scores.shape)} for {n} images; it must return ({n},).")
     return scores
+
+
+class RewardNotFiniteError(FloatingPointError):
+    """A reward returned NaN or inf for finite images: the reward function is at fault, not the training.
+
+    Why its own type: a non-finite value met later in training usually means the model diverged (lower the learning
+    rate), and the trainer says so; here the images were finite, so that advice would send the user the wrong way."""
+
+
+def check_finite(scores: torch.Tensor, images: torch.Tensor, prompts: Sequence[str], name: str, stage: int) -> None:
+    """Raise when ``scores`` holds NaN/inf: :class:`RewardNotFiniteError` if every image is finite (one line with how
+    many, for which prompts, and what to fix), else a ``FloatingPointError`` (the model diverged: its images are not
+    finite; the trainer adds where its last finite checkpoint is)."""
+    bad = ~torch.isfinite(scores)
+    if not bad.any():
+        return
+    if not torch.isfinite(images).all():
+        raise FloatingPointError(
+            f"{name} returned NaN/inf at stage {stage}; the last good state is the previous stage's checkpoint."
+        )
+    rows = bad.nonzero().flatten().tolist()
+    shown = list(dict.fromkeys(prompts[i] for i in rows))
+    listed = ", ".join(repr(p) for p in shown[:3]) + (f" and {len(shown) - 3} more" if len(shown) > 3 else "")
+    kinds = "NaN" if scores[bad].isnan().all() else "inf" if scores[bad].isinf().all() else "NaN/inf"
+    then = (
+        "nothing was trained yet"
+        if stage == 0
+        else "the last good state is the previous stage's checkpoint (this stage stopped before its update): a run "
+        "resumes there once the reward is fixed"
+    )
+    raise RewardNotFiniteError(
+        f"{name} returned non-finite scores ({kinds}) for {len(rows)} of {len(scores)} images at stage {stage}, on "
+        f"finite images (prompts {listed}): fix the reward function so that it returns a finite float per image "
+        "(e.g. guard a division by zero, a log of 0, a mean over an empty selection); lowering the learning rate "
+        f"will not help; {then}."
+    )
 
 
 def _check_images(images: torch.Tensor, prompts: Sequence[str]) -> None:

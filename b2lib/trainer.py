@@ -33,7 +33,7 @@ from .cost import TRAIN_ROW_WORK, equal_work_stages, nominal_work, trained_steps
 from .models import LORA_TARGETS, add_lora, ensure_ddim, lora_fused
 from .policy import Policy, as_policy
 from .precision import check_dtype, compute_dtype
-from .rewards import RewardFn, check_reward_output
+from .rewards import RewardFn, RewardNotFiniteError, check_finite, check_reward_output
 from .sampling import Trajectories, sample_branches, sample_trajectories
 from .update import PolicyUpdate, micro_batches, update_size
 
@@ -215,12 +215,10 @@ class RLTrainer(PolicyUpdate):
         )
 
     def _score(self, images: torch.Tensor, prompts: list[str], stage: int) -> torch.Tensor:
-        """``reward_fn`` on a batch, checked: one finite score per image, or an error naming the checkpoint to go on."""
+        """``reward_fn`` on a batch, checked: one finite score per image, or an error naming the fault: the reward
+        function (finite images, :func:`~b2lib.rewards.check_finite`), or the model (the checkpoint to go on from)."""
         scores = check_reward_output(self.reward_fn(images, prompts), len(images), "reward_fn")
-        if not torch.isfinite(scores).all():
-            raise FloatingPointError(
-                f"reward_fn returned NaN/inf at stage {stage}; the last good state is the previous stage's checkpoint."
-            )
+        check_finite(scores, images, prompts, "reward_fn", stage)
         return scores
 
     def sample_tree_stage(self, stage: int) -> dict:
@@ -459,6 +457,8 @@ class RLTrainer(PolicyUpdate):
         for _ in bar:
             try:
                 m = self.train_stage()
+            except RewardNotFiniteError:
+                raise  # the reward function's fault: no learning-rate advice
             except FloatingPointError as err:
                 raise FloatingPointError(f"{err} {self._recovery_hint(checkpoint_dir)}") from None
             bar.set_postfix(reward=f"{m['reward_mean']:.4f}", split=m["split_step"], kept=m["kept"])
