@@ -154,6 +154,23 @@ def method_handles(names: Iterable[object], marker: str | None = None, labels: S
     return handles
 
 
+#: how a legend names a method whose label is the bare run-folder name (variants like ``b2@ppo`` stay as they are)
+DISPLAY_NAMES: dict[str, str] = {
+    "b2": "B²",
+    "ddpo": "DDPO",
+    "flow_grpo": "Flow-GRPO",
+    "mixgrpo": "MixGRPO-style",
+    "tempflow": "TempFlow-style",
+    "progressive": "progressive only",
+    "branch": "branch only",
+    "tree": "tree, depth 2",
+    "tree2": "tree, depth 2",
+    "tree2_flat": "tree, depth 2, flat",
+    "tree3": "tree, depth 3",
+    "tree3_flat": "tree, depth 3, flat",
+}
+
+
 def legend_outside(target, where: str = "right", handles=None, labels=None, title: str | None = None, ncol: int = 1):
     """A legend outside every axes of the figure: to the right of it (``where="right"``) or below it (``"below"``).
     ``target`` is a figure or one of its axes; without ``handles`` the axes' own entries are taken (and legends
@@ -175,6 +192,7 @@ def legend_outside(target, where: str = "right", handles=None, labels=None, titl
             ax.get_legend().remove()
     if labels is None:
         labels = [h.get_label() for h in handles]
+    labels = [DISPLAY_NAMES.get(str(label), label) for label in labels]
     if where == "right":
         anchor, loc = (1.0, 0.5), "center left"
     elif where == "below":
