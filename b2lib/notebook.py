@@ -1,8 +1,8 @@
 """What every notebook does first, in one call: offline hub, plot style, and the smoke size under the test suite; and
 the cleaner for a notebook's committed outputs.
 
-Import this module (not ``b2lib.experiment``) before anything that loads huggingface_hub, so the offline setting is in
-place when the hub library reads it at import.
+Import this module (not ``b2lib.experiments.experiment``) before anything that loads huggingface_hub, so the offline
+setting is in place when the hub library reads it at import.
 
 The notebooks are committed with the outputs of their full runs, and those outputs carry what only the machine that ran
 them knows: absolute paths (``/work/<checkout>/results/...``, a clean clone under ``/tmp/...``, the interpreter's
@@ -27,10 +27,10 @@ __all__ = ["MACHINE_PATH", "clean_file", "clean_notebook", "clean_text", "setup"
 
 def smoke_params() -> dict:
     """The toy size every study notebook runs at under the test suite and CI (``B2_SMOKE=1``), as notebook parameters:
-    the smoke preset's sizes (:data:`b2lib.presets.SMOKE`, the one place they are set), one seed, one worker. A
-    notebook takes the entries whose names it defines as parameters (``setup(globals())``); the chain's length and
-    interval start go through ``overrides``, so they win over a notebook's own trainer settings."""
-    from .presets import SMOKE as toy
+    the smoke preset's sizes (:data:`b2lib.experiments.presets.SMOKE`, the one place they are set), one seed, one
+    worker. A notebook takes the entries whose names it defines as parameters (``setup(globals())``); the chain's length
+    and interval start go through ``overrides``, so they win over a notebook's own trainer settings."""
+    from b2lib.experiments.presets import SMOKE as toy
 
     return dict(
         stages=toy["num_stages"],
@@ -55,7 +55,7 @@ def __getattr__(name: str):
 
 def setup(params: dict | None = None, **smoke) -> bool:
     """Offline hub (a hub name fails at once instead of retrying for ~48 s; the embedded scale needs no hub), the
-    figures' style, and the run size. Returns whether this is a smoke run (:func:`b2lib.paths.is_smoke`).
+    figures' style, and the run size. Returns whether this is a smoke run (:func:`b2lib.utils.paths.is_smoke`).
 
     ``params`` is the notebook's namespace (``globals()``): under a smoke run every :func:`smoke_params` entry it
     defines is replaced by the smoke value (``overrides`` included: the smoke chain), and every keyword in ``smoke`` (a
@@ -64,8 +64,8 @@ def setup(params: dict | None = None, **smoke) -> bool:
     """
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    from .paths import is_smoke
-    from .plots import set_style
+    from b2lib.reporting.plots import set_style
+    from b2lib.utils.paths import is_smoke
 
     set_style()
     smoke_run = is_smoke()

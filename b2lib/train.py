@@ -3,14 +3,14 @@
     python -m b2lib.train                      # the main job, as notebooks/03_train.ipynb runs it
     accelerate launch --multi_gpu --num_processes 8 -m b2lib.train --setup paper --preset paper --template template1
 
-``--setup`` names a setup of :mod:`b2lib.setups`: ``main`` (the default: the coarse recipe, B² 120 stages, every
-other method at its UNet work, each at its searched point, the defaults of notebook 03) or ``paper`` (the published
-recipe at the preset's own budget). ``--recipe``, ``--stages``, ``--budget`` and ``--method-overrides`` given on the
-command line override the setup's; ``--preset smoke`` keeps its own toy number of stages. The notebook calls the
-same :func:`b2lib.experiment.run_experiment`. Every flag is a :class:`~b2lib.experiment.RunConfig` field with its
-default, and every setting is checked before a model is loaded: a bad one stops the command with one line per
-problem, naming the flag as typed here. An OS fault on the output folder (a read-only file system, a full disk)
-stops it with one message naming the fix (``--output-dir``), no traceback.
+``--setup`` names a setup of :mod:`b2lib.experiments.setups`: ``main`` (the default: the coarse recipe, B² 120 stages,
+every other method at its UNet work, each at its searched point, the defaults of notebook 03) or ``paper`` (the
+published recipe at the preset's own budget). ``--recipe``, ``--stages``, ``--budget`` and ``--method-overrides`` given
+on the command line override the setup's; ``--preset smoke`` keeps its own toy number of stages. The notebook calls the
+same :func:`b2lib.experiments.experiment.run_experiment`. Every flag is a
+:class:`~b2lib.experiments.experiment.RunConfig` field with its default, and every setting is checked before a model is
+loaded: a bad one stops the command with one line per problem, naming the flag as typed here. An OS fault on the output
+folder (a read-only file system, a full disk) stops it with one message naming the fix (``--output-dir``), no traceback.
 """
 
 from __future__ import annotations
@@ -20,13 +20,13 @@ import json
 import sys
 from dataclasses import fields
 
-from .experiment import METHODS, ConfigError, RunConfig, run_experiment
-from .presets import PRESETS, RECIPES
-from .rundir import OutputFolderError, RunLockedError, RunSettingsError
-from .setups import SETUPS
+from b2lib.experiments.experiment import METHODS, ConfigError, RunConfig, run_experiment
+from b2lib.experiments.presets import PRESETS, RECIPES
+from b2lib.experiments.setups import SETUPS
+from b2lib.utils.rundir import OutputFolderError, RunLockedError, RunSettingsError
 
 _DEFAULTS = {f.name: f.default for f in fields(RunConfig) if f.default is not f.default_factory}
-#: the flags whose default is the chosen setup's (b2lib.setups)
+#: the flags whose default is the chosen setup's (b2lib.experiments.setups)
 _FROM_SETUP = ("recipe", "stages", "budget", "method_overrides")
 
 
@@ -45,7 +45,8 @@ def parser() -> argparse.ArgumentParser:
         "--setup",
         default="main",
         choices=list(SETUPS),
-        help="recipe, B²'s stages, budget and each method's point from b2lib.setups (default main: notebook 03's job)",
+        help="recipe, B²'s stages, budget and each method's point from b2lib.experiments.setups "
+        "(default main: notebook 03's job)",
     )
     helps = {
         "stages": "0: the preset's default; unset: the setup's",

@@ -4,8 +4,8 @@ Writes ``results/performance/speed.json`` (or ``--out``); ``notebooks/05_perform
 and plots it. ``--paper-arch`` adds the Stable Diffusion 1.4 architecture (random weights) at 512 px on a GPU, or at
 a reduced size on CPU (a check that the code path runs, not a number about SD). ``--dtype-compare`` instead times
 every phase of a run (plain, branch and tree sampling, a B² and a DDPO stage, the evaluation) at fp32 and at bf16
-compute (``b2lib.precision``), interleaved, and writes ``results/performance/dtype.csv`` and ``dtype.json`` with the
-CPU's bf16 flags.
+compute (``b2lib.utils.precision``), interleaved, and writes ``results/performance/dtype.csv`` and ``dtype.json`` with
+the CPU's bf16 flags.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from b2lib.bench import run_suite, save_json
-    from b2lib.paths import REPO_ROOT
+    from b2lib.utils.paths import REPO_ROOT
 
     if args.dtype_compare:
         from b2lib.bench.dtype import bench_dtype, dtype_table

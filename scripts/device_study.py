@@ -37,7 +37,7 @@ SMOKE = os.environ.get("STUDY_SMOKE") == "1"  # tiny sizes, to test this script 
 
 
 def _base(**kw):
-    from b2lib.experiment import RunConfig
+    from b2lib.experiments.experiment import RunConfig
 
     kw = {
         "template": "counting",
@@ -126,7 +126,7 @@ def _worker(name: str, device: str, threads: int, jobs, t0: float, log) -> None:
     import torch
 
     torch.set_num_threads(threads)
-    from b2lib.experiment import run_experiment
+    from b2lib.experiments.experiment import run_experiment
 
     while time.time() - t0 < DEADLINE_S - 45:
         try:
@@ -153,7 +153,7 @@ def _worker(name: str, device: str, threads: int, jobs, t0: float, log) -> None:
 
 def _cuda_smoke() -> dict:
     """One tiny run on the GPU: does the CUDA path work here, and how long does it take?"""
-    from b2lib.experiment import RunConfig, run_experiment
+    from b2lib.experiments.experiment import RunConfig, run_experiment
 
     start = time.time()
     try:

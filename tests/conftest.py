@@ -1,6 +1,12 @@
 """Shared fixtures: tiny models built from config (no downloads), offline hub."""
 
 import os
+import sys
+from pathlib import Path
+
+# the helpers beside this file (tiny.py, fake_runs.py), importable from the test files of every subfolder (the suite
+# imports test files by path: pytest's importlib mode, so two subfolders may each hold a test_models.py)
+sys.path.insert(0, str(Path(__file__).parent))
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")

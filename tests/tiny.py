@@ -11,7 +11,7 @@ import os
 import torch
 from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
 
-from b2lib.models import assemble_pipeline, clip_text_encoder
+from b2lib.training.models import assemble_pipeline, clip_text_encoder
 
 
 def build_tiny_pipeline(

@@ -18,8 +18,8 @@ module             job
 ``benchmarks/speed.py`` is the command line; ``notebooks/05_performance.ipynb`` plots what it writes.
 """
 
-from .dtype import DTYPE_SIZES, bench_dtype, dtype_table
-from .paper import (
+from b2lib.bench.dtype import DTYPE_SIZES, bench_dtype, dtype_table
+from b2lib.bench.paper import (
     PEAK_TFLOPS,
     bench_paper_arch,
     flops_per_image,
@@ -29,7 +29,7 @@ from .paper import (
     peak_for,
     unet_flops,
 )
-from .sampling import (
+from b2lib.bench.sampling import (
     SamplingParts,
     bench_branch_loop,
     bench_branching,
@@ -38,8 +38,8 @@ from .sampling import (
     bench_unet_share_sampling,
     branching_bound,
 )
-from .suite import GOALS, SIZES, labels, run_suite, sampling_parts_table, summary_table
-from .timing import (
+from b2lib.bench.suite import GOALS, SIZES, labels, run_suite, sampling_parts_table, summary_table
+from b2lib.bench.timing import (
     Timing,
     UnetTimer,
     machine_info,
@@ -51,7 +51,7 @@ from .timing import (
     time_it,
     time_pair,
 )
-from .training import bench_stage_reload, bench_training_share, bench_update_packing
+from b2lib.bench.training import bench_stage_reload, bench_training_share, bench_update_packing
 
 __all__ = [
     # timing

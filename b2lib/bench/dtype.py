@@ -1,9 +1,9 @@
-"""fp32 against bf16 compute (:mod:`b2lib.precision`) on the embedded world: the speed of each phase of a run at both
-dtypes, as a ratio bf16 / fp32 timed in interleaved repeats (:func:`~b2lib.bench.timing.time_pair`), next to the
+"""fp32 against bf16 compute (:mod:`b2lib.utils.precision`) on the embedded world: the speed of each phase of a run at
+both dtypes, as a ratio bf16 / fp32 timed in interleaved repeats (:func:`~b2lib.bench.timing.time_pair`), next to the
 CPU's bf16 flags (the ratio is a property of the CPU: AMX tiles, AVX512-BF16 dot products, or neither).
 
 Phases: plain sampling (DDPO's sampler), branch sampling (B²), tree sampling, one whole B² stage and one whole DDPO
-stage at the main job's setup (:data:`b2lib.setups.MAIN`: its recipe and each method's tuned point), and the
+stage at the main job's setup (:data:`b2lib.experiments.setups.MAIN`: its recipe and each method's tuned point), and the
 evaluation (generation, CLIPScore, BERTScore and the judge for ``eval_images`` images). Each is also checked for
 what bf16 changes: the sampled images' difference from fp32 under the same noise.
 """
@@ -15,8 +15,8 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
-from ..precision import bf16_problem, compute_dtype, cpu_info, current_dtype
-from .timing import machine_info, paired_ratio, time_pair
+from b2lib.bench.timing import machine_info, paired_ratio, time_pair
+from b2lib.utils.precision import bf16_problem, compute_dtype, cpu_info, current_dtype
 
 __all__ = ["DTYPE_SIZES", "DTYPE_COLUMNS", "bench_dtype", "dtype_table"]
 
@@ -95,21 +95,9 @@ def _stage_pair(make_trainer: Callable[[str], object], repeats: int, desc: str) 
     }
 
 
-def bench_dtype(size: str = "full", repeats: int | None = None, progress: bool = True) -> dict:
-    """Every phase at fp32 and at bf16 compute (see the module docstring). Returns one JSON-able dict: the machine, the
-    CPU's bf16 flags, the sizes, and per phase the rates (work/s, min/median/max), the work unit and the per-repeat
-    ratio bf16/fp32 (> 1: bf16 is faster). Raises where this machine has no native bf16 (emulated bf16 is slower
-    than fp32, and a run would refuse it: :func:`b2lib.precision.check_dtype`)."""
-    from ..evaluate import evaluate_prompts
-    from ..experiment import _text_metric
-    from ..presets import load_models, trainer_config
-    from ..sampling import sample_branches, sample_trajectories
-    from ..setups import MAIN
-    from ..trainer import RLTrainer
-    from ..tree import sample_tree
-    from ..world import judge_batch
-    from ..world.prompts import split_prompts
-
+def _settings(size: str, repeats: int | None) -> dict:
+    """The sizes of ``size`` with ``repeats`` laid over them; raises before any model loads on an unknown size or a
+    CPU without native bf16 (emulated bf16 is slower than fp32: there would be nothing to compare)."""
     if size not in DTYPE_SIZES:
         raise ValueError(f"Unknown size {size!r}: use one of {sorted(DTYPE_SIZES)}.")
     why = bf16_problem("cpu")
@@ -118,19 +106,25 @@ def bench_dtype(size: str = "full", repeats: int | None = None, progress: bool =
     s = dict(DTYPE_SIZES[size])
     if repeats:
         s["repeats"] = repeats
-    reps, steps = s["repeats"], s["steps"]
-    out: dict = {"machine": machine_info(), "cpu": cpu_info(), "size": size, "settings": s}
-    train, test = split_prompts("counting")
-    batch = [train[i % len(train)] for i in range(s["batch"])]
-    pipe, reward = load_models("embedded")
-    pipe.set_progress_bar_config(disable=True)
-    bar = tqdm(total=6, desc="fp32 | bf16", disable=not progress)
+    return s
 
-    def gen(r: int) -> torch.Generator:
-        return torch.Generator().manual_seed(max(r, 0))
+
+def _gen(r: int) -> torch.Generator:
+    """The noise of repeat ``r`` (the warm-up's ``r < 0`` shares repeat 0's), so both dtypes sample the same noise."""
+    return torch.Generator().manual_seed(max(r, 0))
+
+
+def _sampling_phases(pipe, batch: list[str], s: dict, bar) -> dict:
+    """Plain sampling (with the images' bf16 - fp32 difference under the same noise), branch sampling and tree
+    sampling, each timed under both dtypes; ``bar`` advances once per phase."""
+    from b2lib.algorithm.sampling import sample_branches, sample_trajectories
+    from b2lib.algorithm.tree import sample_tree
+
+    reps, steps = s["repeats"], s["steps"]
+    out: dict = {}
 
     def plain(r):
-        return sample_trajectories(pipe, batch, num_steps=steps, generator=gen(r))
+        return sample_trajectories(pipe, batch, num_steps=steps, generator=_gen(r))
 
     out["sampling"] = {**_pair(plain, reps, len(batch), "sampling"), "unit": "images"}
     with compute_dtype("bf16"):
@@ -142,7 +136,7 @@ def bench_dtype(size: str = "full", repeats: int | None = None, progress: bool =
     prefixes, b = batch[: s["prefixes"]], s["branches"]
     out["branches"] = {
         **_pair(
-            lambda r: sample_branches(pipe, prefixes, b, steps // 2, num_steps=steps, generator=gen(r)),
+            lambda r: sample_branches(pipe, prefixes, b, steps // 2, num_steps=steps, generator=_gen(r)),
             reps,
             len(prefixes) * b,
             "branches",
@@ -154,7 +148,7 @@ def bench_dtype(size: str = "full", repeats: int | None = None, progress: bool =
     leaves = len(batch[: s["tree_prefixes"]]) * int(torch.tensor([k for _, k in levels]).prod())
     out["tree"] = {
         **_pair(
-            lambda r: sample_tree(pipe, batch[: s["tree_prefixes"]], levels, num_steps=steps, generator=gen(r)),
+            lambda r: sample_tree(pipe, batch[: s["tree_prefixes"]], levels, num_steps=steps, generator=_gen(r)),
             reps,
             leaves,
             "tree",
@@ -162,7 +156,17 @@ def bench_dtype(size: str = "full", repeats: int | None = None, progress: bool =
         "unit": "images",
     }
     bar.update(1)
+    return out
 
+
+def _stage_phases(train: list[str], s: dict, bar) -> dict:
+    """One whole B² stage and one whole DDPO stage at the main job's setup, each method's two trainers (fresh models)
+    differing only in ``dtype``; ``bar`` advances once per method."""
+    from b2lib.experiments.presets import load_models, trainer_config
+    from b2lib.experiments.setups import MAIN
+    from b2lib.training.trainer import RLTrainer
+
+    reps, out = s["repeats"], {}
     for method in ("b2", "ddpo"):
 
         def make_trainer(dtype: str, method: str = method):
@@ -178,8 +182,17 @@ def bench_dtype(size: str = "full", repeats: int | None = None, progress: bool =
 
         out[f"{method}_stage"] = {**_stage_pair(make_trainer, reps, f"{method} stage"), "unit": "images"}
         bar.update(1)
+    return out
 
-    text_metric = _text_metric("embedded", "cpu")
+
+def _evaluation_phase(pipe, reward, test: list[str], s: dict) -> dict:
+    """The evaluation (generation, CLIPScore, BERTScore, judge) of about ``eval_images`` images under both dtypes,
+    with the mean scores each dtype reported."""
+    from b2lib.evaluation.generate import evaluate_prompts
+    from b2lib.experiments.evalsettings import text_metric
+    from b2lib.world import judge_batch
+
+    bert = text_metric("embedded", "cpu")
     n_per_prompt = max(1, s["eval_images"] // 8)
     eval_prompts = test[: max(1, s["eval_images"] // n_per_prompt)]
     scores: dict = {}
@@ -191,13 +204,13 @@ def bench_dtype(size: str = "full", repeats: int | None = None, progress: bool =
             reward,
             judge_fn=judge_batch,
             n_per_prompt=n_per_prompt,
-            num_steps=steps,
-            text_metric=text_metric,
+            num_steps=s["steps"],
+            text_metric=bert,
         )
         scores[current_dtype()] = table
 
-    out["evaluation"] = {
-        **_pair(evaluation, reps, len(eval_prompts) * n_per_prompt, "evaluation"),
+    return {
+        **_pair(evaluation, s["repeats"], len(eval_prompts) * n_per_prompt, "evaluation"),
         "unit": "images (generation + CLIPScore + BERTScore + judge)",
         # the same prompts and noise: the bf16 and fp32 images differ (a few pixels a lot, see sampling), so these are
         # what an evaluation in bf16 reports against one in fp32, not the score models' own rounding
@@ -206,6 +219,26 @@ def bench_dtype(size: str = "full", repeats: int | None = None, progress: bool =
             for col in ("reward", "bertscore", "judge_all_ok")
         },
     }
+
+
+def bench_dtype(size: str = "full", repeats: int | None = None, progress: bool = True) -> dict:
+    """Every phase at fp32 and at bf16 compute (see the module docstring). Returns one JSON-able dict: the machine, the
+    CPU's bf16 flags, the sizes, and per phase the rates (work/s, min/median/max), the work unit and the per-repeat
+    ratio bf16/fp32 (> 1: bf16 is faster). Raises where this machine has no native bf16 (emulated bf16 is slower
+    than fp32, and a run would refuse it: :func:`b2lib.utils.precision.check_dtype`)."""
+    from b2lib.experiments.presets import load_models
+    from b2lib.world.prompts import split_prompts
+
+    s = _settings(size, repeats)
+    out: dict = {"machine": machine_info(), "cpu": cpu_info(), "size": size, "settings": s}
+    train, test = split_prompts("counting")
+    batch = [train[i % len(train)] for i in range(s["batch"])]
+    pipe, reward = load_models("embedded")
+    pipe.set_progress_bar_config(disable=True)
+    bar = tqdm(total=6, desc="fp32 | bf16", disable=not progress)
+    out.update(_sampling_phases(pipe, batch, s, bar))
+    out.update(_stage_phases(train, s, bar))
+    out["evaluation"] = _evaluation_phase(pipe, reward, test, s)
     bar.update(1)
     bar.close()
     return out

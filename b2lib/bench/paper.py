@@ -8,8 +8,8 @@ import time
 
 import torch
 
-from ..sampling import sample_trajectories
-from .timing import Timing, UnetTimer, sync
+from b2lib.algorithm.sampling import sample_trajectories
+from b2lib.bench.timing import Timing, UnetTimer, sync
 
 __all__ = [
     "PEAK_TFLOPS",
@@ -52,7 +52,7 @@ def paper_arch_pipeline(reduced: bool = False, device: str = "cpu", dtype: torch
     """
     from diffusers import AutoencoderKL, UNet2DConditionModel
 
-    from ..models import assemble_pipeline, clip_text_encoder
+    from b2lib.training.models import assemble_pipeline, clip_text_encoder
 
     torch.manual_seed(seed)
     if reduced:

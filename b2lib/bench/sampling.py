@@ -8,8 +8,8 @@ from typing import Callable
 
 import torch
 
-from ..sampling import sample_branches, sample_trajectories
-from .timing import Timing, UnetTimer, paired_ratio, spread, sync, time_pair
+from b2lib.algorithm.sampling import sample_branches, sample_trajectories
+from b2lib.bench.timing import Timing, UnetTimer, paired_ratio, spread, sync, time_pair
 
 __all__ = [
     "bench_sampler_vs_pipeline",
@@ -284,11 +284,11 @@ def bench_tree(
 ) -> dict:
     """Tree sampling (``levels``: ``(branch_at, branches)`` pairs) against as many independent trajectories and
     against a depth-1 tree with as many leaves split at the tree's first branch point (B² with ``B`` = leaves per
-    prompt): trajectories/s ratios, each with its ``bound``, the ratio of UNet rows (:func:`b2lib.tree.tree_unet_rows`),
-    which a sampler whose time is all UNet would reach."""
+    prompt): trajectories/s ratios, each with its ``bound``, the ratio of UNet rows
+    (:func:`b2lib.algorithm.tree.tree_unet_rows`), which a sampler whose time is all UNet would reach."""
     import math
 
-    from ..tree import Level, sample_tree, tree_unet_rows
+    from b2lib.algorithm.tree import Level, sample_tree, tree_unet_rows
 
     levels = [lv if isinstance(lv, Level) else Level(*lv) for lv in levels]
     per_prompt = math.prod(lv.branches for lv in levels)

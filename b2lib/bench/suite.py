@@ -9,16 +9,16 @@ from typing import TYPE_CHECKING
 import torch
 from tqdm.auto import tqdm
 
-from .paper import bench_paper_arch, flops_per_image, paper_flops
-from .sampling import (
+from b2lib.bench.paper import bench_paper_arch, flops_per_image, paper_flops
+from b2lib.bench.sampling import (
     bench_branch_loop,
     bench_branching,
     bench_sampler_vs_pipeline,
     bench_tree,
     bench_unet_share_sampling,
 )
-from .timing import machine_info
-from .training import bench_stage_reload, bench_training_share, bench_update_packing
+from b2lib.bench.timing import machine_info
+from b2lib.bench.training import bench_stage_reload, bench_training_share, bench_update_packing
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -72,9 +72,9 @@ def run_suite(
     out: dict = {"machine": machine_info(), "size": size, "settings": s}
     steps, reps, b = s["steps"], s["repeats"], s["branches"]
     if embedded:
-        from ..presets import load_models, trainer_config
-        from ..trainer import RLTrainer
-        from ..world.prompts import split_prompts
+        from b2lib.experiments.presets import load_models, trainer_config
+        from b2lib.training.trainer import RLTrainer
+        from b2lib.world.prompts import split_prompts
 
         prompts = split_prompts("counting")[0]
         batch = [prompts[i % len(prompts)] for i in range(s["batch"])]

@@ -9,8 +9,8 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from ..checkpoint import load_checkpoint, save_checkpoint
-from .timing import Timing, UnetTimer, paired_ratio, ratio_of_medians, time_pair
+from b2lib.bench.timing import Timing, UnetTimer, paired_ratio, ratio_of_medians, time_pair
+from b2lib.training.checkpoint import load_checkpoint, save_checkpoint
 
 __all__ = ["bench_training_share", "bench_update_packing", "bench_stage_reload"]
 

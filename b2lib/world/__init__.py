@@ -2,7 +2,7 @@
 train/test splits, and a programmatic judge. Pure numpy/scipy/Pillow (no torch), so datasets and
 evaluation can run anywhere."""
 
-from .judge import (
+from b2lib.world.judge import (
     Detection,
     JudgeResult,
     alignment_rate,
@@ -12,7 +12,7 @@ from .judge import (
     judge_accuracy,
     judge_batch,
 )
-from .prompts import (
+from b2lib.world.prompts import (
     TEMPLATES,
     PromptSpec,
     all_prompts,
@@ -20,10 +20,12 @@ from .prompts import (
     parse_prompt,
     perturb_prompt,
     prompt_split,
+    random_caption_scene,
+    sample_scene,
     split_prompts,
     template_of,
 )
-from .scenes import (
+from b2lib.world.scenes import (
     BACKGROUND,
     CANVAS,
     COLOURS,
@@ -35,10 +37,8 @@ from .scenes import (
     Obj,
     Scene,
     caption,
-    random_caption_scene,
     render,
     render_batch,
-    sample_scene,
 )
 
 __all__ = [
@@ -76,7 +76,12 @@ __all__ = [
     "template_of",
 ]
 
-_LAZY = {"load_world_pipeline": "models", "load_clip_score": "models", "WEIGHTS_DIR": "models"}
+_LAZY = {
+    "load_world_pipeline": "models",
+    "load_clip_score": "models",
+    "load_bertscore": "models",
+    "WEIGHTS_DIR": "models",
+}
 __all__ += list(_LAZY)
 
 

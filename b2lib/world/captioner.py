@@ -29,8 +29,8 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from .judge import Detection, _to_numpy, detect_objects
-from .prompts import TEMPLATES, PromptSpec, _parse_cached
+from b2lib.world.judge import Detection, _to_numpy, detect_objects
+from b2lib.world.prompts import TEMPLATES, PromptSpec, _parse_cached
 
 __all__ = ["caption_images", "caption_detections"]
 

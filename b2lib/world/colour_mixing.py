@@ -59,9 +59,9 @@ from typing import Any, Sequence
 import numpy as np
 from scipy import ndimage
 
-from .judge import _PALETTE, MIN_AREA_FRACTION, _as_image, _pixel_labels
-from .prompts import TEMPLATES, _parse_cached
-from .scenes import BACKGROUND, COLOURS, SHAPES, Obj, Scene, render, sample_scene
+from b2lib.world.judge import _PALETTE, MIN_AREA_FRACTION, _as_image, _pixel_labels
+from b2lib.world.prompts import TEMPLATES, _parse_cached, sample_scene
+from b2lib.world.scenes import BACKGROUND, COLOURS, SHAPES, Obj, Scene, render
 
 __all__ = [
     "MIN_SHARE",
@@ -76,11 +76,6 @@ __all__ = [
     "colour_mixing_batch",
     "blend_scene_image",
     "mixing_validation",
-    "regenerate",
-    "mixing_study",
-    "mixing_rates",
-    "mixing_comparisons",
-    "colour_mixing_table",
 ]
 
 #: share of an object that each of two colours must hold for the object to be mixed
@@ -316,7 +311,7 @@ def mixing_validation(
       (:func:`blend_scene_image`), degraded as above, ``asked_colours_mixed`` for the prompt naming A and B:
       detection rates (``n_per_template // 6`` scenes per pair and kind, at least 10), and ``<kind>/<A>+<B>/hard``.
     """
-    from .judge import degrade
+    from b2lib.world.judge import degrade
 
     rng = np.random.default_rng(seed)
     out: dict[str, float] = {}
@@ -352,18 +347,3 @@ def mixing_validation(
                 out[f"{kind}/{a}+{b}"] = float(np.mean(hits))
                 out[f"{kind}/{a}+{b}/hard"] = float(np.mean(hits_h))
     return out
-
-
-# ----------------------------------------------------------------------------------------------
-# The study: base vs fine-tuned models on the same images as the runs' evaluation
-# ----------------------------------------------------------------------------------------------
-
-
-# the study over finished runs lives in its own module; its names stay importable from here
-from .colour_mixing_study import (  # noqa: E402
-    colour_mixing_table,
-    mixing_comparisons,
-    mixing_rates,
-    mixing_study,
-    regenerate,
-)

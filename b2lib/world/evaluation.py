@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..evaluate import evaluate_prompts, subset
-from .judge import judge_batch
-from .prompts import TEMPLATES, perturb_prompt, split_prompts
-from .scenes import caption, render_batch, sample_scene
+from b2lib.evaluation.generate import evaluate_prompts, subset
+from b2lib.world.judge import judge_batch
+from b2lib.world.prompts import TEMPLATES, perturb_prompt, sample_scene, split_prompts
+from b2lib.world.scenes import caption, render_batch
 
 __all__ = [
     "reward_accuracy",
@@ -55,8 +55,8 @@ def evaluate_templates(
     batch_size: int = 64,
 ):
     """Generate ``n_per_prompt`` images for each prompt of ``split`` of each template and score them: CLIPScore
-    (``reward``, a :class:`~b2lib.rewards.ClipScore`), the judge, and diversity. ``max_prompts`` > 0 takes an evenly
-    spaced subset of the prompts (a fixed one, so models are compared on the same prompts).
+    (``reward``, a :class:`~b2lib.rewards.base.ClipScore`), the judge, and diversity. ``max_prompts`` > 0 takes an
+    evenly spaced subset of the prompts (a fixed one, so models are compared on the same prompts).
 
     Returns ``(summary, tables, images)``: a DataFrame with one row per template, and per template the per-image table
     and the images (prompt-major, ``n_per_prompt`` consecutive images per prompt).
@@ -78,7 +78,7 @@ def evaluate_templates(
 def template_samples(tables: dict, images: dict, per_template: int = 8) -> tuple[list, list[str]]:
     """``per_template`` images of each template, evenly spaced over its evaluation table (:func:`evaluate_templates`),
     each titled with its prompt, the judge's verdict (✓/✗) and its CLIPScore: the first look at a model, the same
-    picks for every model evaluated alike. Returns ``(images, titles)`` for :func:`b2lib.plots.image_grid`."""
+    picks for every model evaluated alike. Returns ``(images, titles)`` for :func:`b2lib.reporting.plots.image_grid`."""
     show, titles = [], []
     for template, table in tables.items():
         for i in range(0, len(table), max(1, len(table) // per_template))[:per_template]:

@@ -14,9 +14,9 @@ How diffusers' SD3 pipeline (0.42) treats this configuration, which the rest of 
   zeros are not inert: the context embedder has a bias, so every zero becomes a real (identical) token that all image
   tokens attend to. The world is trained with exactly what the stock default feeds (:data:`MAX_SEQUENCE_LENGTH` =
   256), so a stock ``pipe(prompt)`` samples what it learned; but it is *computed* as one zero token standing for the
-  256 (:class:`b2lib.flow_policy.RepeatedTokenAttnProcessor`: identical keys weigh as one key with ``log 256`` added
+  256 (:class:`b2lib.policies.flow.RepeatedTokenAttnProcessor`: identical keys weigh as one key with ``log 256`` added
   to its logit), which costs one token instead of 256. b2lib's sampler and trainer do the same
-  (:class:`b2lib.flow_policy.FlowSDEPolicy`).
+  (:class:`b2lib.policies.flow.FlowSDEPolicy`).
 * **CLIP embeddings.** Each CLIP's *penultimate* hidden states (``hidden_states[-2]``) are concatenated on the
   feature axis and zero-padded up to ``joint_attention_dim``; here ``joint_attention_dim`` = 64 + 64 exactly, so the
   pad is empty. The pooled vector is the concatenation of both encoders' projected EOS embeddings (``text_embeds``):
@@ -41,9 +41,9 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
 from transformers import CLIPTextModelWithProjection
 
-from ..flow_policy import STOCK_T5_TOKENS
-from ..models import clip_bpe_tokenizer, clip_text_encoder
-from .models import MAX_TOKENS, WEIGHTS_DIR
+from b2lib.policies.flow import STOCK_T5_TOKENS
+from b2lib.training.models import clip_bpe_tokenizer, clip_text_encoder
+from b2lib.world.models import MAX_TOKENS, WEIGHTS_DIR
 
 __all__ = [
     "FLOW_WEIGHTS_DIR",
@@ -94,7 +94,8 @@ _REGENERATE = (
 def clip_text_encoder_with_projection(
     hidden: int, intermediate: int, num_layers: int, max_length: int, projection: int, heads: int = 4
 ) -> CLIPTextModelWithProjection:
-    """A CLIP text encoder with its projection head (:func:`b2lib.models.clip_text_encoder` with ``projection``)."""
+    """A CLIP text encoder with its projection head (:func:`b2lib.training.models.clip_text_encoder` with
+    ``projection``)."""
     return clip_text_encoder(hidden, intermediate, num_layers, max_length, heads, projection)
 
 
@@ -165,7 +166,7 @@ def encode_prompt_ids(
     text, but differentiable and without re-tokenizing: what training (and anything that backpropagates into the
     text encoders) needs. ``input_ids_2`` (for ``tokenizer_2``) defaults to ``input_ids``: the world's two tokenizers
     are the same. ``max_sequence_length`` zero "T5" tokens are appended; the default, 1, is the token that stands for
-    the stock pipeline's :data:`MAX_SEQUENCE_LENGTH` under :class:`~b2lib.flow_policy.RepeatedTokenAttnProcessor`."""
+    the stock pipeline's :data:`MAX_SEQUENCE_LENGTH` under :class:`~b2lib.policies.flow.RepeatedTokenAttnProcessor`."""
     input_ids_2 = input_ids if input_ids_2 is None else input_ids_2
     hidden, pooled = [], []
     for encoder, ids in ((pipe.text_encoder, input_ids), (pipe.text_encoder_2, input_ids_2)):

@@ -7,9 +7,7 @@ The VAE is the DDIM world's, frozen, so the flow world learns the same latent sp
 
 from __future__ import annotations
 
-import json
-import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -17,13 +15,19 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers import StableDiffusion3Pipeline
-from diffusers.optimization import get_cosine_schedule_with_warmup
-from tqdm.auto import tqdm
 
-from ..flow_policy import compact_zero_tokens, predict_velocity
-from ..policy import Cond
-from .flow_models import MAX_SEQUENCE_LENGTH, build_flow_world_pipeline, encode_prompt_ids
-from .pretrain import _ema_update, _folder_mb, _params, _to_tensor, _tokenize, make_dataset
+from b2lib.policies.base import Cond
+from b2lib.policies.flow import compact_zero_tokens, predict_velocity
+from b2lib.world.flow_models import MAX_SEQUENCE_LENGTH, build_flow_world_pipeline, encode_prompt_ids
+from b2lib.world.pretrain import (
+    DenoiserRecipe,
+    _finish_report,
+    _folder_mb,
+    _params,
+    _start_report,
+    _timed,
+    train_denoiser,
+)
 
 __all__ = ["FlowPretrainConfig", "sample_sigmas", "train_flow_text_to_image", "pretrain_flow_world"]
 
@@ -101,75 +105,32 @@ def train_flow_text_to_image(
     so classifier-free guidance has an unconditional model (the pipeline's negative prompt is "" by default). Latents
     come from the frozen VAE, encoded once (the posterior is re-sampled per step), in SD3's convention
     (z - shift_factor) * scaling_factor. The weights kept are an exponential moving average (``ema_decay``).
-    Returns first/final loss, the per-step losses, the encoding time and the seconds per step.
+    Returns first/final loss, the per-step losses, the encoding time and the seconds per step
+    (:func:`b2lib.world.pretrain.train_denoiser`, the loop both worlds share).
     """
-    t_start = time.perf_counter()
-    gen = torch.Generator().manual_seed(cfg.seed + 1)
-    vae, transformer = pipe.vae, pipe.transformer
-    encoders = [pipe.text_encoder, pipe.text_encoder_2]
-    sf, shift_factor = vae.config.scaling_factor, vae.config.shift_factor or 0.0
-    with torch.no_grad():  # encode once; sample the posterior per step (cheap) instead of re-running the encoder
-        data = _to_tensor(images)
-        dists = [vae.encode(data[i : i + 512]).latent_dist for i in range(0, len(data), 512)]
-        mean = torch.cat([d.mean for d in dists])
-        std = torch.cat([d.std for d in dists])
-    del data
-    encode_s = time.perf_counter() - t_start
-    unique = sorted(set(captions))
-    row = {c: i for i, c in enumerate(unique)}
-    ids_table = _tokenize(pipe.tokenizer, unique + [""])  # each distinct caption tokenized once
-    ids_table_2 = _tokenize(pipe.tokenizer_2, unique + [""])
-    cap_index = torch.tensor([row[c] for c in captions])
-    empty = len(unique)
+    transformer, encoders = pipe.transformer, [pipe.text_encoder, pipe.text_encoder_2]
     n_train = pipe.scheduler.config.num_train_timesteps
     shift = float(pipe.scheduler.config.shift)
     compact_zero_tokens(transformer)
-    params = list(transformer.parameters()) + [p for e in encoders for p in e.parameters()]
-    for module in [transformer, *encoders]:
-        module.train().requires_grad_(True)
-    ema = [p.detach().clone() for p in params]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = get_cosine_schedule_with_warmup(opt, cfg.warmup, cfg.steps)
-    losses, step_s = [], []
-    bar = tqdm(range(cfg.steps), desc="MM-DiT + text encoders", disable=not progress)
-    for step in bar:
-        t_step = time.perf_counter()
-        idx = torch.randint(len(mean), (cfg.batch,), generator=gen)
-        x0 = (mean[idx] + std[idx] * torch.randn(mean[idx].shape, generator=gen) - shift_factor) * sf
-        cap = cap_index[idx].clone()
-        cap[torch.rand(cfg.batch, generator=gen) < cfg.caption_dropout] = empty
-        noise = torch.randn(x0.shape, generator=gen)
+
+    def loss_fn(x0: torch.Tensor, noise: torch.Tensor, ids: list[torch.Tensor], gen: torch.Generator) -> torch.Tensor:
         sigma = sample_sigmas(cfg.batch, cfg, shift, gen)
         s = sigma.view(-1, 1, 1, 1)
         noisy = (1.0 - s) * x0 + s * noise
-        embeds, pooled = encode_prompt_ids(pipe, ids_table[cap], ids_table_2[cap])
-        # one zero "T5" token standing for the stock pipeline's MAX_SEQUENCE_LENGTH (b2lib.flow_policy)
-        cond = Cond(embeds, pooled=pooled)
-        pred = predict_velocity(transformer, noisy, sigma * n_train, cond, 1.0, MAX_SEQUENCE_LENGTH)
-        loss = F.mse_loss(pred, noise - x0)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
-        _ema_update(ema, params, cfg.ema_decay)
-        losses.append(loss.item())
-        step_s.append(time.perf_counter() - t_step)
-        if step % 10 == 0:
-            bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
-    with torch.no_grad():
-        for p, e in zip(params, ema):
-            p.copy_(e)
-    for module in [transformer, *encoders]:
-        module.eval().requires_grad_(False)
-    return {
-        "final_loss": float(np.mean(losses[-50:])),
-        "first_loss": float(np.mean(losses[:10])),
-        "encode_s": encode_s,
-        "s_per_step_median": float(np.median(step_s)) if step_s else 0.0,
-        "s_per_step_min": float(np.min(step_s)) if step_s else 0.0,
-        "losses": [round(x, 5) for x in losses],
-    }
+        embeds, pooled = encode_prompt_ids(pipe, *ids)
+        # one zero "T5" token standing for the stock pipeline's MAX_SEQUENCE_LENGTH (b2lib.policies.flow)
+        pred = predict_velocity(
+            transformer, noisy, sigma * n_train, Cond(embeds, pooled=pooled), 1.0, MAX_SEQUENCE_LENGTH
+        )
+        return F.mse_loss(pred, noise - x0)
+
+    recipe = DenoiserRecipe(
+        cfg.seed, cfg.steps, cfg.batch, cfg.lr, cfg.warmup, cfg.weight_decay, cfg.caption_dropout, cfg.ema_decay
+    )
+    modules, tokenizers = [transformer, *encoders], [pipe.tokenizer, pipe.tokenizer_2]
+    shift_factor = pipe.vae.config.shift_factor or 0.0
+    desc = "MM-DiT + text encoders"
+    return train_denoiser(pipe, images, captions, recipe, modules, tokenizers, loss_fn, desc, progress, shift_factor)
 
 
 def pretrain_flow_world(out_dir: str | Path, cfg: FlowPretrainConfig | None = None, progress: bool = True) -> dict:
@@ -187,16 +148,9 @@ def pretrain_flow_world(out_dir: str | Path, cfg: FlowPretrainConfig | None = No
 
 
 def _pretrain_flow_world(out: Path, cfg: FlowPretrainConfig, progress: bool) -> dict:
-    out.mkdir(parents=True, exist_ok=True)
-    report: dict = {"config": asdict(cfg), "threads": torch.get_num_threads()}
-    t = time.perf_counter()
-    images, captions = make_dataset(cfg.n_images, cfg.seed)
-    report["data_s"] = time.perf_counter() - t
-
+    report, images, captions = _start_report(out, cfg)
     pipe = build_flow_world_pipeline(cfg.seed)
-    t = time.perf_counter()
-    report["text_to_image"] = train_flow_text_to_image(pipe, images, captions, cfg, progress)
-    report["text_to_image"]["wall_s"] = time.perf_counter() - t
+    _timed(report, "text_to_image", train_flow_text_to_image, pipe, images, captions, cfg, progress)
     pipe.save_pretrained(out / "pipeline", safe_serialization=True)
 
     report["params"] = {
@@ -205,6 +159,4 @@ def _pretrain_flow_world(out: Path, cfg: FlowPretrainConfig, progress: bool) -> 
     report["size_mb"] = {"pipeline": _folder_mb(out / "pipeline")}
     report["max_sequence_length"] = MAX_SEQUENCE_LENGTH
     report["scheduler_shift"] = float(pipe.scheduler.config.shift)
-    report["total_s"] = report["data_s"] + report["text_to_image"]["wall_s"]
-    (out / "report.json").write_text(json.dumps(report, indent=2))
-    return report
+    return _finish_report(out, report, ("text_to_image",))

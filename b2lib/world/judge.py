@@ -33,8 +33,8 @@ from typing import Any, Sequence
 import numpy as np
 from scipy import ndimage
 
-from .prompts import TEMPLATES, PromptSpec, _parse_cached, perturb_prompt
-from .scenes import BACKGROUND, COLOURS, render, sample_scene
+from b2lib.world.prompts import TEMPLATES, PromptSpec, _parse_cached, perturb_prompt, sample_scene
+from b2lib.world.scenes import BACKGROUND, COLOURS, render
 
 __all__ = [
     "Detection",

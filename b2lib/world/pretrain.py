@@ -10,21 +10,30 @@ import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from diffusers import DDPMScheduler, StableDiffusionPipeline
+from diffusers import DDPMScheduler, DiffusionPipeline, StableDiffusionPipeline
 from diffusers.optimization import get_cosine_schedule_with_warmup
 from tqdm.auto import tqdm
 
-from ..rewards import OPENAI_MEAN, OPENAI_STD
-from .models import build_world_clip, build_world_pipeline, save_world_clip
-from .prompts import perturb_prompt
-from .scenes import caption, random_caption_scene, render_batch
+from b2lib.rewards.base import OPENAI_MEAN, OPENAI_STD
+from b2lib.world.models import build_world_clip, build_world_pipeline, save_world_clip
+from b2lib.world.prompts import perturb_prompt, random_caption_scene
+from b2lib.world.scenes import caption, render_batch
 
-__all__ = ["PretrainConfig", "make_dataset", "train_vae", "train_text_to_image", "train_clip", "pretrain_world"]
+__all__ = [
+    "PretrainConfig",
+    "DenoiserRecipe",
+    "make_dataset",
+    "train_denoiser",
+    "train_vae",
+    "train_text_to_image",
+    "train_clip",
+    "pretrain_world",
+]
 
 
 @dataclass
@@ -125,6 +134,107 @@ def _ema_update(ema: list[torch.Tensor], params: list[torch.nn.Parameter], decay
     torch._foreach_lerp_(ema, [p.detach() for p in params], 1.0 - decay)
 
 
+@dataclass(frozen=True)
+class DenoiserRecipe:
+    """The settings of :func:`train_denoiser`, under one set of names (the two worlds' configs name some apart)."""
+
+    seed: int
+    steps: int
+    batch: int
+    lr: float
+    warmup: int
+    weight_decay: float
+    caption_dropout: float
+    ema_decay: float
+
+
+#: ``loss_fn(x0, noise, token_ids, generator)``: a step's loss from clean latents, their noise and the captions' ids
+#: (one tensor per tokenizer); it draws whatever else it needs (timesteps, noise levels) from ``generator``
+DenoiserLoss = Callable[[torch.Tensor, torch.Tensor, list[torch.Tensor], torch.Generator], torch.Tensor]
+
+
+def _encode_latents(vae: torch.nn.Module, images: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """The VAE posterior's mean and std of every image: encoded once, so each step re-samples the posterior (cheap)
+    instead of re-running the encoder."""
+    with torch.no_grad():
+        data = _to_tensor(images)
+        dists = [vae.encode(data[i : i + 512]).latent_dist for i in range(0, len(data), 512)]
+        return torch.cat([d.mean for d in dists]), torch.cat([d.std for d in dists])
+
+
+def train_denoiser(
+    pipe: DiffusionPipeline,
+    images: np.ndarray,
+    captions: Sequence[str],
+    recipe: DenoiserRecipe,
+    modules: Sequence[torch.nn.Module],
+    tokenizers: Sequence,
+    loss_fn: DenoiserLoss,
+    desc: str,
+    progress: bool = True,
+    shift_factor: float = 0.0,
+) -> dict:
+    """The one pretraining loop of both worlds' text-to-image models (the DDIM world's UNet by epsilon prediction, the
+    flow world's MM-DiT by rectified flow), so the two are trained alike and differ only in ``loss_fn``.
+
+    ``modules`` (the denoiser and its text encoders) train jointly on the frozen VAE's latents of ``images``, in the
+    convention ``(z - shift_factor) * scaling_factor``; ``caption_dropout`` of the captions become "" so
+    classifier-free guidance has an unconditional model. Each step: AdamW on a cosine schedule with warmup, gradients
+    clipped to norm 1, then an exponential moving average (``ema_decay``), whose weights are the ones kept. Every
+    random draw comes from one generator seeded ``recipe.seed + 1``, so a run is reproducible end to end.
+    Returns first/final loss (mean of the first 10, last 50 steps), the per-step losses, the encoding time and the
+    seconds per step.
+    """
+    t_start = time.perf_counter()
+    gen = torch.Generator().manual_seed(recipe.seed + 1)
+    sf = pipe.vae.config.scaling_factor
+    mean, std = _encode_latents(pipe.vae, images)
+    encode_s = time.perf_counter() - t_start
+    unique = sorted(set(captions))
+    row = {c: i for i, c in enumerate(unique)}
+    ids_tables = [_tokenize(tok, unique + [""]) for tok in tokenizers]  # each distinct caption tokenized once
+    cap_index, empty = torch.tensor([row[c] for c in captions]), len(unique)
+    params = [p for module in modules for p in module.parameters()]
+    for module in modules:
+        module.train().requires_grad_(True)
+    ema = [p.detach().clone() for p in params]
+    opt = torch.optim.AdamW(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
+    sched = get_cosine_schedule_with_warmup(opt, recipe.warmup, recipe.steps)
+    losses, step_s = [], []
+    bar = tqdm(range(recipe.steps), desc=desc, disable=not progress)
+    for step in bar:
+        t_step = time.perf_counter()
+        idx = torch.randint(len(mean), (recipe.batch,), generator=gen)
+        x0 = (mean[idx] + std[idx] * torch.randn(mean[idx].shape, generator=gen) - shift_factor) * sf
+        cap = cap_index[idx].clone()
+        cap[torch.rand(recipe.batch, generator=gen) < recipe.caption_dropout] = empty
+        noise = torch.randn(x0.shape, generator=gen)
+        loss = loss_fn(x0, noise, [ids[cap] for ids in ids_tables], gen)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        _ema_update(ema, params, recipe.ema_decay)
+        losses.append(loss.item())
+        step_s.append(time.perf_counter() - t_step)
+        if step % 10 == 0:
+            bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
+    with torch.no_grad():
+        for p, e in zip(params, ema):
+            p.copy_(e)
+    for module in modules:
+        module.eval().requires_grad_(False)
+    return {
+        "final_loss": float(np.mean(losses[-50:])),
+        "first_loss": float(np.mean(losses[:10])),
+        "encode_s": encode_s,
+        "s_per_step_median": float(np.median(step_s)) if step_s else 0.0,
+        "s_per_step_min": float(np.min(step_s)) if step_s else 0.0,
+        "losses": [round(x, 5) for x in losses],
+    }
+
+
 def train_text_to_image(
     pipe: StableDiffusionPipeline,
     images: np.ndarray,
@@ -132,54 +242,25 @@ def train_text_to_image(
     cfg: PretrainConfig,
     progress: bool = True,
 ) -> dict:
-    """Train the UNet and the text encoder jointly on (latent, caption) pairs with epsilon prediction, as SD is trained;
-    ``caption_dropout`` of the captions become "" so classifier-free guidance has an unconditional model. The
-    weights kept are an exponential moving average (``ema_decay``)."""
-    gen = torch.Generator().manual_seed(cfg.seed + 1)
-    vae, unet, text_encoder = pipe.vae, pipe.unet, pipe.text_encoder
-    sf = vae.config.scaling_factor
-    with torch.no_grad():  # encode once; sample the posterior per step (cheap) instead of re-running the encoder
-        data = _to_tensor(images)
-        dists = [vae.encode(data[i : i + 512]).latent_dist for i in range(0, len(data), 512)]
-        mean = torch.cat([d.mean for d in dists])
-        std = torch.cat([d.std for d in dists])
-    del data
-    unique = sorted(set(captions))
-    ids_table = _tokenize(pipe.tokenizer, unique + [""])  # each distinct caption tokenized once
-    row = {c: i for i, c in enumerate(unique)}
-    cap_index = torch.tensor([row[c] for c in captions])
-    empty = len(unique)
+    """Train the UNet and the text encoder jointly on (latent, caption) pairs with epsilon prediction, as SD is trained
+    (:func:`train_denoiser`: caption dropout for classifier-free guidance, EMA weights kept). Returns first and final
+    loss."""
+    unet, text_encoder = pipe.unet, pipe.text_encoder
     noise_sched = DDPMScheduler.from_config(pipe.scheduler.config)
-    params = list(unet.parameters()) + list(text_encoder.parameters())
-    unet.train().requires_grad_(True)
-    text_encoder.train().requires_grad_(True)
-    ema = [p.detach().clone() for p in params]
-    opt = torch.optim.AdamW(params, lr=cfg.t2i_lr, weight_decay=1e-2)
-    sched = get_cosine_schedule_with_warmup(opt, 100, cfg.t2i_steps)
-    losses = []
-    for _ in tqdm(range(cfg.t2i_steps), desc="UNet + text encoder", disable=not progress):
-        idx = torch.randint(len(mean), (cfg.t2i_batch,), generator=gen)
-        lat = (mean[idx] + std[idx] * torch.randn(mean[idx].shape, generator=gen)) * sf
-        cap = cap_index[idx].clone()
-        cap[torch.rand(cfg.t2i_batch, generator=gen) < cfg.caption_dropout] = empty
-        noise = torch.randn(lat.shape, generator=gen)
+
+    def loss_fn(lat: torch.Tensor, noise: torch.Tensor, ids: list[torch.Tensor], gen: torch.Generator) -> torch.Tensor:
         t = torch.randint(0, noise_sched.config.num_train_timesteps, (cfg.t2i_batch,), generator=gen)
         noisy = noise_sched.add_noise(lat, noise, t)
-        emb = text_encoder(ids_table[cap])[0]
-        loss = F.mse_loss(unet(noisy, t, encoder_hidden_states=emb).sample, noise)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
-        _ema_update(ema, params, cfg.ema_decay)
-        losses.append(loss.item())
-    with torch.no_grad():
-        for p, e in zip(params, ema):
-            p.copy_(e)
-    unet.eval().requires_grad_(False)
-    text_encoder.eval().requires_grad_(False)
-    return {"final_loss": float(np.mean(losses[-50:])), "first_loss": float(np.mean(losses[:10]))}
+        emb = text_encoder(ids[0])[0]
+        return F.mse_loss(unet(noisy, t, encoder_hidden_states=emb).sample, noise)
+
+    recipe = DenoiserRecipe(
+        cfg.seed, cfg.t2i_steps, cfg.t2i_batch, cfg.t2i_lr, 100, 1e-2, cfg.caption_dropout, cfg.ema_decay
+    )
+    out = train_denoiser(
+        pipe, images, captions, recipe, [unet, text_encoder], [pipe.tokenizer], loss_fn, "UNet + text encoder", progress
+    )
+    return {"final_loss": out["final_loss"], "first_loss": out["first_loss"]}
 
 
 def _clip_batch_images(images: np.ndarray, idx: np.ndarray, gen: torch.Generator) -> torch.Tensor:
@@ -253,30 +334,44 @@ def _folder_mb(path: Path) -> float:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 2**20
 
 
-def pretrain_world(out_dir: str | Path, cfg: PretrainConfig | None = None, progress: bool = True) -> dict:
-    """Train all of the world from scratch and write ``out_dir/pipeline`` (diffusers), ``out_dir/clip`` (open_clip)
-    and ``out_dir/report.json`` (wall time per component, parameter counts, file sizes, final losses)."""
-    cfg = cfg or PretrainConfig.full()
-    out = Path(out_dir)
+def _start_report(out: Path, cfg) -> tuple[dict, np.ndarray, list[str]]:
+    """The output folder, the report's head (config, threads) and the scenes (timed): how both worlds begin."""
     out.mkdir(parents=True, exist_ok=True)
     report: dict = {"config": asdict(cfg), "threads": torch.get_num_threads()}
     t = time.perf_counter()
     images, captions = make_dataset(cfg.n_images, cfg.seed)
     report["data_s"] = time.perf_counter() - t
+    return report, images, captions
+
+
+def _timed(report: dict, key: str, train: Callable[..., dict], *args) -> None:
+    """``report[key]``: what ``train(*args)`` returns, with its wall time."""
+    t = time.perf_counter()
+    report[key] = train(*args)
+    report[key]["wall_s"] = time.perf_counter() - t
+
+
+def _finish_report(out: Path, report: dict, parts: Sequence[str]) -> dict:
+    """The total time (scenes and the timed ``parts``) and ``out/report.json``."""
+    report["total_s"] = report["data_s"] + sum(report[k]["wall_s"] for k in parts)
+    (out / "report.json").write_text(json.dumps(report, indent=2))
+    return report
+
+
+def pretrain_world(out_dir: str | Path, cfg: PretrainConfig | None = None, progress: bool = True) -> dict:
+    """Train all of the world from scratch and write ``out_dir/pipeline`` (diffusers), ``out_dir/clip`` (open_clip)
+    and ``out_dir/report.json`` (wall time per component, parameter counts, file sizes, final losses)."""
+    cfg = cfg or PretrainConfig.full()
+    out = Path(out_dir)
+    report, images, captions = _start_report(out, cfg)
 
     pipe = build_world_pipeline(cfg.seed)
-    t = time.perf_counter()
-    report["vae"] = train_vae(pipe, images, cfg, progress)
-    report["vae"]["wall_s"] = time.perf_counter() - t
-    t = time.perf_counter()
-    report["text_to_image"] = train_text_to_image(pipe, images, captions, cfg, progress)
-    report["text_to_image"]["wall_s"] = time.perf_counter() - t
+    _timed(report, "vae", train_vae, pipe, images, cfg, progress)
+    _timed(report, "text_to_image", train_text_to_image, pipe, images, captions, cfg, progress)
     pipe.save_pretrained(out / "pipeline", safe_serialization=True)
 
     clip, tokenizer = build_world_clip(cfg.seed)
-    t = time.perf_counter()
-    report["clip"] = train_clip(clip, tokenizer, images, captions, cfg, progress)
-    report["clip"]["wall_s"] = time.perf_counter() - t
+    _timed(report, "clip", train_clip, clip, tokenizer, images, captions, cfg, progress)
     save_world_clip(clip, out / "clip")
 
     report["params"] = {
@@ -286,6 +381,4 @@ def pretrain_world(out_dir: str | Path, cfg: PretrainConfig | None = None, progr
         "clip": _params(clip),
     }
     report["size_mb"] = {"pipeline": _folder_mb(out / "pipeline"), "clip": _folder_mb(out / "clip")}
-    report["total_s"] = report["data_s"] + sum(report[k]["wall_s"] for k in ("vae", "text_to_image", "clip"))
-    (out / "report.json").write_text(json.dumps(report, indent=2))
-    return report
+    return _finish_report(out, report, ("vae", "text_to_image", "clip"))

@@ -22,7 +22,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from .scenes import COLOURS, COUNT_WORDS, COUNTS, RELATIONS, SHAPES
+from b2lib.world.scenes import COLOURS, COUNT_WORDS, COUNTS, RELATIONS, SHAPES, Scene, scene_from_spec
 
 __all__ = [
     "TEMPLATES",
@@ -34,6 +34,8 @@ __all__ = [
     "split_prompts",
     "prompt_split",
     "perturb_prompt",
+    "sample_scene",
+    "random_caption_scene",
 ]
 
 TEMPLATES: tuple[str, ...] = ("counting", "binding", "relation")
@@ -314,3 +316,38 @@ def perturb_prompt(prompt: str, rng: np.random.Generator) -> str:
     else:  # swap colours
         items[0][1], items[1][1] = items[1][1], items[0][1]
     return format_prompt(PromptSpec(spec.template, tuple(tuple(it) for it in items), relation))
+
+
+# ----------------------------------------------------------------------------------------------
+# Scenes that satisfy a prompt
+# ----------------------------------------------------------------------------------------------
+
+
+def sample_scene(
+    rng: np.random.Generator, template: str | None, prompt: str | None = None, split: str | None = None
+) -> Scene:
+    """A random scene that satisfies ``prompt`` (a random prompt of ``template`` if None).
+
+    ``split`` ("train", "test" or None = all prompts) restricts the random prompt choice, so that
+    held-out combinations can be kept out of a training set. ``template`` may be None when a prompt
+    is given (it is then read from the prompt). The scene's caption is the prompt's canonical form
+    (e.g. "A red circle." becomes "one red circle"). Deterministic given the generator state."""
+    if template is not None and template not in TEMPLATES:
+        raise ValueError(f"unknown template {template!r}; supported templates: {', '.join(TEMPLATES)}")
+    if prompt is None:
+        if template is None:
+            raise ValueError(f"give a template ({', '.join(TEMPLATES)}) or a prompt")
+        pool = _prompt_pool(template, split)
+        prompt = pool[int(rng.integers(len(pool)))]
+    spec = _parse_cached(prompt)
+    if template is not None and spec.template != template:
+        raise ValueError(f"prompt {prompt!r} is a {spec.template!r} prompt, not {template!r}")
+    return scene_from_spec(rng, spec, format_prompt(spec))  # canonical text as the caption
+
+
+def random_caption_scene(rng: np.random.Generator, split: str | None = None) -> Scene:
+    """A random scene of a uniformly random template with its caption, for pretraining data.
+
+    ``split`` as in :func:`sample_scene` (None: every prompt of the vocabulary)."""
+    template = TEMPLATES[int(rng.integers(len(TEMPLATES)))]
+    return sample_scene(rng, template, split=split)

@@ -28,8 +28,7 @@ __all__ = [
     "SIZE_RANGE",
     "Obj",
     "Scene",
-    "sample_scene",
-    "random_caption_scene",
+    "scene_from_spec",
     "render",
     "render_batch",
     "caption",
@@ -179,7 +178,7 @@ def _place(
     )
 
 
-def _scene_from_spec(rng: np.random.Generator, spec, prompt: str) -> Scene:
+def scene_from_spec(rng: np.random.Generator, spec, prompt: str) -> Scene:
     """Sample object sizes and a layout satisfying a parsed prompt."""
     n = sum(item[0] for item in spec.items)
     lo, hi = SIZE_RANGE
@@ -194,40 +193,6 @@ def _scene_from_spec(rng: np.random.Generator, spec, prompt: str) -> Scene:
     if spec.template == "binding" and rng.random() < 0.5:
         objects = objects[::-1]  # object order carries no meaning for binding
     return Scene(objects=objects, template=spec.template, prompt=prompt)
-
-
-def sample_scene(
-    rng: np.random.Generator, template: str | None, prompt: str | None = None, split: str | None = None
-) -> Scene:
-    """A random scene that satisfies ``prompt`` (a random prompt of ``template`` if None).
-
-    ``split`` ("train", "test" or None = all prompts) restricts the random prompt choice, so that
-    held-out combinations can be kept out of a training set. ``template`` may be None when a prompt
-    is given (it is then read from the prompt). The scene's caption is the prompt's canonical form
-    (e.g. "A red circle." becomes "one red circle"). Deterministic given the generator state."""
-    from .prompts import TEMPLATES, _parse_cached, _prompt_pool, format_prompt
-
-    if template is not None and template not in TEMPLATES:
-        raise ValueError(f"unknown template {template!r}; supported templates: {', '.join(TEMPLATES)}")
-    if prompt is None:
-        if template is None:
-            raise ValueError(f"give a template ({', '.join(TEMPLATES)}) or a prompt")
-        pool = _prompt_pool(template, split)
-        prompt = pool[int(rng.integers(len(pool)))]
-    spec = _parse_cached(prompt)
-    if template is not None and spec.template != template:
-        raise ValueError(f"prompt {prompt!r} is a {spec.template!r} prompt, not {template!r}")
-    return _scene_from_spec(rng, spec, format_prompt(spec))  # canonical text as the caption
-
-
-def random_caption_scene(rng: np.random.Generator, split: str | None = None) -> Scene:
-    """A random scene of a uniformly random template with its caption, for pretraining data.
-
-    ``split`` as in :func:`sample_scene` (None: every prompt of the vocabulary)."""
-    from .prompts import TEMPLATES
-
-    template = TEMPLATES[int(rng.integers(len(TEMPLATES)))]
-    return sample_scene(rng, template, split=split)
 
 
 # ----------------------------------------------------------------------------------------------

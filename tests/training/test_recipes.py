@@ -1,0 +1,22 @@
+"""The estimator recipes are data read by both entries: a configuration built by hand and a run's presets."""
+
+import pytest
+
+from b2lib.experiments.presets import trainer_config
+from b2lib.training.recipes import RECIPES, recipe_switches
+
+
+def test_switches_are_a_copy_and_unknown_recipes_are_named():
+    s = recipe_switches("coarse", "b2")
+    assert s == {"window": 1, "explore_grid": 2, "algorithm": "grpo"}
+    s["window"] = 9
+    assert RECIPES["coarse"]["b2"]["window"] == 1
+    assert recipe_switches("paper", "b2") == {} and recipe_switches("coarse", "unknown_method") == {}
+    with pytest.raises(ValueError, match="coarse"):
+        recipe_switches("fine", "b2")
+
+
+@pytest.mark.parametrize("method", ["b2", "ddpo"])
+def test_presets_apply_the_same_switches(method):
+    cfg = trainer_config("embedded", method, recipe="coarse")
+    assert all(getattr(cfg, k) == v for k, v in recipe_switches("coarse", method).items())
