@@ -30,7 +30,7 @@ def smoke_params() -> dict:
     the smoke preset's sizes (:data:`b2lib.experiments.presets.SMOKE`, the one place they are set), one seed, one
     worker. A notebook takes the entries whose names it defines as parameters (``setup(globals())``); the chain's length
     and interval start go through ``overrides``, so they win over a notebook's own trainer settings."""
-    from b2lib.experiments.presets import SMOKE as toy
+    from b2lib.experiments.presets import SMOKE as toy  # postponed: presets loads torch; see setup()
 
     return dict(
         stages=toy["num_stages"],
@@ -64,6 +64,7 @@ def setup(params: dict | None = None, **smoke) -> bool:
     """
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    # postponed until the offline switches above are set: these load torch and the hub libraries, which read them
     from b2lib.reporting.plots import set_style
     from b2lib.utils.paths import is_smoke
 

@@ -22,7 +22,7 @@ from typing import Sequence
 import torch
 from diffusers import DiffusionPipeline
 
-from b2lib.algorithm.advantages import GROUP_EPS
+from b2lib.algorithm.advantages import GROUP_EPS, select_in_groups
 from b2lib.algorithm.sampling import Trajectories, _sample_levels
 from b2lib.algorithm.schedule import ProgressiveSchedule
 from b2lib.policies.base import Policy
@@ -206,7 +206,6 @@ def select_nodes(
     """Width pruning with B²'s rule at one level: among each node's siblings keep the best if its advantage is at least
     ``pos_threshold`` and the worst if it is below ``neg_threshold``
     (:func:`b2lib.algorithm.advantages.select_in_groups`)."""
-    from b2lib.algorithm.advantages import select_in_groups
 
     parents = torch.arange(len(z)) // branches
     return select_in_groups(z, parents, pos_threshold, neg_threshold)

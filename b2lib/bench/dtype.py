@@ -15,8 +15,17 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
+from b2lib.algorithm.sampling import sample_branches, sample_trajectories
+from b2lib.algorithm.tree import sample_tree
 from b2lib.bench.timing import machine_info, paired_ratio, time_pair
+from b2lib.evaluation.generate import evaluate_prompts
+from b2lib.experiments.evalsettings import text_metric
+from b2lib.experiments.presets import load_models, trainer_config
+from b2lib.experiments.setups import MAIN
+from b2lib.training.trainer import RLTrainer
 from b2lib.utils.precision import bf16_problem, compute_dtype, cpu_info, current_dtype
+from b2lib.world import judge_batch
+from b2lib.world.prompts import split_prompts
 
 __all__ = ["DTYPE_SIZES", "DTYPE_COLUMNS", "bench_dtype", "dtype_table"]
 
@@ -117,8 +126,6 @@ def _gen(r: int) -> torch.Generator:
 def _sampling_phases(pipe, batch: list[str], s: dict, bar) -> dict:
     """Plain sampling (with the images' bf16 - fp32 difference under the same noise), branch sampling and tree
     sampling, each timed under both dtypes; ``bar`` advances once per phase."""
-    from b2lib.algorithm.sampling import sample_branches, sample_trajectories
-    from b2lib.algorithm.tree import sample_tree
 
     reps, steps = s["repeats"], s["steps"]
     out: dict = {}
@@ -162,9 +169,6 @@ def _sampling_phases(pipe, batch: list[str], s: dict, bar) -> dict:
 def _stage_phases(train: list[str], s: dict, bar) -> dict:
     """One whole B² stage and one whole DDPO stage at the main job's setup, each method's two trainers (fresh models)
     differing only in ``dtype``; ``bar`` advances once per method."""
-    from b2lib.experiments.presets import load_models, trainer_config
-    from b2lib.experiments.setups import MAIN
-    from b2lib.training.trainer import RLTrainer
 
     reps, out = s["repeats"], {}
     for method in ("b2", "ddpo"):
@@ -188,9 +192,6 @@ def _stage_phases(train: list[str], s: dict, bar) -> dict:
 def _evaluation_phase(pipe, reward, test: list[str], s: dict) -> dict:
     """The evaluation (generation, CLIPScore, BERTScore, judge) of about ``eval_images`` images under both dtypes,
     with the mean scores each dtype reported."""
-    from b2lib.evaluation.generate import evaluate_prompts
-    from b2lib.experiments.evalsettings import text_metric
-    from b2lib.world import judge_batch
 
     bert = text_metric("embedded", "cpu")
     n_per_prompt = max(1, s["eval_images"] // 8)
@@ -226,8 +227,6 @@ def bench_dtype(size: str = "full", repeats: int | None = None, progress: bool =
     CPU's bf16 flags, the sizes, and per phase the rates (work/s, min/median/max), the work unit and the per-repeat
     ratio bf16/fp32 (> 1: bf16 is faster). Raises where this machine has no native bf16 (emulated bf16 is slower
     than fp32, and a run would refuse it: :func:`b2lib.utils.precision.check_dtype`)."""
-    from b2lib.experiments.presets import load_models
-    from b2lib.world.prompts import split_prompts
 
     s = _settings(size, repeats)
     out: dict = {"machine": machine_info(), "cpu": cpu_info(), "size": size, "settings": s}

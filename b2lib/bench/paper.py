@@ -10,6 +10,7 @@ import torch
 
 from b2lib.algorithm.sampling import sample_trajectories
 from b2lib.bench.timing import Timing, UnetTimer, sync
+from b2lib.training.models import assemble_pipeline, clip_text_encoder
 
 __all__ = [
     "PEAK_TFLOPS",
@@ -51,8 +52,6 @@ def paper_arch_pipeline(reduced: bool = False, device: str = "cpu", dtype: torch
     can run in seconds; it is for checking the script, not for numbers about SD.
     """
     from diffusers import AutoencoderKL, UNet2DConditionModel
-
-    from b2lib.training.models import assemble_pipeline, clip_text_encoder
 
     torch.manual_seed(seed)
     if reduced:

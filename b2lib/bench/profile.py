@@ -21,6 +21,8 @@ import numpy as np
 import pandas as pd
 import torch
 
+from b2lib.algorithm.sampling import sample_branches, sample_trajectories
+from b2lib.algorithm.tree import Level, sample_tree
 from b2lib.bench.timing import sync
 
 __all__ = [
@@ -211,8 +213,6 @@ def profile_study(pipe, prompts: list[str], size: str = "full", progress: bool =
     independent sampling of as many trajectories; each with its calls priced on the curve
     (:func:`compare_samplers`); and the operators of one batched and one looped branch sampling (:func:`op_profile`).
     ``prompts``: at least ``prefixes`` of them (B²'s stage samples this many prefixes)."""
-    from b2lib.algorithm.sampling import sample_branches, sample_trajectories
-    from b2lib.algorithm.tree import Level, sample_tree
 
     s = PROFILE_SIZES[size]
     steps, split, reps = s["steps"], s["steps"] // 2, s["repeats"]

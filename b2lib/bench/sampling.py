@@ -9,6 +9,7 @@ from typing import Callable
 import torch
 
 from b2lib.algorithm.sampling import sample_branches, sample_trajectories
+from b2lib.algorithm.tree import Level, sample_tree, tree_unet_rows
 from b2lib.bench.timing import Timing, UnetTimer, paired_ratio, spread, sync, time_pair
 
 __all__ = [
@@ -287,8 +288,6 @@ def bench_tree(
     prompt): trajectories/s ratios, each with its ``bound``, the ratio of UNet rows
     (:func:`b2lib.algorithm.tree.tree_unet_rows`), which a sampler whose time is all UNet would reach."""
     import math
-
-    from b2lib.algorithm.tree import Level, sample_tree, tree_unet_rows
 
     levels = [lv if isinstance(lv, Level) else Level(*lv) for lv in levels]
     per_prompt = math.prod(lv.branches for lv in levels)

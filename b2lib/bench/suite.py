@@ -19,6 +19,9 @@ from b2lib.bench.sampling import (
 )
 from b2lib.bench.timing import machine_info
 from b2lib.bench.training import bench_stage_reload, bench_training_share, bench_update_packing
+from b2lib.experiments.presets import load_models, trainer_config
+from b2lib.training.trainer import RLTrainer
+from b2lib.world.prompts import split_prompts
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -72,10 +75,6 @@ def run_suite(
     out: dict = {"machine": machine_info(), "size": size, "settings": s}
     steps, reps, b = s["steps"], s["repeats"], s["branches"]
     if embedded:
-        from b2lib.experiments.presets import load_models, trainer_config
-        from b2lib.training.trainer import RLTrainer
-        from b2lib.world.prompts import split_prompts
-
         prompts = split_prompts("counting")[0]
         batch = [prompts[i % len(prompts)] for i in range(s["batch"])]
         prefixes = batch[: s["prefixes"]]

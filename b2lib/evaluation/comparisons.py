@@ -21,6 +21,8 @@ from typing import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
+from b2lib.evaluation.stats import bootstrap_difference, bootstrap_mean, verdict
+
 __all__ = ["EVAL_IMAGE_METRICS", "paired_comparison", "paired_comparisons", "reference_pairs", "sign_control"]
 
 #: per-image columns of ``eval_images.csv`` that the paired comparison reports (the judge column is 0/1)
@@ -44,7 +46,6 @@ def paired_comparison(
     """Per template, metric and pair ``(a, b)``: the means of ``a`` and ``b`` (over seeds and images), ``a - b`` with
     its 95 % two-level bootstrap interval (:func:`b2lib.evaluation.stats.bootstrap_difference`: seeds of each side
     resampled independently, prompts jointly), the number of seeds and images per side, and the README verdict."""
-    from b2lib.evaluation.stats import bootstrap_difference, verdict
 
     df = images[images["split"] == split]
     df = df.assign(seed=df["seed"].fillna(-1))
@@ -116,7 +117,6 @@ def sign_control(
     weights wandering under noisy gradients). ``gain = signal + drift``. Each comes with the two-level bootstrap
     interval of :func:`b2lib.evaluation.stats.bootstrap_mean` (seed pairs and prompts resampled).
     """
-    from b2lib.evaluation.stats import bootstrap_mean
 
     models, base = {}, None
     for d in map(Path, run_dirs):

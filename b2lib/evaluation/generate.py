@@ -9,6 +9,7 @@ from diffusers import StableDiffusionPipeline
 from tqdm.auto import tqdm
 
 from b2lib.algorithm.sampling import _encode, _prepare, denoise, sample_trajectories
+from b2lib.evaluation.metrics import pairwise_diversity, pixel_diversity
 from b2lib.policies.base import as_policy
 from b2lib.training.models import lora_fused
 from b2lib.utils.precision import compute_dtype
@@ -96,8 +97,6 @@ def evaluate_images(
     import dataclasses
 
     import pandas as pd
-
-    from b2lib.evaluation.metrics import pairwise_diversity, pixel_diversity
 
     table = pd.DataFrame({"prompt": list(prompts)})
     summary: dict = {"n_images": len(prompts), "n_prompts": table["prompt"].nunique()}

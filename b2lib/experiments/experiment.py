@@ -229,8 +229,6 @@ def run_many(
         raise ValueError("Two RunConfigs share an output_dir; give each run its own folder.")
     for cfg, o in zip(configs, outs):  # a finished folder is only skipped if it holds the run asked for
         if skip_done and (o / "summary.json").exists() and (o / "run.json").exists():
-            from b2lib.utils.rundir import check_fingerprint
-
             check_fingerprint(o, cfg.settings())
     todo = [c for c, o in zip(configs, outs) if not (skip_done and (o / "summary.json").exists())]
     threads = threads or default_threads(workers)

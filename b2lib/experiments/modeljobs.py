@@ -25,8 +25,11 @@ from b2lib.experiments.evalsettings import eval_settings, eval_split_prompts, st
 from b2lib.experiments.pool import default_threads, run_in_processes
 from b2lib.experiments.presets import canonical_template, get_preset, load_models, load_prompts
 from b2lib.experiments.runconfig import BASE, RunConfig, job_label
+from b2lib.rewards.base import Negated
 from b2lib.training.checkpoint import latest_checkpoint, save_lora, save_unet
+from b2lib.training.trainer import RLTrainer
 from b2lib.utils.progress import RunProgress, clock
+from b2lib.world.evaluation import JUDGE_REWARDS
 
 __all__ = ["ModelResult", "RunContext", "BASE", "job_order", "resolve_workers", "run_jobs_parallel"]
 
@@ -72,12 +75,8 @@ class RunContext:
             eval_kwargs = eval_settings(cfg, device, bertscore=cfg.bertscore and acc.is_main_process)
         train_reward = reward
         if cfg.reward != "clip":  # a judge reward of the sparsity axis (b2lib.world.evaluation.JUDGE_REWARDS)
-            from b2lib.world.evaluation import JUDGE_REWARDS
-
             train_reward = JUDGE_REWARDS[cfg.reward]
         if cfg.reward_sign == -1:
-            from b2lib.rewards.base import Negated
-
             train_reward = Negated(train_reward)
         return cls(
             cfg,
@@ -113,7 +112,6 @@ class RunContext:
     def model(self, method: str, seed: int | None = None) -> ModelResult:
         """The job ``method`` x ``seed`` (``method=BASE``: evaluate the untrained model). Training resumes from the
         run folder's checkpoints; only the main process exports and evaluates."""
-        from b2lib.training.trainer import RLTrainer
 
         t0 = time.perf_counter()
         main = self.acc.is_main_process

@@ -30,8 +30,13 @@ from pathlib import Path
 
 import torch
 
+from b2lib.rewards.base import ClipScore
 from b2lib.training.config import TrainerConfig
+from b2lib.training.models import load_sd3_pipeline, load_sd_pipeline
 from b2lib.training.recipes import RECIPES
+from b2lib.world.flow_models import load_flow_world_pipeline
+from b2lib.world.models import load_clip_score, load_world_pipeline
+from b2lib.world.prompts import split_prompts
 
 __all__ = [
     "METHOD_NAMES",
@@ -126,7 +131,6 @@ def load_prompts(preset: str, template: str, split: str = "train") -> list[str]:
         raise ValueError(f"split must be 'train' or 'test', got {split!r}.")
     if not get_preset(preset).world:
         return json.loads((_PROMPT_DIR / f"{_PAPER_FILES[template]}_{split}.json").read_text())
-    from b2lib.world.prompts import split_prompts
 
     train, test = split_prompts(template)
     return train if split == "train" else test
@@ -139,17 +143,11 @@ def load_models(preset: str, model_dir: str = "", clip_dir: str = "", device: st
     p = get_preset(preset)
     device = device or p.device
     if p.world:
-        from b2lib.world.models import load_clip_score, load_world_pipeline
-
         if p.family == "sd3":
-            from b2lib.world.flow_models import load_flow_world_pipeline
-
             pipe = load_flow_world_pipeline(model_dir or None, device=device)
         else:
             pipe = load_world_pipeline(model_dir or None, device=device)
         return pipe, load_clip_score(clip_dir or None, device=device)
-    from b2lib.rewards.base import ClipScore
-    from b2lib.training.models import load_sd3_pipeline, load_sd_pipeline
 
     load = load_sd3_pipeline if p.family == "sd3" else load_sd_pipeline
     pipe = load(model_dir or p.pipeline, torch_dtype=p.torch_dtype, device=device)

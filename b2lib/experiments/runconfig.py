@@ -10,7 +10,9 @@ from pathlib import Path
 
 import torch
 
-from b2lib.experiments.presets import METHOD_NAMES, PRESETS, TEMPLATE_ALIASES, get_preset, trainer_config
+from b2lib.experiments.presets import METHOD_NAMES, PRESETS, RECIPES, TEMPLATE_ALIASES, get_preset, trainer_config
+from b2lib.training.trainer import TrainerConfig, equal_work_stages, nominal_work
+from b2lib.utils.precision import DTYPES, check_dtype
 
 __all__ = ["ConfigError", "RunConfig", "METHODS", "DEFAULT_METHODS", "COMPUTE_REFERENCE", "BASE", "job_label"]
 
@@ -191,7 +193,6 @@ class RunConfig:
     def _objective_problems(self) -> list[tuple[str, str]]:
         """What is trained and how: ``reward`` (a judge reward needs a world preset), ``recipe``, ``reward_sign``,
         ``device`` (cuda only where torch sees a GPU) and ``budget``."""
-        from b2lib.experiments.presets import RECIPES
 
         out = []
         if self.reward not in REWARDS:
@@ -269,7 +270,6 @@ class RunConfig:
         """``dtype``: a known name, native bf16 on the device the run will use
         (:func:`b2lib.utils.precision.check_dtype`), fp32 weights to autocast, and set here only: evaluation follows it
         too, so an override of the trainer's alone would evaluate in another dtype than it trained."""
-        from b2lib.utils.precision import DTYPES, check_dtype
 
         out = []
         per_method = self.method_overrides.values() if isinstance(self.method_overrides, dict) else []
@@ -333,7 +333,6 @@ class RunConfig:
     def equal_compute_stages(self, method: str) -> int:
         """The stages ``method`` runs at B²'s compute (B² at ``stages``, both with their settings in this run): the
         most whose :func:`~b2lib.training.trainer.nominal_work` stays within B²'s."""
-        from b2lib.training.trainer import equal_work_stages, nominal_work
 
         work = nominal_work(self._method_config(COMPUTE_REFERENCE, 0, self.stages, {}))
         return equal_work_stages(self._method_config(method, 0, 1, {}), work)
@@ -356,7 +355,6 @@ def _listed(v: object) -> bool:
 def _field_problems(name: str, fields_: dict, prefix: str = "") -> list[tuple[str, str]]:
     """Unknown TrainerConfig fields and values of the wrong type in ``fields_`` (``overrides``, or one method's
     ``method_overrides``), as ``(name, message)``."""
-    from b2lib.training.trainer import TrainerConfig
 
     known = TrainerConfig.__dataclass_fields__
     out = []

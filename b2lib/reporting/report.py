@@ -29,6 +29,8 @@ from b2lib.evaluation.comparisons import (
     sign_control,
 )
 from b2lib.evaluation.health import health_summary, health_table, reward_trend
+from b2lib.evaluation.stats import bootstrap_difference
+from b2lib.reporting.plots import comparison_grid
 from b2lib.reporting.summary_table import generalisation_rows, readme_table
 
 __all__ = [
@@ -217,7 +219,6 @@ def run_cost(metrics: pd.DataFrame) -> pd.DataFrame:
 
 def _paired_gain(run_dir: Path, split: str):
     """The run's CLIPScore gain over the base model with its prompt-bootstrap interval (one seed: no seed level)."""
-    from b2lib.evaluation.stats import bootstrap_difference
 
     path = run_dir / "eval_images.csv"
     if not path.exists():
@@ -318,7 +319,6 @@ def load_samples(run_dir: str | Path) -> tuple[dict[str, torch.Tensor], list[str
 
 def sample_grid_from_runs(run_dirs: Sequence[str | Path], models: Sequence[str] = ("base",), per_run: int = 8):
     """Rows = models, columns = prompts, from the runs' saved samples (same prompts and seeds for every model)."""
-    from b2lib.reporting.plots import comparison_grid
 
     images: dict[str, list] = {}
     prompts: list[str] = []

@@ -12,7 +12,12 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from b2lib.evaluation.generate import generate
+from b2lib.experiments.evalsettings import eval_settings, eval_split_prompts
+from b2lib.experiments.reevaluate import load_trained, run_config
+from b2lib.reporting.report import paired_comparison
 from b2lib.world.colour_mixing import MIN_SHARE, MIXING_METRICS, SENSITIVITY_SHARES, colour_mixing_batch
+from b2lib.world.judge import judge_batch
 
 __all__ = ["regenerate", "mixing_study", "mixing_rates", "mixing_comparisons", "colour_mixing_table"]
 
@@ -51,11 +56,6 @@ def regenerate(folder: str | Path, model: str, split: str = "test", cache: str |
     import inspect
 
     import torch
-
-    from b2lib.evaluation.generate import generate
-    from b2lib.experiments.evalsettings import eval_settings, eval_split_prompts
-    from b2lib.experiments.reevaluate import load_trained, run_config
-    from b2lib.world.judge import judge_batch
 
     t0 = time.perf_counter()
     cfg = run_config(folder)
@@ -198,8 +198,6 @@ def mixing_comparisons(
     (metrics ``mixed_any@0.20`` ...), read from the continuous ``mixed_share`` / ``asked_share`` (``mixed_any`` at
     threshold ``s`` is exactly ``mixed_share >= s``), so the verdict can be seen not to hang on the threshold."""
     import pandas as pd
-
-    from b2lib.reporting.report import paired_comparison
 
     per_image = per_image.copy()
     derived = []

@@ -47,7 +47,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from b2lib.experiments.presets import load_models, load_prompts, trainer_config
+from b2lib.rewards.base import Redness
+from b2lib.training.trainer import RLTrainer
 from b2lib.utils.tables import write_table
+from b2lib.world.evaluation import judge_reward
 
 __all__ = [
     "SNR_ARMS",
@@ -428,9 +432,6 @@ def snr_study(
     the preset's tuned recipe of each method by default."""
     import pandas as pd
 
-    from b2lib.experiments.presets import load_models, load_prompts, trainer_config
-    from b2lib.training.trainer import RLTrainer
-
     arms = dict(SNR_ARMS if arms is None else arms)
     for name, arm in arms.items():
         unknown = set(arm) - {"method", "stage", "reward", "overrides", "images_per_stage"}
@@ -451,10 +452,8 @@ def snr_study(
             pipe, clip = load_models(preset, device=device)  # fresh base weights for every arm
             reward = clip
             if arm.get("reward", "clip") == "judge":
-                from b2lib.world.evaluation import judge_reward as reward
+                reward = judge_reward
             elif arm.get("reward", "clip") == "redness":
-                from b2lib.rewards.base import Redness
-
                 reward = Redness()
             ips = images_per_stage if images_per_stage is not None else arm.get("images_per_stage")
             cfg = trainer_config(

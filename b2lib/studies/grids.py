@@ -15,10 +15,13 @@ from typing import Sequence
 
 import pandas as pd
 
+from b2lib.evaluation.comparisons import paired_comparisons
 from b2lib.experiments.experiment import RunConfig
 from b2lib.experiments.presets import trainer_config
 from b2lib.experiments.runconfig import job_label
+from b2lib.reporting.report import combine_runs
 from b2lib.studies.sparsity import group_kind
+from b2lib.utils.paths import REPO_ROOT, is_smoke
 from b2lib.utils.rundir import reuse_problems
 
 __all__ = [
@@ -74,7 +77,6 @@ def reusable_runs(study: str, template: str, seeds, results: str | Path | None =
     All or nothing: the folders only if every seed's run finished (its ``summary.json`` exists), else ``[]``, so a
     table never mixes reused seeds with missing ones. Smoke runs (tests, CI) never reuse full-size runs.
     """
-    from b2lib.utils.paths import REPO_ROOT, is_smoke
 
     if is_smoke():
         return []
@@ -236,8 +238,6 @@ def replicate_comparisons(plan: CompatPlan, pairs: list[tuple[str, str]], splits
 
     Why: the two hold the same settings and seeds, so their difference is run-to-run noise (thread count, float
     rounding); a verdict that flips between them is not robust."""
-    from b2lib.evaluation.comparisons import paired_comparisons
-    from b2lib.reporting.report import combine_runs
 
     tables = []
     for _, other, method, algorithm in plan.replicates:
@@ -294,8 +294,6 @@ def sensitivity_comparisons(plan: SensitivityPlan, splits=("test",)) -> pd.DataF
     """Each point of the grid against the default point, paired (the same evaluation prompts and noise for every
     run): the :func:`b2lib.evaluation.comparisons.paired_comparison` table with ``factor`` and ``value`` columns added.
     Seeds are resampled per side, so a point may have fewer finished seeds than the default."""
-    from b2lib.evaluation.comparisons import paired_comparisons
-    from b2lib.reporting.report import combine_runs
 
     entries: dict[str, str] = {}
     for factor, value, cfg in plan.runs:
@@ -316,7 +314,6 @@ BUDGET_SCALES = (4, 16)
 def sign_control_runs(out: str | Path, methods, seeds, **common) -> list:
     """Notebook 09's sign control: per seed and method, one run on the reward and one on its negation
     (``reward_sign=-1``), in ``out/signs/<method>_<pos|neg>_seed<s>``; ``common``: shared RunConfig fields."""
-    from b2lib.experiments.experiment import RunConfig
 
     return [
         RunConfig(
@@ -339,7 +336,6 @@ def budget_runs(out: str | Path, methods, seeds, scales=BUDGET_SCALES, **common)
     optimizer settings unchanged (so more steps: ``out/scale/<m>_n<images>_seed<s>``), and with the first scale's
     images *and* ``grad_accum`` (so the same number of steps, each on more samples:
     ``out/batch<images>/<m>_seed<s>``)."""
-    from b2lib.experiments.experiment import RunConfig
 
     runs = []
     for s in seeds:
@@ -437,8 +433,6 @@ def dtype_comparisons(
     Why renamed bases: the two dtypes' base models score the same images slightly differently, so
     :func:`~b2lib.reporting.report.combine_runs` would refuse to pool them as one base; ``base{tag}`` keeps them apart,
     while the reference folders' bases are still checked equal to each other."""
-    from b2lib.evaluation.comparisons import paired_comparisons
-    from b2lib.reporting.report import combine_runs
 
     methods = list(reference)
     if set(other) != set(methods):

@@ -17,8 +17,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from b2lib.experiments.experiment import RunConfig
+from b2lib.experiments.experiment import RunConfig, run_many
 from b2lib.experiments.runconfig import job_label
+from b2lib.reporting.plot_style import legend_outside, method_colour, method_order
 from b2lib.studies.tuning import halving_survivors, search_config, sweep_table
 
 __all__ = [
@@ -111,7 +112,6 @@ def run_levers(
     """The search with successive halving: every point of every method (``methods``: a subset of ``levers``' keys)
     with the method's first seed, its later seeds only for the :func:`survivors`; ``seeds`` as in
     :func:`lever_runs`. Finished runs are read, unfinished ones resume. Returns :func:`lever_table` of the runs made."""
-    from b2lib.experiments.experiment import run_many
 
     levers = {m: p for m, p in (levers or LEVERS).items() if methods is None or m in methods}
     runs = lever_runs(base, out, seeds=seeds, levers=levers)
@@ -250,8 +250,6 @@ def census_plot(table: pd.DataFrame):
     """The measured informative share against trained steps, one line per method in its colour, with the base model's
     predicted share as open markers: :func:`census_by_branch_point` drawn, the legend to the right."""
     import matplotlib.pyplot as plt
-
-    from b2lib.reporting.plot_style import legend_outside, method_colour, method_order
 
     fig, ax = plt.subplots(figsize=(5.5, 3.4))
     for method in method_order(table["method"]):

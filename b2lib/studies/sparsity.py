@@ -19,7 +19,11 @@ from typing import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from b2lib.experiments.presets import load_models, trainer_config
 from b2lib.experiments.runconfig import job_label
+from b2lib.reporting.plot_style import INTERVAL, legend_outside, method_colour, method_order, value_ticks, wrap
+from b2lib.training.trainer import RLTrainer
+from b2lib.world.evaluation import JUDGE_REWARDS, judge_reward, judge_strict_reward
 
 __all__ = [
     "AXIS",
@@ -121,7 +125,6 @@ def positive_rates(images, prompts: Sequence[str], clip_scores=None) -> pd.DataF
     """Each reward of :data:`AXIS` on the same images: its mean and its *positive rate*, the share of images it scores
     above 0 (what a binary reward's sparsity is). CLIPScore (``clip_scores``, if given) scores every image, so its
     positive rate is 1 by this definition: the dense end of the axis."""
-    from b2lib.world.evaluation import JUDGE_REWARDS
 
     rows = []
     if clip_scores is not None:
@@ -185,8 +188,6 @@ def sparsity_plot(table: pd.DataFrame, metric_label: str = "test judge (all corr
     (each tick names the reward and its positive rate on the base model), methods side by side in their colours.
     Points are not joined: the rewards are different rewards, not points on one scale."""
     import matplotlib.pyplot as plt
-
-    from b2lib.reporting.plot_style import INTERVAL, legend_outside, method_colour, method_order, wrap
 
     rewards = table.drop_duplicates("reward").sort_values("positive_rate", ascending=False, kind="stable")
     methods = method_order(table["method"])
@@ -269,9 +270,6 @@ def census_study(
     (default: the judge's binary and strict verdicts). Returns the group table and, per reward and branch count,
     :func:`census_prediction` (predicted against measured). Each branch count gets its own freshly loaded pipeline,
     because a trainer adds a LoRA to the pipeline it is given."""
-    from b2lib.experiments.presets import load_models, trainer_config
-    from b2lib.training.trainer import RLTrainer
-    from b2lib.world.evaluation import judge_reward, judge_strict_reward
 
     rewards = rewards or {"judge": judge_reward, "judge_strict": judge_strict_reward}
     parts = []
@@ -300,8 +298,6 @@ def census_figure(prediction: pd.DataFrame):
     branch counts measured are ticked; the legend sits below both panels."""
     import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
-
-    from b2lib.reporting.plot_style import legend_outside, value_ticks
 
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
     handles = []

@@ -17,7 +17,7 @@ from typing import Callable
 
 import pandas as pd
 
-from b2lib.experiments.experiment import RunConfig
+from b2lib.experiments.experiment import RunConfig, run_many
 from b2lib.utils.tables import write_table
 
 __all__ = [
@@ -154,7 +154,6 @@ def run_sweep(
 ) -> pd.DataFrame:
     """Run the search with successive halving and return its table: every grid point with the first seed, the later
     seeds only for the :func:`survivors` of the first. Finished runs are skipped, unfinished ones resume."""
-    from b2lib.experiments.experiment import run_many
 
     grid = grid or GRID
     runs = sweep_runs(base, out, methods=methods, seeds=seeds, grid=grid)

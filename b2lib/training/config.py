@@ -26,6 +26,7 @@ from typing import Literal
 
 from b2lib.algorithm.losses import ALGORITHMS, needs_reference
 from b2lib.algorithm.schedule import ProgressiveSchedule
+from b2lib.algorithm.tree import _check_levels, depth_schedule, trained_levels
 from b2lib.training.models import LORA_TARGETS
 from b2lib.training.recipes import recipe_switches
 from b2lib.utils.precision import check_dtype
@@ -209,7 +210,6 @@ class TrainerConfig:
         return ProgressiveSchedule(self.num_stages, self.split_start, end, self.num_steps)
 
     def _check_tree(self) -> None:
-        from b2lib.algorithm.tree import _check_levels
 
         levels = _check_levels(self.tree, self.num_steps)
         if self.tree_train_levels is not None and (
@@ -250,7 +250,6 @@ class TrainerConfig:
     @property
     def depth_schedule(self) -> ProgressiveSchedule:
         """Per stage, how many of the tree's levels are trained, the deepest first (``tree_progressive``), or all."""
-        from b2lib.algorithm.tree import depth_schedule
 
         if self.tree is None:
             raise ValueError("depth_schedule needs a tree (TrainerConfig.tree).")
@@ -266,7 +265,6 @@ class TrainerConfig:
 
     def tree_levels_at(self, stage: int) -> list[int]:
         """The levels trained at ``stage``: the deepest ``depth_schedule(stage)`` of the kept levels."""
-        from b2lib.algorithm.tree import trained_levels
 
         kept = self.tree_levels_kept
         return [kept[i] for i in trained_levels(self.depth_schedule, stage)]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import replace
 
+from b2lib.algorithm.tree import _check_levels, tree_unet_rows
 from b2lib.training.config import TrainerConfig
 
 __all__ = ["trained_steps_per_sample", "unet_rows", "TRAIN_ROW_WORK", "nominal_work", "equal_work_stages"]
@@ -77,7 +78,6 @@ def nominal_work(cfg: TrainerConfig) -> int:
 
 
 def _nominal_tree_work(cfg: TrainerConfig) -> int:
-    from b2lib.algorithm.tree import _check_levels, tree_unet_rows
 
     levels = _check_levels(cfg.tree, cfg.num_steps)
     guided = cfg.guidance_scale > 1.0

@@ -28,29 +28,26 @@ from b2lib.algorithm.advantages import (
     weighted_advantages,
 )
 from b2lib.algorithm.sampling import Trajectories, sample_branches, sample_trajectories
+from b2lib.algorithm.tree import sample_tree, tree_training_batch
 from b2lib.policies.base import Policy, as_policy
 from b2lib.rewards.base import RewardFn, RewardNotFiniteError, check_finite, check_reward_output
+from b2lib.training.checkpoint import (
+    checkpoint_stages,
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+    verify_checkpoint,
+)
 from b2lib.training.config import ADDED_FIELDS, TrainerConfig
 from b2lib.training.cost import TRAIN_ROW_WORK, equal_work_stages, nominal_work, trained_steps_per_sample, unet_rows
 from b2lib.training.models import LORA_TARGETS, add_lora, ensure_ddim, lora_fused
 from b2lib.training.update import PolicyUpdate, micro_batches, update_size
 from b2lib.utils.precision import check_dtype, compute_dtype
 
-__all__ = [
-    "TrainerConfig",
-    "ADDED_FIELDS",
-    "RLTrainer",
-    "B2Trainer",
-    "DDPOTrainer",
-    "flat_groups",
-    "micro_batches",
-    "unet_rows",
-    "nominal_work",
-    "equal_work_stages",
-    "trained_steps_per_sample",
-    "TRAIN_ROW_WORK",
-    "update_size",
-]
+__all__ = [  # the loop, and the names of config, cost and update that callers take from here
+    "TrainerConfig", "ADDED_FIELDS", "RLTrainer", "B2Trainer", "DDPOTrainer", "flat_groups", "micro_batches",
+    "unet_rows", "nominal_work", "equal_work_stages", "trained_steps_per_sample", "TRAIN_ROW_WORK", "update_size",
+]  # fmt: skip
 
 
 def policy_of(pipe: DiffusionPipeline | Policy) -> Policy:
@@ -226,7 +223,6 @@ class RLTrainer(PolicyUpdate):
         needs: ``leaves`` (the images, as Trajectories) and their ``rewards``, the trained levels' ``transitions`` with
         their step-specific advantages ``z`` and the selection mask ``keep``, the trained level indices, and the
         sampling's UNet rows. Prompts and noise come from the same streams as :meth:`sample_stage`."""
-        from b2lib.algorithm.tree import sample_tree, tree_training_batch
 
         cfg = self.config
         levels = cfg.tree_levels_at(stage)
@@ -441,7 +437,6 @@ class RLTrainer(PolicyUpdate):
         with each stage's metrics once its checkpoint is written, so a caller can report progress where tqdm bars
         cannot be seen (:class:`b2lib.experiments.experiment.RunProgress`: a notebook run under papermill, a log file).
         """
-        from b2lib.training.checkpoint import checkpoint_stages, latest_checkpoint, load_checkpoint, save_checkpoint
 
         if resume_from is not None:
             path = Path(resume_from)
@@ -472,7 +467,6 @@ class RLTrainer(PolicyUpdate):
 
     def _recovery_hint(self, checkpoint_dir: str | None) -> str:
         """Where the last finite state is and how to go on from it with a lower learning rate."""
-        from b2lib.training.checkpoint import checkpoint_stages, verify_checkpoint
 
         good = [c for c in checkpoint_stages(checkpoint_dir) if verify_checkpoint(c) is None] if checkpoint_dir else []
         if not good:

@@ -59,7 +59,7 @@ from typing import Any, Sequence
 import numpy as np
 from scipy import ndimage
 
-from b2lib.world.judge import _PALETTE, MIN_AREA_FRACTION, _as_image, _pixel_labels
+from b2lib.world.judge import _PALETTE, MIN_AREA_FRACTION, _as_image, _pixel_labels, degrade
 from b2lib.world.prompts import TEMPLATES, _parse_cached, sample_scene
 from b2lib.world.scenes import BACKGROUND, COLOURS, SHAPES, Obj, Scene, render
 
@@ -311,7 +311,6 @@ def mixing_validation(
       (:func:`blend_scene_image`), degraded as above, ``asked_colours_mixed`` for the prompt naming A and B:
       detection rates (``n_per_template // 6`` scenes per pair and kind, at least 10), and ``<kind>/<A>+<B>/hard``.
     """
-    from b2lib.world.judge import degrade
 
     rng = np.random.default_rng(seed)
     out: dict[str, float] = {}
