@@ -7,13 +7,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from b2lib.reporting.claims import EXTENSIONS, PAPER_CLAIMS, Health, strong_support
+from b2lib.reporting.claims import EXTENSIONS, PAPER_CLAIMS, Health
 from b2lib.reporting.frontpage import (
     Check,
     Claim,
     axis_table,
     check_readme,
-    claim_status,
     diff_table,
     fill_verdicts,
     format_diff,
@@ -57,36 +56,6 @@ def test_every_claim_check_is_found_in_the_committed_results():
     assert blocks["extensions"].count("\n") == len(EXTENSIONS) + 1
     for name, block in blocks.items():
         assert block.count("\n") - 1 <= 12, f"{name} has more than 12 rows"
-
-
-def _r(diff: float, low: float, high: float) -> pd.Series:
-    return pd.Series({"diff": diff, "low": low, "high": high, "resolved": low > 0 or high < 0})
-
-
-def test_claim_rule_closed_cases():
-    up = _r(0.1, 0.02, 0.2)  # z = 0.1 / (0.18 / 3.92) = 2.18
-    strong = _r(0.1, 0.06, 0.14)  # z = 4.9: survives any Bonferroni correction here
-    edge = _r(0.032, 0.003, 0.071)  # z = 1.84: resolved, but an edge hit
-    flat = _r(0.01, -0.02, 0.05)
-    down = _r(-0.1, -0.2, -0.02)
-    assert claim_status([up, up], [1, 1]) == "reproduced"
-    assert claim_status([down], [-1]) == "reproduced"
-    assert claim_status([strong, flat], [1, 1]) == "partly"
-    assert claim_status([up, flat], [1, 1]) == "not reproduced"  # z = 2.18 < 2.24, the threshold for k = 2
-    assert claim_status([flat, down], [1, 1]) == "not reproduced"  # resolved the wrong way counts against
-    # one edge hit among seven checks is what chance gives: not "partly"
-    assert claim_status([edge] + [flat] * 6, [1] * 7) == "not reproduced"
-    assert claim_status([strong] + [flat] * 6, [1] * 7) == "partly"
-    # short of partly, runs that did not learn make it inconclusive; runs that learned keep "not reproduced"
-    assert claim_status([edge] + [flat] * 6, [1] * 7, learned=False) == "inconclusive"
-    assert claim_status([flat], [1], learned=True) == "not reproduced"
-    assert claim_status([up, up], [1, 1], learned=False) == "reproduced"  # health never overrides a result
-
-
-def test_bonferroni_threshold_grows_with_the_number_of_checks():
-    r = _r(0.1, 0.02, 0.2)  # z = 2.18: beyond 1.96 (k = 1), 2.24 (k = 2)? no, 2.69 (k = 7)? no
-    assert strong_support(r, 1, 1) and not strong_support(r, 1, 2) and not strong_support(r, 1, 7)
-    assert not strong_support(r, -1, 1)  # the wrong direction never supports
 
 
 def test_format_diff_bolds_only_resolved():
