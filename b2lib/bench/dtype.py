@@ -193,7 +193,7 @@ def _evaluation_phase(pipe, reward, test: list[str], s: dict) -> dict:
     """The evaluation (generation, CLIPScore, BERTScore, judge) of about ``eval_images`` images under both dtypes,
     with the mean scores each dtype reported."""
 
-    bert = text_metric("embedded", "cpu")
+    bert = text_metric(True, "cpu")
     n_per_prompt = max(1, s["eval_images"] // 8)
     eval_prompts = test[: max(1, s["eval_images"] // n_per_prompt)]
     scores: dict = {}

@@ -21,12 +21,9 @@ import pandas as pd
 import torch
 
 from b2lib.experiments.evalsettings import eval_settings, eval_split_prompts
-from b2lib.experiments.modeljobs import ModelResult, RunContext, job_order, resolve_workers, run_jobs_parallel
+from b2lib.experiments.modeljobs import ModelResult, RunContext, resolve_workers, run_jobs_parallel
 from b2lib.experiments.pool import default_threads, run_in_processes
-from b2lib.experiments.presets import (
-    canonical_template,
-    get_preset,
-)
+from b2lib.experiments.resolve import ResolvedRun, resolve
 from b2lib.experiments.runconfig import METHODS, ConfigError, RunConfig, job_label
 from b2lib.utils.paths import code_version, results_dir
 from b2lib.utils.progress import RunProgress, clock, terminal
@@ -103,7 +100,8 @@ def run_experiment(cfg: RunConfig, progress: bool = True, accelerator=None) -> R
     t0 = time.perf_counter()
     out = Path(cfg.output_dir) if cfg.output_dir else results_dir(cfg.run_name)
     prepare_output_dir(out)  # a read-only or full output folder stops here, before any model loads
-    acc = accelerator or Accelerator(cpu=(cfg.device or get_preset(cfg.preset).device) == "cpu")
+    run = resolve(cfg)  # every lookup of the run, once: handed down from here
+    acc = accelerator or Accelerator(cpu=(cfg.device or run.scale.device) == "cpu")
     main = acc.is_main_process
     with RunLock(out) if main else contextlib.nullcontext():
         if main:
@@ -112,16 +110,16 @@ def run_experiment(cfg: RunConfig, progress: bool = True, accelerator=None) -> R
                     moved = move_aside(out)
                     if moved is not None:
                         print(f"resume=False: the folder's earlier content was moved to {moved}")
-                check_fingerprint(out, cfg.settings())
+                check_fingerprint(out, run.settings)
                 write_text_atomic(out / "config.json", json.dumps(asdict(cfg), indent=2, default=str))
         acc.wait_for_everyone()
-        return _run(cfg, acc, out, t0, progress)
+        return _run(run, acc, out, t0, progress)
 
 
-def _run(cfg: RunConfig, acc, out: Path, t0: float, progress: bool) -> RunResult:
-    main = acc.is_main_process
-    template = canonical_template(cfg.template)
-    eval_prompts = eval_split_prompts(cfg)[cfg.eval_splits[0]]
+def _run(run: ResolvedRun, acc, out: Path, t0: float, progress: bool) -> RunResult:
+    cfg, main = run.cfg, acc.is_main_process
+    template = run.template
+    eval_prompts = run.split_prompts[cfg.eval_splits[0]]
     report = RunProgress(progress and acc.is_local_main_process, bars=terminal())
     n_first = cfg.n_per_prompt(len(eval_prompts))
     eval_batch = [p for p in eval_prompts for _ in range(n_first)]
@@ -130,23 +128,23 @@ def _run(cfg: RunConfig, acc, out: Path, t0: float, progress: bool) -> RunResult
     def done(result: ModelResult) -> None:
         results[result.label] = result
         if main and result.metrics:  # the stage logs so far, in job order: survives a crash
-            _write_result(out / "metrics.csv", _metrics_table(cfg, results).to_csv(index=False))
+            _write_result(out / "metrics.csv", _metrics_table(run, results).to_csv(index=False))
 
     workers = resolve_workers(cfg, acc.num_processes, acc.device.type)
     if workers > 1:
-        run_jobs_parallel(cfg, out, workers, report, done)
+        run_jobs_parallel(run, out, workers, report, done)
     else:
-        ctx = RunContext.build(cfg, acc, out, report)
-        for method, seed in job_order(cfg):
+        ctx = RunContext.build(run, acc, out, report)
+        for method, seed in run.jobs:
             done(ctx.model(method, seed))
-    ordered = [results[job_label(m, s)] for m, s in job_order(cfg)]
+    ordered = [results[job_label(m, s)] for m, s in run.jobs]
     rows = [r for res in ordered for r in res.rows]
     per_image = [t for res in ordered for t in res.per_image]
     images = {res.label: res.images for res in ordered if res.images is not None}
 
     if main and cfg.grid_prompts:
         _save_samples(images, n_first, cfg.grid_prompts, out / "samples.safetensors")
-    metrics_df, evals = _metrics_table(cfg, results), pd.DataFrame(rows)
+    metrics_df, evals = _metrics_table(run, results), pd.DataFrame(rows)
     wall = time.perf_counter() - t0
     if main:
         _write_result(out / "metrics.csv", metrics_df.to_csv(index=False))
@@ -177,9 +175,9 @@ def _run(cfg: RunConfig, acc, out: Path, t0: float, progress: bool) -> RunResult
     return RunResult(out, metrics_df, evals, images, eval_batch, wall)
 
 
-def _metrics_table(cfg: RunConfig, results: dict[str, ModelResult]) -> pd.DataFrame:
+def _metrics_table(run: ResolvedRun, results: dict[str, ModelResult]) -> pd.DataFrame:
     """The per-stage logs of the jobs finished so far, in job order (what one process would have written)."""
-    labels = [job_label(m, s) for m, s in job_order(cfg)]
+    labels = [job_label(m, s) for m, s in run.jobs]
     return pd.DataFrame([row for label in labels if label in results for row in results[label].metrics])
 
 

@@ -14,16 +14,17 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pandas as pd
 import torch
 
 from b2lib.evaluation.generate import evaluate_prompts
-from b2lib.experiments.evalsettings import eval_settings, eval_split_prompts, stage_metric_fn
+from b2lib.experiments.evalsettings import eval_settings, stage_metric_fn
 from b2lib.experiments.pool import default_threads, run_in_processes
-from b2lib.experiments.presets import canonical_template, get_preset, load_models, load_prompts
+from b2lib.experiments.presets import load_models
+from b2lib.experiments.resolve import ResolvedRun, job_order
 from b2lib.experiments.runconfig import BASE, RunConfig, job_label
 from b2lib.rewards.base import Negated
 from b2lib.training.checkpoint import latest_checkpoint, save_lora, save_unet
@@ -53,7 +54,7 @@ class ModelResult:
 class RunContext:
     """The models, rewards and prompts every job of one run shares, loaded once per process."""
 
-    cfg: RunConfig
+    run: ResolvedRun
     acc: object  # accelerate.Accelerator
     out: Path
     report: RunProgress
@@ -65,21 +66,23 @@ class RunContext:
     train_prompts: list[str]
     metric_fn: object
 
+    @property
+    def cfg(self) -> RunConfig:
+        return self.run.cfg
+
     @classmethod
-    def build(cls, cfg: RunConfig, acc, out: Path, report: RunProgress) -> RunContext:
-        template = canonical_template(cfg.template)
-        train_prompts = list(cfg.train_prompts) if cfg.train_prompts else load_prompts(cfg.preset, template, "train")
-        device = str(acc.device)
+    def build(cls, run: ResolvedRun, acc, out: Path, report: RunProgress) -> RunContext:
+        cfg, device = run.cfg, str(acc.device)
         with report.quiet_loading():
-            pipe, reward = load_models(cfg.preset, cfg.model_dir, cfg.clip_dir, device=device)
-            eval_kwargs = eval_settings(cfg, device, bertscore=cfg.bertscore and acc.is_main_process)
+            pipe, reward = load_models(run.scale, cfg.model_dir, cfg.clip_dir, device=device)
+            eval_kwargs = eval_settings(run, device, bertscore=cfg.bertscore and acc.is_main_process)
         train_reward = reward
         if cfg.reward != "clip":  # a judge reward of the sparsity axis (b2lib.world.evaluation.JUDGE_REWARDS)
             train_reward = JUDGE_REWARDS[cfg.reward]
         if cfg.reward_sign == -1:
             train_reward = Negated(train_reward)
         return cls(
-            cfg,
+            run,
             acc,
             out,
             report,
@@ -87,9 +90,9 @@ class RunContext:
             reward,
             train_reward,
             eval_kwargs,
-            eval_split_prompts(cfg),
-            train_prompts,
-            stage_metric_fn(cfg.preset),
+            run.split_prompts,
+            run.train_prompts,
+            stage_metric_fn(run.scale.world),
         )
 
     def evaluate(self, pipe, result: ModelResult, method: str, seed) -> None:
@@ -124,9 +127,11 @@ class RunContext:
         cfg, label = self.cfg, job_label(method, seed)
         result = ModelResult(label)
         with self.report.quiet_loading():
-            pipe, _ = load_models(cfg.preset, cfg.model_dir, cfg.clip_dir, device=str(self.acc.device))  # fresh base
+            pipe, _ = load_models(
+                self.run.scale, cfg.model_dir, cfg.clip_dir, device=str(self.acc.device)
+            )  # fresh base
         # tqdm bars on a terminal; elsewhere (a notebook, papermill, a log file) the report's lines instead
-        tcfg = cfg.trainer_config(method, seed, progress=self.report.enabled and self.report.bars)
+        tcfg = replace(self.run.trainers[label], progress=self.report.enabled and self.report.bars)
         trainer = RLTrainer(
             pipe, self.train_reward, self.train_prompts, tcfg, accelerator=self.acc, metric_fn=self.metric_fn
         )
@@ -145,11 +150,6 @@ class RunContext:
         return result
 
 
-def job_order(cfg: RunConfig) -> list[tuple[str, int | None]]:
-    """The run's jobs in the order their rows appear in ``eval.csv``: the base model, then seed by seed each method."""
-    return [(BASE, None)] + [(m, s) for s in cfg.seeds for m in cfg.methods]
-
-
 def resolve_workers(cfg: RunConfig, processes: int, device: str) -> int:
     """How many job processes ``cfg`` gets: ``cfg.workers``, or with 0 one per job up to the CPU cores on a CPU. One
     under ``accelerate launch`` (the processes already share each model's work) or when there is one job."""
@@ -161,16 +161,16 @@ def resolve_workers(cfg: RunConfig, processes: int, device: str) -> int:
     return min(cfg.workers, jobs)
 
 
-def _job_worker(cfg: RunConfig, out: str, method: str, seed, log: str) -> ModelResult:
+def _job_worker(run: ResolvedRun, out: str, method: str, seed, log: str) -> ModelResult:
     """A job in a fresh process (its torch threads set by :func:`b2lib.experiments.pool.run_in_processes`): its own
     models and accelerator; its progress lines go to ``log``."""
     from accelerate import Accelerator
 
-    acc = Accelerator(cpu=(cfg.device or get_preset(cfg.preset).device) == "cpu")
+    acc = Accelerator(cpu=(run.cfg.device or run.scale.device) == "cpu")
     Path(log).parent.mkdir(parents=True, exist_ok=True)
     with open(log, "a", buffering=1) as stream, contextlib.redirect_stderr(stream):
         report = RunProgress(True, bars=False)
-        return RunContext.build(cfg, acc, Path(out), report).model(method, seed)
+        return RunContext.build(run, acc, Path(out), report).model(method, seed)
 
 
 def _last_line(path: Path) -> str:
@@ -181,13 +181,13 @@ def _last_line(path: Path) -> str:
     return lines[-1] if lines else ""
 
 
-def run_jobs_parallel(cfg: RunConfig, out: Path, workers: int, report: RunProgress, on_done) -> None:
-    """Run every job of ``cfg`` ``workers`` at a time in spawned processes (cores // workers threads each), longest
+def run_jobs_parallel(run: ResolvedRun, out: Path, workers: int, report: RunProgress, on_done) -> None:
+    """Run every job of ``run`` ``workers`` at a time in spawned processes (cores // workers threads each), longest
     first (training jobs in order, the base evaluation last), calling ``on_done(result)`` as each finishes. Each job
     logs to ``<out>/logs/<label>.log``; its latest line is relayed every ``report.every_s`` seconds, so a notebook
     sees the run move. A failed or interrupted job stops the others at once (their checkpoints stay: a rerun
     resumes them)."""
-    jobs = job_order(cfg)
+    jobs = list(run.jobs)
     jobs = jobs[1:] + jobs[:1]  # the base evaluation is the shortest job: last, so it fills a gap
     threads = default_threads(workers)
     labels = [job_label(method, seed) for method, seed in jobs]
@@ -209,5 +209,5 @@ def run_jobs_parallel(cfg: RunConfig, out: Path, workers: int, report: RunProgre
                 relayed[i] = line
                 report.say(line)
 
-    tasks = [(cfg, str(out), method, seed, str(log)) for (method, seed), log in zip(jobs, logs)]
+    tasks = [(run, str(out), method, seed, str(log)) for (method, seed), log in zip(jobs, logs)]
     run_in_processes(_job_worker, tasks, workers, threads, finished, every_s=report.every_s, on_wait=relay)

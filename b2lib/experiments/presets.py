@@ -94,28 +94,37 @@ class Preset:
     eval_n_per_prompt: int = 0  # 0: enough for eval_images (RunConfig.eval_n_per_prompt = 0)
 
 
+def _paper(name: str) -> Preset:
+    cuda = torch.cuda.is_available()
+    dtype = torch.float16 if cuda else torch.float32
+    return Preset(
+        name, "CompVis/stable-diffusion-v1-4", "ViT-H-14", "laion2b_s32b_b79k", "cuda" if cuda else "cpu", dtype
+    )
+
+
+def _paper_flow(name: str) -> Preset:
+    cuda = torch.cuda.is_available()
+    dtype = torch.bfloat16 if cuda else torch.float32  # SD3.5 runs in bf16 (fp16 overflows its activations)
+    return Preset(
+        name, PAPER_FLOW_MODEL, "ViT-H-14", "laion2b_s32b_b79k", "cuda" if cuda else "cpu", dtype, family="sd3"
+    )
+
+
+def _world(name: str) -> Preset:
+    sizes = {k: v for k, v in SMOKE.items() if k.startswith("eval_")} if name == "smoke" else {}
+    family = "sd3" if name == "flow" else "sd"
+    return Preset(name, "", "b2-world-clip", "", "cpu", torch.float32, world=True, family=family, **sizes)
+
+
+#: the scales, by name: each entry builds its :class:`Preset` (the paper's probe CUDA when built)
+SCALES = {"paper": _paper, "paper_flow": _paper_flow, "embedded": _world, "smoke": _world, "flow": _world}
+
+
 def get_preset(name: str) -> Preset:
-    if name == "paper":
-        cuda = torch.cuda.is_available()
-        return Preset(
-            "paper",
-            "CompVis/stable-diffusion-v1-4",
-            "ViT-H-14",
-            "laion2b_s32b_b79k",
-            "cuda" if cuda else "cpu",
-            torch.float16 if cuda else torch.float32,
-        )
-    if name == "paper_flow":
-        cuda = torch.cuda.is_available()
-        dtype = torch.bfloat16 if cuda else torch.float32  # SD3.5 runs in bf16 (fp16 overflows its activations)
-        return Preset(
-            name, PAPER_FLOW_MODEL, "ViT-H-14", "laion2b_s32b_b79k", "cuda" if cuda else "cpu", dtype, family="sd3"
-        )
-    if name in ("embedded", "smoke", "flow"):
-        sizes = {k: v for k, v in SMOKE.items() if k.startswith("eval_")} if name == "smoke" else {}
-        family = "sd3" if name == "flow" else "sd"
-        return Preset(name, "", "b2-world-clip", "", "cpu", torch.float32, world=True, family=family, **sizes)
-    raise ValueError(f"Unknown preset {name!r}: use one of {PRESETS}.")
+    """The scale ``name`` (a key of :data:`SCALES`)."""
+    if name not in SCALES:
+        raise ValueError(f"Unknown preset {name!r}: use one of {PRESETS}.")
+    return SCALES[name](name)
 
 
 def canonical_template(template: str) -> str:
@@ -136,11 +145,11 @@ def load_prompts(preset: str, template: str, split: str = "train") -> list[str]:
     return train if split == "train" else test
 
 
-def load_models(preset: str, model_dir: str = "", clip_dir: str = "", device: str | None = None):
+def load_models(preset: str | Preset, model_dir: str = "", clip_dir: str = "", device: str | None = None):
     """``(pipeline, ClipScore)`` for a preset; ``model_dir``/``clip_dir`` override the defaults (a local folder, or
     for the paper preset a hub name / CLIP checkpoint file). Without hub access the paper preset fails here, with
-    an error that says so."""
-    p = get_preset(preset)
+    an error that says so. ``preset``: a scale's name, or the :class:`Preset` a resolved run holds."""
+    p = preset if isinstance(preset, Preset) else get_preset(preset)
     device = device or p.device
     if p.world:
         if p.family == "sd3":

@@ -289,23 +289,25 @@ class RunConfig:
             out.append(("dtype", str(err)))
         return out
 
-    def settings(self) -> dict:
+    def settings(self, trainers: dict | None = None) -> dict:
         """What defines this run's numbers (everything but where it is written, whether it resumes, and the device,
-        which ``config.json`` and ``summary.json`` record), with the
-        resolved trainer settings of every method and seed: the run folder's fingerprint (:mod:`b2lib.utils.rundir`)."""
+        which ``config.json`` and ``summary.json`` record), with the resolved trainer settings of every method and
+        seed: the run folder's fingerprint (:mod:`b2lib.utils.rundir`). ``trainers``: those settings already built
+        (by job label, as :func:`b2lib.experiments.resolve.resolve` builds them), else built here."""
         own = {
             k: v for k, v in asdict(self).items() if k not in ("run_name", "output_dir", "resume", "device", "workers")
         }
         for name, default in _ADDED_AT_DEFAULT.items():  # fields newer than existing run folders: recorded when set
             if own.get(name) == default:
                 own.pop(name)
-        trainers = {}
+        recorded = {}
         for seed in self.seeds:
             for method in self.methods:
-                tcfg = self.trainer_config(method, seed).to_dict()
+                label = job_label(method, seed)
+                tcfg = (trainers[label] if trainers else self.trainer_config(method, seed)).to_dict()
                 tcfg.pop("progress", None)
-                trainers[job_label(method, seed)] = tcfg
-        return {"run": own, "trainer": trainers}
+                recorded[label] = tcfg
+        return {"run": own, "trainer": recorded}
 
     def trainer_config(self, method: str, seed: int, **extra):
         """``method``'s trainer settings in this run: the preset's, this run's sizes (0 = the preset's) and

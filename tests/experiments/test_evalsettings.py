@@ -16,6 +16,6 @@ def test_split_prompts_are_the_templates_cut_evenly_or_the_runs_own():
 
 def test_settings_follow_the_chain_and_the_world():
     s = eval_settings(RunConfig(preset="smoke", overrides={"num_steps": 4}), "cpu", bertscore=False)
-    assert s["num_steps"] == 4 and s["text_metric"] is None and s["judge_fn"] is judge_fn("embedded")
+    assert s["num_steps"] == 4 and s["text_metric"] is None and s["judge_fn"] is judge_fn(True)
     assert s["seed"] == RunConfig().eval_seed and s["dtype"] == "fp32"
-    assert judge_fn("paper") is None and stage_metric_fn("paper") is None and stage_metric_fn("smoke") is not None
+    assert judge_fn(False) is None and stage_metric_fn(False) is None and stage_metric_fn(True) is not None
