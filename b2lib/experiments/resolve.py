@@ -16,7 +16,7 @@ from b2lib.experiments.presets import Preset, canonical_template, get_preset, lo
 from b2lib.experiments.runconfig import BASE, RunConfig, job_label
 from b2lib.training.config import TrainerConfig
 
-__all__ = ["ResolvedRun", "resolve", "job_order", "eval_split_prompts", "eval_chain"]
+__all__ = ["ResolvedRun", "resolve", "job_order", "train_prompts", "eval_split_prompts", "eval_chain"]
 
 
 @dataclass(frozen=True)
@@ -39,13 +39,18 @@ def job_order(cfg: RunConfig) -> list[tuple[str, int | None]]:
     return [(BASE, None)] + [(m, s) for s in cfg.seeds for m in cfg.methods]
 
 
-def eval_split_prompts(cfg: RunConfig) -> dict[str, list[str]]:
+def train_prompts(cfg: RunConfig) -> list[str]:
+    """The prompts the run trains on: its own list if it set one, else the template's training split."""
+    return list(cfg.train_prompts) if cfg.train_prompts else load_prompts(cfg.preset, cfg.template, "train")
+
+
+def eval_split_prompts(cfg: RunConfig, train: list[str] | None = None) -> dict[str, list[str]]:
     """The prompts each evaluation split scores (``"test"``, ``"train"``): the run's own lists if it set them, else the
     template's, cut to ``eval_max_prompts`` evenly spaced ones. One place, so an evaluation added to a finished run
-    (:func:`b2lib.experiments.reevaluate.add_eval_split`) scores exactly what the run itself would have."""
-    template = canonical_template(cfg.template)
-    train = list(cfg.train_prompts) if cfg.train_prompts else load_prompts(cfg.preset, template, "train")
-    test = list(cfg.eval_prompts) if cfg.eval_prompts else load_prompts(cfg.preset, template, "test")
+    (:func:`b2lib.experiments.reevaluate.add_eval_split`) scores exactly what the run itself would have. ``train``:
+    :func:`train_prompts`, when the caller has them already."""
+    train = train_prompts(cfg) if train is None else train
+    test = list(cfg.eval_prompts) if cfg.eval_prompts else load_prompts(cfg.preset, cfg.template, "test")
     return {
         "test": test if cfg.eval_prompts else subset(test, cfg.eval_max_prompts),
         "train": subset(train, cfg.eval_max_prompts),
@@ -64,16 +69,15 @@ def eval_chain(cfg: RunConfig, scale: Preset) -> dict:
 def resolve(cfg: RunConfig) -> ResolvedRun:
     """``cfg`` resolved: every lookup of the run done here, once."""
     scale = get_preset(cfg.preset)
-    template = canonical_template(cfg.template)
-    train_prompts = list(cfg.train_prompts) if cfg.train_prompts else load_prompts(cfg.preset, template, "train")
+    train = train_prompts(cfg)
     jobs = job_order(cfg)
     trainers = {job_label(m, s): cfg.trainer_config(m, s) for m, s in jobs if m != BASE}
     return ResolvedRun(
         cfg=cfg,
         scale=scale,
-        template=template,
-        train_prompts=train_prompts,
-        split_prompts=eval_split_prompts(cfg),
+        template=canonical_template(cfg.template),
+        train_prompts=train,
+        split_prompts=eval_split_prompts(cfg, train),
         jobs=jobs,
         trainers=trainers,
         chain=eval_chain(cfg, scale),
