@@ -25,6 +25,7 @@ from typing import Any, Callable
 import torch
 
 from b2lib.policies.gaussian import explore_coords, step_log_prob
+from b2lib.policies.vae import decode_latents
 
 __all__ = ["Cond", "Policy", "as_policy"]
 
@@ -137,9 +138,9 @@ class Policy(ABC):
     def deterministic_step(self, pred: torch.Tensor, key: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
         """The noise-free step (DDIM with eta = 0, the flow ODE's Euler step): the stock scheduler's."""
 
-    @abstractmethod
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """Images in ``[0, 1]``, float32, ``(N, 3, H, W)``."""
+        """Images in ``[0, 1]``, float32, ``(N, 3, H, W)``: the pipeline's VAE, the same call for both families."""
+        return decode_latents(self.pipe, latents)
 
     def transition(
         self,

@@ -290,6 +290,3 @@ class DDIMPolicy(Policy):
 
     def deterministic_step(self, pred: torch.Tensor, key: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
         return self.scheduler.step(pred, key, latents, eta=0.0).prev_sample
-
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        return decode_latents(self.pipe, latents)

@@ -46,7 +46,6 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from b2lib.policies.base import Cond, Policy, register_policy
 from b2lib.policies.gaussian import explore_project, gaussian_step, per_sample
-from b2lib.policies.vae import decode_latents
 from b2lib.utils.precision import model_autocast
 
 __all__ = [
@@ -409,9 +408,6 @@ class FlowSDEPolicy(Policy):
 
     def deterministic_step(self, pred: torch.Tensor, key: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
         return flow_ode_step(self.scheduler, pred, _index(key), latents)
-
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        return decode_latents(self.pipe, latents)
 
 
 def _index(key: torch.Tensor) -> torch.Tensor | int:
