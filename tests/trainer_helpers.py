@@ -1,4 +1,4 @@
-"""Helpers of the trainer's tests: a cheap reward and a tiny configuration."""
+"""Helpers of the training tests: a cheap reward, a tiny trainer configuration and a tiny run."""
 
 
 def redness(images, prompts):
@@ -22,3 +22,18 @@ def _small(**kw):
     )
     base.update(kw)
     return base
+
+
+#: a one-stage B² run at toy size, for the tests that need a finished run folder
+TINY = dict(
+    methods=("b2",),
+    seeds=(0,),
+    stages=1,
+    images_per_stage=4,
+    branches=2,
+    eval_images=2,
+    eval_max_prompts=2,
+    bertscore=False,
+    grid_prompts=0,
+    overrides={"num_steps": 2, "split_start": 1, "lr": 3e-3},
+)

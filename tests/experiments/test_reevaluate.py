@@ -5,23 +5,11 @@ import shutil
 
 import pandas as pd
 import pytest
+from trainer_helpers import TINY
 
 from b2lib.experiments.experiment import RunConfig, run_experiment
 from b2lib.experiments.reevaluate import add_eval_split, ensure_eval_splits, run_config
 from b2lib.utils.rundir import RunSettingsError, reusable
-
-TINY = dict(
-    methods=("b2",),
-    seeds=(0,),
-    stages=1,
-    images_per_stage=4,
-    branches=2,
-    eval_images=2,
-    eval_max_prompts=2,
-    bertscore=False,
-    grid_prompts=0,
-    overrides={"num_steps": 2, "split_start": 1, "lr": 3e-3},
-)
 
 
 @pytest.fixture(scope="module")

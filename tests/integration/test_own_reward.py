@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import save_file
+from trainer_helpers import TINY
 
 from b2lib import B2Trainer, DDPOTrainer, RewardNotFiniteError, TrainerConfig
 from b2lib.experiments.experiment import RunConfig, run_experiment
@@ -123,20 +124,6 @@ def test_a_lora_folder_without_its_file_is_named(tmp_path):
     (tmp_path / "lora").mkdir()
     with pytest.raises(BrokenLoraError, match=f"holds no {LORA_FILE}"):
         check_lora(tmp_path / "lora")
-
-
-TINY = dict(
-    methods=("b2",),
-    seeds=(0,),
-    stages=1,
-    images_per_stage=4,
-    branches=2,
-    eval_images=2,
-    eval_max_prompts=2,
-    bertscore=False,
-    grid_prompts=0,
-    overrides={"num_steps": 2, "split_start": 1, "lr": 3e-3},
-)
 
 
 def test_a_truncated_lora_in_a_finished_run_is_named_and_the_rerun_it_names_writes_it_again(tmp_path):

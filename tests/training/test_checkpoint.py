@@ -6,15 +6,12 @@ import re
 
 import pytest
 import torch
+from trainer_helpers import redness
 
 from b2lib import B2Trainer, DDPOTrainer, TrainerConfig
 from b2lib.training.checkpoint import latest_checkpoint, save_lora
 
 PROMPTS = ["a red circle", "two blue squares", "a green triangle"]
-
-
-def redness(images, prompts):
-    return images[:, 0].mean((1, 2)) - images[:, 1:].mean((1, 2, 3))
 
 
 def _cfg(**kw):
