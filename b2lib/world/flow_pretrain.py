@@ -7,6 +7,7 @@ The VAE is the DDIM world's, frozen, so the flow world learns the same latent sp
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -18,7 +19,12 @@ from diffusers import StableDiffusion3Pipeline
 
 from b2lib.policies.base import Cond
 from b2lib.policies.flow import compact_zero_tokens, predict_velocity
-from b2lib.world.flow_models import MAX_SEQUENCE_LENGTH, build_flow_world_pipeline, encode_prompt_ids
+from b2lib.world.flow_models import (
+    MAX_SEQUENCE_LENGTH,
+    build_flow_world_pipeline,
+    encode_prompt_ids,
+    load_flow_world_pipeline,
+)
 from b2lib.world.pretrain import (
     DenoiserRecipe,
     _finish_report,
@@ -65,6 +71,11 @@ class FlowPretrainConfig:
     logit_mean: float = 0.0
     logit_std: float = 1.0
     threads: int | None = 1
+    #: a flow-world pipeline folder to start from instead of random weights: a further phase of pretraining, on its
+    #: own warmup and cosine schedule (None: from scratch)
+    init_from: str | None = None
+    #: steps between checkpoints (``out_dir/checkpoint.pt``); an interrupted run started again resumes there
+    checkpoint_every: int = 200
 
     @classmethod
     def full(cls, **kw) -> "FlowPretrainConfig":
@@ -96,6 +107,7 @@ def train_flow_text_to_image(
     captions: Sequence[str],
     cfg: FlowPretrainConfig,
     progress: bool = True,
+    checkpoint: str | None = None,
 ) -> dict:
     """Train the transformer and both text encoders jointly by rectified flow, from scratch.
 
@@ -125,7 +137,16 @@ def train_flow_text_to_image(
         return F.mse_loss(pred, noise - x0)
 
     recipe = DenoiserRecipe(
-        cfg.seed, cfg.steps, cfg.batch, cfg.lr, cfg.warmup, cfg.weight_decay, cfg.caption_dropout, cfg.ema_decay
+        cfg.seed,
+        cfg.steps,
+        cfg.batch,
+        cfg.lr,
+        cfg.warmup,
+        cfg.weight_decay,
+        cfg.caption_dropout,
+        cfg.ema_decay,
+        checkpoint,
+        cfg.checkpoint_every,
     )
     modules, tokenizers = [transformer, *encoders], [pipe.tokenizer, pipe.tokenizer_2]
     shift_factor = pipe.vae.config.shift_factor or 0.0
@@ -149,8 +170,13 @@ def pretrain_flow_world(out_dir: str | Path, cfg: FlowPretrainConfig | None = No
 
 def _pretrain_flow_world(out: Path, cfg: FlowPretrainConfig, progress: bool) -> dict:
     report, images, captions = _start_report(out, cfg)
-    pipe = build_flow_world_pipeline(cfg.seed)
-    _timed(report, "text_to_image", train_flow_text_to_image, pipe, images, captions, cfg, progress)
+    if cfg.init_from:
+        pipe = load_flow_world_pipeline(cfg.init_from)
+        report["earlier_phases"] = _earlier_phases(Path(cfg.init_from))
+    else:
+        pipe = build_flow_world_pipeline(cfg.seed)
+    checkpoint = str(out / "checkpoint.pt")
+    _timed(report, "text_to_image", train_flow_text_to_image, pipe, images, captions, cfg, progress, checkpoint)
     pipe.save_pretrained(out / "pipeline", safe_serialization=True)
 
     report["params"] = {
@@ -159,4 +185,15 @@ def _pretrain_flow_world(out: Path, cfg: FlowPretrainConfig, progress: bool) -> 
     report["size_mb"] = {"pipeline": _folder_mb(out / "pipeline")}
     report["max_sequence_length"] = MAX_SEQUENCE_LENGTH
     report["scheduler_shift"] = float(pipe.scheduler.config.shift)
+    report["total_steps"] = cfg.steps + sum(p["config"]["steps"] for p in report.get("earlier_phases", []))
     return _finish_report(out, report, ("text_to_image",))
+
+
+def _earlier_phases(pipeline_dir: Path) -> list[dict]:
+    """The reports of the phases that made ``pipeline_dir`` (its sibling ``report.json``), oldest first, so the report
+    of a further phase carries the whole pretraining: every phase's settings, losses and wall time."""
+    path = pipeline_dir.parent / "report.json"
+    if not path.is_file():
+        return []
+    earlier = json.loads(path.read_text())
+    return [*earlier.pop("earlier_phases", []), earlier]

@@ -146,6 +146,11 @@ class DenoiserRecipe:
     weight_decay: float
     caption_dropout: float
     ema_decay: float
+    #: where the loop keeps its state (weights, EMA, optimizer, schedule, random generator, losses) every
+    #: ``checkpoint_every`` steps; a run started with an existing file resumes from it and ends where an
+    #: uninterrupted run would have (None: no checkpoints)
+    checkpoint: str | None = None
+    checkpoint_every: int = 200
 
 
 #: ``loss_fn(x0, noise, token_ids, generator)``: a step's loss from clean latents, their noise and the captions' ids
@@ -200,8 +205,9 @@ def train_denoiser(
     ema = [p.detach().clone() for p in params]
     opt = torch.optim.AdamW(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
     sched = get_cosine_schedule_with_warmup(opt, recipe.warmup, recipe.steps)
-    losses, step_s = [], []
-    bar = tqdm(range(recipe.steps), desc=desc, disable=not progress)
+    state = _LoopState(params, ema, opt, sched, gen)
+    start = state.resume(recipe.checkpoint)
+    bar = tqdm(range(start, recipe.steps), desc=desc, disable=not progress, initial=start, total=recipe.steps)
     for step in bar:
         t_step = time.perf_counter()
         idx = torch.randint(len(mean), (recipe.batch,), generator=gen)
@@ -216,23 +222,73 @@ def train_denoiser(
         opt.step()
         sched.step()
         _ema_update(ema, params, recipe.ema_decay)
-        losses.append(loss.item())
-        step_s.append(time.perf_counter() - t_step)
+        state.losses.append(loss.item())
+        state.step_s.append(time.perf_counter() - t_step)
         if step % 10 == 0:
-            bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
+            bar.set_postfix(loss=f"{np.mean(state.losses[-50:]):.4f}")
+        if recipe.checkpoint and ((step + 1) % recipe.checkpoint_every == 0 or step + 1 == recipe.steps):
+            state.save(recipe.checkpoint, step + 1)
     with torch.no_grad():
         for p, e in zip(params, ema):
             p.copy_(e)
     for module in modules:
         module.eval().requires_grad_(False)
+    losses, step_s = state.losses, state.step_s
     return {
         "final_loss": float(np.mean(losses[-50:])),
         "first_loss": float(np.mean(losses[:10])),
         "encode_s": encode_s,
+        "resumed_at_step": start,
         "s_per_step_median": float(np.median(step_s)) if step_s else 0.0,
         "s_per_step_min": float(np.min(step_s)) if step_s else 0.0,
         "losses": [round(x, 5) for x in losses],
     }
+
+
+class _LoopState:
+    """Everything :func:`train_denoiser` needs to stop after any step and carry on as if it never had: the weights,
+    their EMA, the optimizer and its schedule, the random generator and the losses so far."""
+
+    def __init__(self, params, ema, opt, sched, gen: torch.Generator) -> None:
+        self.params, self.ema, self.opt, self.sched, self.gen = params, ema, opt, sched, gen
+        self.losses: list[float] = []
+        self.step_s: list[float] = []
+
+    def save(self, path: str, step: int) -> None:
+        """Write the state atomically (a temporary file renamed over the old one), so a kill mid-write leaves the
+        previous checkpoint intact."""
+        state = {
+            "step": step,
+            "params": [p.detach().clone() for p in self.params],
+            "ema": self.ema,
+            "opt": self.opt.state_dict(),
+            "sched": self.sched.state_dict(),
+            "gen": self.gen.get_state(),
+            "losses": self.losses,
+            "step_s": self.step_s,
+        }
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(f"{path}.tmp")
+        torch.save(state, tmp)
+        tmp.replace(path)
+
+    def resume(self, path: str | None) -> int:
+        """Load ``path`` if it exists and return the step to carry on from (0 for a fresh start)."""
+        if not path or not Path(path).is_file():
+            return 0
+        state = torch.load(path, weights_only=False)
+        if len(state["params"]) != len(self.params):
+            raise ValueError(f"The checkpoint {path} is of another model; delete it to start afresh.")
+        with torch.no_grad():
+            for p, saved in zip(self.params, state["params"]):
+                p.copy_(saved)
+            for e, saved in zip(self.ema, state["ema"]):
+                e.copy_(saved)
+        self.opt.load_state_dict(state["opt"])
+        self.sched.load_state_dict(state["sched"])
+        self.gen.set_state(state["gen"])
+        self.losses, self.step_s = list(state["losses"]), list(state["step_s"])
+        return int(state["step"])
 
 
 def train_text_to_image(

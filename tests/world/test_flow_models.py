@@ -4,12 +4,14 @@ the library relies on, smoke pretraining with a save/reload round trip, and a tr
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 from diffusers import StableDiffusion3Pipeline
 
+import b2lib.world.pretrain as pretrain
 from b2lib.world.flow_models import (
     FLOW_LORA_TARGET_MODULES,
     MAX_SEQUENCE_LENGTH,
@@ -156,3 +158,56 @@ def test_transformer_lora_round_trips_through_stock_save_and_load(tmp_path):
     np.testing.assert_array_equal(_generate(fresh, prompts=PROMPTS[:1]), base_images)
     fresh.load_lora_weights(tmp_path / "lora")
     np.testing.assert_allclose(_generate(fresh, prompts=PROMPTS[:1]), adapted_images, atol=1e-5)
+
+
+def test_an_interrupted_pretraining_resumes_where_it_stopped(tmp_path):
+    """A run killed after its first checkpoint and started again ends with the weights and losses of a run never
+    stopped: the checkpoint carries the optimizer, the schedule, the EMA and the random generator."""
+    cfg = FlowPretrainConfig.smoke(steps=4, checkpoint_every=2)
+    images, captions = make_dataset(cfg.n_images, cfg.seed)
+    whole = build_flow_world_pipeline(cfg.seed)
+    full = train_flow_text_to_image(whole, images, captions, cfg, progress=False)
+
+    partial = build_flow_world_pipeline(cfg.seed)
+    mid = str(tmp_path / "mid.pt")
+    _stop_after(partial, images, captions, cfg, mid, stop_at=2)
+    resumed = build_flow_world_pipeline(cfg.seed)
+    out = train_flow_text_to_image(resumed, images, captions, cfg, False, mid)
+    assert out["resumed_at_step"] == 2 and out["losses"] == full["losses"]
+    for a, b in zip(resumed.transformer.parameters(), whole.transformer.parameters()):
+        torch.testing.assert_close(a, b)
+
+
+class _Killed(Exception):
+    pass
+
+
+def _stop_after(pipe, images, captions, cfg, checkpoint, stop_at):
+    """Run ``cfg`` with checkpoints every ``stop_at`` steps and stop, as a kill would, right after the first."""
+    save = pretrain._LoopState.save
+
+    def save_then_kill(self, path, step):
+        save(self, path, step)
+        raise _Killed
+
+    pretrain._LoopState.save = save_then_kill
+    try:
+        train_flow_text_to_image(pipe, images, captions, replace(cfg, checkpoint_every=stop_at), False, checkpoint)
+    except _Killed:
+        pass
+    finally:
+        pretrain._LoopState.save = save
+
+
+def test_a_further_phase_starts_from_the_earlier_weights_and_keeps_their_report(tmp_path):
+    first = FlowPretrainConfig.smoke()
+    pretrain_flow_world(tmp_path / "one", first, progress=False)
+    second = FlowPretrainConfig.smoke(steps=2, init_from=str(tmp_path / "one" / "pipeline"))
+    report = pretrain_flow_world(tmp_path / "two", second, progress=False)
+    assert [p["config"]["steps"] for p in report["earlier_phases"]] == [first.steps]
+    assert report["total_steps"] == first.steps + 2
+    # the phase really started from the earlier weights: its first loss is the earlier run's level, not a fresh
+    # model's
+    fresh = pretrain_flow_world(tmp_path / "fresh", FlowPretrainConfig.smoke(steps=2), progress=False)
+    assert report["text_to_image"]["losses"] != fresh["text_to_image"]["losses"]
+    assert (tmp_path / "two" / "checkpoint.pt").is_file()
