@@ -12,6 +12,7 @@ module             job
 ``training``       the update's UNet share, packed vs one-step-per-forward updates, in-process vs reloaded stages
 ``paper``          the SD-1.4 architecture from config: FLOPs, images/s, TFLOP/s against the GPU's peak
 ``dtype``          fp32 against bf16 compute, phase by phase (sampling, branches, tree, stages, evaluation)
+``flow``           the flow policy's samplers against stock ``StableDiffusion3Pipeline``, same prompts and noise
 ``suite``          :func:`run_suite` (every measurement) and the tables notebook 05 shows
 =================  ==========================================================================================
 
@@ -19,6 +20,7 @@ module             job
 """
 
 from b2lib.bench.dtype import DTYPE_SIZES, bench_dtype, dtype_table
+from b2lib.bench.flow import bench_flow_sampler_vs_pipeline
 from b2lib.bench.paper import (
     PEAK_TFLOPS,
     bench_paper_arch,
@@ -73,6 +75,8 @@ __all__ = [
     "bench_branch_loop",
     "bench_unet_share_sampling",
     "bench_tree",
+    # the flow path
+    "bench_flow_sampler_vs_pipeline",
     # training
     "bench_training_share",
     "bench_update_packing",
