@@ -22,7 +22,15 @@ import re
 import sys
 from pathlib import Path
 
-__all__ = ["MACHINE_PATH", "clean_file", "clean_notebook", "clean_text", "setup", "smoke_params"]  # and SMOKE
+__all__ = [
+    "MACHINE_PATH",
+    "clean_file",
+    "clean_notebook",
+    "clean_text",
+    "parameters",
+    "setup",
+    "smoke_params",
+]  # and SMOKE
 
 
 def smoke_params() -> dict:
@@ -105,6 +113,18 @@ _WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 #: a tqdm bar as text ("Loading weights:   0%|    | 0/52 [00:00<?, ?it/s]", "runs: 0it [00:00, ?it/s]"): the plain-text
 #: stand-in of a widget bar, what remains of one whose widget view was stripped
 _TQDM_BAR = re.compile(r"^[^\n]*(?:\d+%\|[^|\n]*\| *\d+/\d+|\d+it) \[[^\]\n]*\]\s*$")
+
+
+def parameters(path: str | Path) -> dict:
+    """The parameters a notebook's parameters cell sets (the cell executed, as papermill would run it before its
+    overrides): what a script that runs a notebook's work outside it reads, so the two build the same runs."""
+    cells = json.loads(Path(path).read_text())["cells"]
+    cell = next((c for c in cells if "parameters" in c.get("metadata", {}).get("tags", [])), None)
+    if cell is None:
+        raise ValueError(f"{path} has no cell tagged 'parameters'.")
+    namespace: dict = {}
+    exec("".join(cell["source"]), namespace)
+    return {k: v for k, v in namespace.items() if not k.startswith("__") and k != "MAIN"}
 
 
 def clean_text(text: str, root: str | Path | None = None) -> str:

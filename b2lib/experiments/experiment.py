@@ -16,6 +16,7 @@ import time
 from dataclasses import asdict, dataclass
 from os import cpu_count
 from pathlib import Path
+from typing import Callable
 
 import pandas as pd
 import torch
@@ -207,6 +208,7 @@ def run_many(
     threads: int | None = None,
     skip_done: bool = True,
     progress: bool = True,
+    on_done: Callable[[Path], None] | None = None,
 ) -> list[Path]:
     """Run independent experiments (e.g. one per template x seed), ``workers`` at a time in separate processes.
 
@@ -214,7 +216,8 @@ def run_many(
     cores better than one run with several threads. Each run writes its own ``output_dir`` (required); a run whose
     ``summary.json`` exists is skipped when ``skip_done`` (so re-running a notebook after a crash only does what is
     missing, and an unfinished run resumes from its checkpoints). ``threads``: torch threads per worker (default:
-    cores // workers). Returns the output folders, in the order of ``configs``.
+    cores // workers). ``on_done(folder)`` is called in this process as each run finishes (a queue keeps each finished
+    folder at once, e.g. commits it). Returns the output folders, in the order of ``configs``.
     """
     from tqdm.auto import tqdm
 
@@ -231,13 +234,19 @@ def run_many(
     todo = [c for c, o in zip(configs, outs) if not (skip_done and (o / "summary.json").exists())]
     threads = threads or default_threads(workers)
     bar = tqdm(total=len(todo), desc="runs", disable=not progress)
+
+    def finished(i: int, _result=None) -> None:
+        bar.update(1)
+        if on_done is not None:
+            on_done(Path(todo[i].output_dir))
+
     if workers <= 1:
-        for cfg in todo:
+        for i, cfg in enumerate(todo):
             torch.set_num_threads(threads)
             _run_worker(cfg)
-            bar.update(1)
+            finished(i)
     else:  # a failed run's error is raised once every other run has finished (each run has its own folder)
         tasks = [(cfg,) for cfg in todo]
-        run_in_processes(_run_worker, tasks, workers, threads, lambda i, _: bar.update(1), stop_on_error=False)
+        run_in_processes(_run_worker, tasks, workers, threads, finished, stop_on_error=False)
     bar.close()
     return outs

@@ -423,13 +423,15 @@ def snr_study(
     overrides: dict | None = None,
     device: str | None = None,
     progress: bool = True,
+    write: bool = True,
 ):
     """Measure every arm (see :data:`SNR_ARMS`) at the base model on the train prompts of ``template`` and return the
     table of :func:`snr_rows` (also written to ``out/snr.csv``). Each arm's draws are saved as
     ``out/draws_<arm>.npz`` as soon as they are done, and an arm whose file exists is read instead of measured
     again, so a killed study loses at most the arm it was in. ``images_per_stage`` (default: the arm's own, else the
     preset's) and ``overrides`` (under each arm's own) are passed to :func:`~b2lib.experiments.presets.trainer_config`:
-    the preset's tuned recipe of each method by default."""
+    the preset's tuned recipe of each method by default. ``write=False``: leave ``snr.csv`` alone (workers measuring
+    arms side by side each write only their draws)."""
     import pandas as pd
 
     arms = dict(SNR_ARMS if arms is None else arms)
@@ -480,5 +482,6 @@ def snr_study(
                 }
             )
     table = pd.DataFrame(rows)
-    write_table(table, out, "snr")
+    if write:
+        write_table(table, out, "snr")
     return table

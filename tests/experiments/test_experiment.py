@@ -226,3 +226,26 @@ def test_workers_resolve_to_the_cores_on_a_cpu_and_to_one_elsewhere():
 
     script = config_from_args(["--workers", "2", "--setup", "paper"])[0]  # the accelerate script takes it too
     assert script.workers == 2 and script.settings() == RunConfig().settings()  # not part of the fingerprint
+
+
+def test_run_many_reports_each_finished_folder_and_skips_it_next_time(tmp_path):
+    """``on_done`` sees each run's folder as it finishes (a queue commits it there); a second call finds the folder
+    finished and neither runs nor reports it again."""
+    cfg = RunConfig(
+        methods=("b2",),
+        stages=1,
+        images_per_stage=4,
+        branches=2,
+        eval_images=2,
+        eval_max_prompts=1,
+        bertscore=False,
+        grid_prompts=0,
+        save_lora=False,
+        output_dir=str(tmp_path / "one"),
+        overrides={"num_steps": 2, "split_start": 1},
+    )
+    seen = []
+    run_many([cfg], progress=False, on_done=seen.append)
+    assert seen == [tmp_path / "one"] and (tmp_path / "one" / "summary.json").is_file()
+    run_many([cfg], progress=False, on_done=seen.append)
+    assert seen == [tmp_path / "one"]

@@ -1,0 +1,121 @@
+"""The flow study as data: which gradient estimators are measured, which runs the search and the study make, and where
+each run's folder lies, so notebook 15 and the queue that drains the runs (``scripts/flow_queue.py``) build the very
+same runs (a finished folder is skipped only if its fingerprint matches).
+
+Why a queue of small folders: the study needs hours of CPU, more than one sitting. Each folder is one method at one
+seed (its own evaluation of the base model beside it, on the same prompts and noise as every other folder's), small
+enough to finish and be kept before the next, so an interrupted study loses at most the runs in flight.
+
+The order of the work, as the DDIM world's recipe was found: the stage gradient SNR at the base model under the
+published and the coarse recipe (:data:`FLOW_SNR_ARMS`), then each method's own search over its learning rate and
+optimizer steps per stage on the train-split reward (:meth:`FlowStudy.search_runs`), then the study at each method's
+chosen point (:meth:`FlowStudy.study_configs`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from b2lib.experiments.experiment import RunConfig
+from b2lib.studies.tuning import sweep_runs
+from b2lib.training.recipes import recipe_switches
+
+__all__ = ["FLOW_METHODS", "FLOW_SNR_ARMS", "FlowStudy"]
+
+#: The study's methods: the flow-GRPO family's three, B², and B²'s depth-2 tree.
+FLOW_METHODS = ("flow_grpo", "mixgrpo", "tempflow", "b2", "tree")
+
+#: The estimators whose stage gradient SNR picks the flow recipe (:func:`b2lib.studies.gradient_snr.snr_study` with
+#: ``preset="flow"``): B² and Flow-GRPO under the published recipe and under the coarse one (each method's switches of
+#: :data:`b2lib.training.recipes.RECIPES`), B² at its first stage (branched at the middle of the chain) and, under the
+#: coarse recipe, also at its last (branched at x_T).
+FLOW_SNR_ARMS: dict[str, dict] = {
+    "b2_first": dict(method="b2", stage="first", reward="clip"),
+    "flow_grpo": dict(method="flow_grpo", stage="first", reward="clip"),
+    "b2_first_coarse": dict(method="b2", stage="first", reward="clip", overrides=recipe_switches("coarse", "b2")),
+    "b2_last_coarse": dict(method="b2", stage="last", reward="clip", overrides=recipe_switches("coarse", "b2")),
+    "flow_grpo_coarse": dict(
+        method="flow_grpo", stage="first", reward="clip", overrides=recipe_switches("coarse", "flow_grpo")
+    ),
+}
+
+
+@dataclass
+class FlowStudy:
+    """Notebook 15's parameters, turned into runs. ``stages``: B²'s in the study (every other method runs the stages
+    of the same transformer work, ``budget="compute"``); ``search_stages``: B²'s in the search. ``tree``: the tree
+    arm's levels (``[branch_at, branches]``, 0 = x_T), one stored step per node."""
+
+    out: Path
+    run_name: str = "flow_study"
+    template: str = "counting"
+    methods: tuple[str, ...] = FLOW_METHODS
+    seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
+    stages: int = 120
+    search_stages: int = 40
+    recipe: str = "coarse"
+    budget: str = "compute"
+    tree: list = field(default_factory=lambda: [[5, 2], [10, 2]])
+    grid: dict = field(default_factory=lambda: {"lr": [3e-4, 1e-3, 3e-3], "grad_accum": [4, 1]})
+    search_seeds: tuple[int, ...] = (0,)
+    search_eval_images: int = 64
+    snr_draws: int = 32
+    eval_images: int = 0
+    images_per_stage: int = 0
+    overrides: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.out = Path(self.out)
+        self.methods, self.seeds, self.search_seeds = tuple(self.methods), tuple(self.seeds), tuple(self.search_seeds)
+
+    @property
+    def tree_fields(self) -> dict:
+        """The tree arm's own fields (its levels, one stored step per node), laid under every point of it."""
+        return {"tree": {"tree": self.tree, "window": 1}}
+
+    def _common(self, stages: int) -> dict:
+        return dict(
+            preset="flow",
+            template=self.template,
+            stages=stages,
+            budget=self.budget,
+            images_per_stage=self.images_per_stage,
+            overrides=self.overrides,
+            recipe=self.recipe,
+        )
+
+    def search_runs(self) -> list[tuple[dict, RunConfig]]:
+        """``(grid point, RunConfig)`` of every method x grid point x search seed, in ``out/search``."""
+        base = RunConfig(
+            methods=("b2",),
+            eval_images=self.search_eval_images,
+            method_overrides=self.tree_fields,
+            **self._common(self.search_stages),
+        )
+        return sweep_runs(base, self.out / "search", self.methods, self.search_seeds, self.grid)
+
+    def chosen_overrides(self, choice: dict[str, dict]) -> dict[str, dict]:
+        """Each method's fields at its chosen grid point (``choice``: :func:`b2lib.studies.tuning.choose`), over its
+        own fields."""
+        return {
+            m: {**self.tree_fields.get(m, {}), **{k: v for k, v in c.items() if k in self.grid}}
+            for m, c in choice.items()
+        }
+
+    def study_configs(self, choice: dict[str, dict]) -> list[RunConfig]:
+        """One run per method and seed at the method's chosen point, seeds outermost (a seed's methods land together),
+        each in ``out/<method>_seed<k>``: 512 paired test images and the base model's beside them."""
+        chosen = self.chosen_overrides(choice)
+        return [
+            RunConfig(
+                methods=(m,),
+                seeds=(s,),
+                eval_images=self.eval_images,
+                method_overrides={m: chosen[m]},
+                output_dir=str(self.out / f"{m}_seed{s}"),
+                **self._common(self.stages),
+            )
+            for s in self.seeds
+            for m in self.methods
+        ]

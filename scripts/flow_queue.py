@@ -1,0 +1,105 @@
+"""Drain the flow study's queue outside the notebook, keeping each finished piece at once.
+
+    python scripts/flow_queue.py snr       # the stage gradient SNR of each estimator (one worker per arm)
+    python scripts/flow_queue.py search    # every method x grid point of the search
+    python scripts/flow_queue.py study     # every method x seed at the chosen points (needs search/choice.json)
+    python scripts/flow_queue.py study --commit   # ... and commit each finished run folder as it lands
+
+Why a script beside notebook 15: the study takes hours of CPU, more than one sitting, and a notebook cell loses
+everything in flight when it is stopped. The runs are the notebook's own (built by
+:class:`b2lib.studies.flow.FlowStudy`, whose defaults the notebook's parameters cell sets), so once every folder is
+in, executing the notebook skips them and only reads.
+A finished folder is skipped here too; an unfinished one starts again from its checkpoints, if they are still there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def commit(folder: Path, what: str) -> None:
+    """``git commit`` of ``folder`` alone (its checkpoints are ignored by .gitignore), retried while another git
+    command holds the index."""
+    rel = folder.resolve().relative_to(ROOT)
+    for attempt in range(20):
+        add = subprocess.run(["git", "add", "--", str(rel)], cwd=ROOT, capture_output=True, text=True)
+        if add.returncode == 0:
+            msg = f"Flow study: {what} {rel.name} finished"
+            done = subprocess.run(["git", "commit", "-q", "-m", msg, "--", str(rel)], cwd=ROOT, capture_output=True)
+            if done.returncode == 0:
+                print(f"committed {rel}", flush=True)
+                return
+        time.sleep(3 + attempt)
+    print(f"could not commit {rel}; commit it by hand", flush=True)
+
+
+def default_study():
+    """The study with :class:`~b2lib.studies.flow.FlowStudy`'s defaults, the ones notebook 15's parameters cell sets
+    (a test keeps the two equal), in ``results/<FlowStudy.run_name>``."""
+    from b2lib.studies.flow import FlowStudy
+    from b2lib.utils.paths import results_dir
+
+    return FlowStudy(out=results_dir(FlowStudy.run_name))
+
+
+def _snr_arm(out: str, template: str, name: str, draws: int) -> str:
+    from b2lib.studies.flow import FLOW_SNR_ARMS
+    from b2lib.studies.gradient_snr import snr_study
+
+    snr_study(out, template, {name: FLOW_SNR_ARMS[name]}, draws=draws, preset="flow", progress=False, write=False)
+    return name
+
+
+def run_snr(study, workers: int, keep: bool) -> None:
+    from b2lib.experiments.pool import default_threads, run_in_processes
+    from b2lib.studies.flow import FLOW_SNR_ARMS
+
+    out = study.out / "snr"
+    todo = [a for a in FLOW_SNR_ARMS if not (out / f"draws_{a}.npz").exists()]
+    tasks = [(str(out), study.template, a, study.snr_draws) for a in todo]
+
+    def done(i: int, name: str) -> None:
+        print(f"arm {name} measured", flush=True)
+        if keep:
+            commit(out, f"SNR arm {name} of")
+
+    run_in_processes(_snr_arm, tasks, workers, default_threads(workers), done, stop_on_error=False)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("part", choices=("snr", "search", "study"))
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--commit", action="store_true", help="git-commit each finished folder as it lands")
+    args = ap.parse_args(argv)
+    study = default_study()
+    if args.part == "snr":
+        run_snr(study, args.workers, args.commit)
+        return 0
+    from b2lib.experiments.experiment import run_many
+
+    if args.part == "search":
+        configs = [cfg for _, cfg in study.search_runs()]
+    else:
+        choice = study.out / "search" / "choice.json"
+        if not choice.is_file():
+            print(f"{choice} is missing: run the search first (`python {sys.argv[0]} search`) and write its choice.")
+            return 2
+        configs = study.study_configs(json.loads(choice.read_text()))
+    keep = (lambda folder: commit(folder, args.part)) if args.commit else None
+    run_many(configs, workers=args.workers, on_done=keep)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,45 @@
+"""The flow study as data: the search and the study are the runs the notebook and the queue both build."""
+
+from b2lib.studies.flow import FLOW_METHODS, FLOW_SNR_ARMS, FlowStudy
+from b2lib.training.recipes import recipe_switches
+
+
+def test_search_covers_every_method_and_grid_point_in_its_own_folder(tmp_path):
+    study = FlowStudy(out=tmp_path)
+    runs = study.search_runs()
+    points = len(study.grid["lr"]) * len(study.grid["grad_accum"])
+    assert len(runs) == len(FLOW_METHODS) * points * len(study.search_seeds)
+    folders = {cfg.output_dir for _, cfg in runs}
+    assert len(folders) == len(runs) and all(f.startswith(str(tmp_path / "search")) for f in folders)
+    for point, cfg in runs:
+        assert cfg.preset == "flow" and cfg.recipe == "coarse" and cfg.stages == study.search_stages
+        assert cfg.overrides == point and cfg.eval_splits == ("train",) and not cfg.save_lora
+        assert cfg.method_overrides == {"tree": {"tree": study.tree, "window": 1}}
+    # every search run is a valid run whose methods get the coarse recipe's switches
+    point, cfg = next(r for r in runs if r[1].methods == ("b2",))
+    tcfg = cfg.trainer_config("b2", 0)
+    assert all(getattr(tcfg, k) == v for k, v in recipe_switches("coarse", "b2").items())
+    assert tcfg.lr == point["lr"] and tcfg.grad_accum == point["grad_accum"]
+
+
+def test_the_study_runs_each_method_and_seed_at_its_chosen_point(tmp_path):
+    study = FlowStudy(out=tmp_path, seeds=(0, 1))
+    choice = {m: {"lr": 1e-3, "grad_accum": 1, "mean_gain": 0.01} for m in FLOW_METHODS}
+    configs = study.study_configs(choice)
+    assert [c.output_dir for c in configs[:2]] == [str(tmp_path / f"{m}_seed0") for m in FLOW_METHODS[:2]]
+    assert len(configs) == 2 * len(FLOW_METHODS)
+    for cfg in configs:
+        (m,), (s,) = cfg.methods, cfg.seeds
+        assert cfg.stages == study.stages and cfg.budget == "compute" and cfg.save_lora and cfg.bertscore
+        assert "mean_gain" not in cfg.method_overrides[m]
+        tcfg = cfg.trainer_config(m, s)
+        assert (tcfg.lr, tcfg.grad_accum) == (1e-3, 1)
+    tree = next(c for c in configs if c.methods == ("tree",))
+    assert tree.method_overrides["tree"]["tree"] == study.tree
+
+
+def test_snr_arms_compare_the_recipes_on_b2_and_flow_grpo():
+    for name, arm in FLOW_SNR_ARMS.items():
+        coarse = name.endswith("_coarse")
+        assert arm.get("overrides", {}) == (recipe_switches("coarse", arm["method"]) if coarse else {})
+    assert {a["method"] for a in FLOW_SNR_ARMS.values()} == {"b2", "flow_grpo"}
