@@ -59,11 +59,11 @@ def eval_split_prompts(cfg: RunConfig, train: list[str] | None = None) -> dict[s
 
 def eval_chain(cfg: RunConfig, scale: Preset) -> dict:
     """The chain the models are evaluated with: the steps, guidance and eta the run trains with (its ``overrides``
-    over the scale's; a tree's levels are not the chain's); a flow model with its deterministic ODE chain, as the
-    stock pipeline samples."""
+    over the scale's; a tree's levels are not the chain's), or ``cfg.eval_steps`` steps where set; a flow model with
+    its deterministic ODE chain, as the stock pipeline samples."""
     chain = trainer_config(cfg.preset, "ddpo", **{k: v for k, v in cfg.overrides.items() if not k.startswith("tree")})
     eta = 0.0 if scale.family == "sd3" else chain.eta
-    return {"num_steps": chain.num_steps, "guidance_scale": chain.guidance_scale, "eta": eta}
+    return {"num_steps": cfg.eval_steps or chain.num_steps, "guidance_scale": chain.guidance_scale, "eta": eta}
 
 
 def resolve(cfg: RunConfig) -> ResolvedRun:

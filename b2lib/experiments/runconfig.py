@@ -21,7 +21,13 @@ METHODS = METHOD_NAMES
 DEFAULT_METHODS = ("ddpo", "b2")
 #: RunConfig fields added after run folders were first fingerprinted, with their defaults: a run's settings record
 #: them only when set, so older folders keep their fingerprint and resume (see :meth:`RunConfig.settings`)
-_ADDED_AT_DEFAULT = {"recipe": "paper", "budget": "images", "method_overrides": {}, "dtype": "fp32"}
+_ADDED_AT_DEFAULT = {
+    "recipe": "paper",
+    "budget": "images",
+    "method_overrides": {},
+    "dtype": "fp32",
+    "eval_steps": 0,
+}
 #: the label of the base model's job (evaluated, never trained)
 BASE = "base"
 
@@ -69,6 +75,8 @@ class RunConfig:
     eval_max_prompts: int = 0  # k: a fixed, evenly spaced subset of k prompts of the split; 0: the preset's (all)
     eval_images: int = 0  # with eval_n_per_prompt=0: at least this many eval images per model and split
     eval_seed: int = 1234
+    eval_steps: int = 0  # steps of the evaluation chain; 0: the training chain's. Flow-GRPO trains on a 10-step chain
+    # and evaluates on the full one: overrides={"num_steps": 10, ...} with eval_steps=20
     resume: bool = True  # continue from checkpoints found in the output folder
     overrides: dict = field(default_factory=dict)  # extra TrainerConfig fields, e.g. {"lr": 3e-4}
     train_prompts: tuple[str, ...] | None = None  # None: the template's train split; else train on these
@@ -138,6 +146,7 @@ class RunConfig:
             ("images_per_stage", 0, "0 = the preset's default"),
             ("eval_n_per_prompt", 0, "0 = enough for eval_images"),
             ("eval_max_prompts", 0, "0 = the preset's (every prompt)"),
+            ("eval_steps", 0, "0 = the training chain's steps"),
             ("eval_images", 0, "0 = the preset's"),
             ("grid_prompts", 0, ""),
             ("eval_seed", 0, ""),

@@ -3,6 +3,8 @@ configuration's own lookups give, and what finished run folders recorded."""
 
 from dataclasses import replace
 
+import pytest
+
 from b2lib.experiments.presets import get_preset, load_prompts
 from b2lib.experiments.resolve import eval_split_prompts, job_order, resolve
 from b2lib.experiments.runconfig import RunConfig
@@ -31,3 +33,14 @@ def test_the_main_jobs_folder_holds_the_resolved_run():
 def test_evaluation_chain_is_the_trained_chain_and_the_ode_for_flows():
     assert resolve(RunConfig(preset="smoke", overrides={"num_steps": 4})).chain["num_steps"] == 4
     assert resolve(RunConfig(preset="flow")).chain["eta"] == 0.0
+
+
+def test_a_shorter_training_chain_is_evaluated_on_the_chain_asked_for():
+    """Flow-GRPO's cheapest lever: train on 10 steps, evaluate on 20. The evaluation chain is ``eval_steps`` where
+    set, the trainers keep their own chain, and a run that does not set it keeps its fingerprint."""
+    short = RunConfig(preset="flow", methods=("b2",), overrides={"num_steps": 10, "split_start": 5}, eval_steps=20)
+    run = resolve(short)
+    assert run.chain["num_steps"] == 20 and run.trainers["b2_seed0"].num_steps == 10
+    assert "eval_steps" in run.settings["run"] and "eval_steps" not in resolve(RunConfig()).settings["run"]
+    with pytest.raises(ValueError, match="eval_steps"):
+        RunConfig(eval_steps=-1)
