@@ -13,6 +13,7 @@ from b2lib.world.scenes import caption, render_batch
 __all__ = [
     "reward_accuracy",
     "evaluate_templates",
+    "guidance_scan",
     "template_samples",
     "write_base_model",
     "judge_metrics",
@@ -73,6 +74,33 @@ def evaluate_templates(
         rows.append({"template": template, **summary})
         tables[template], images[template] = table, imgs
     return pd.DataFrame(rows).set_index("template"), tables, images
+
+
+def guidance_scan(
+    pipe,
+    reward,
+    scales=(1.5, 2.0, 3.0, 4.0, 5.0),
+    templates=TEMPLATES,
+    n_per_prompt: int = 2,
+    max_prompts: int = 32,
+    seed: int = 0,
+    num_steps: int = 20,
+    eta: float = 1.0,
+):
+    """The judge and CLIPScore of a model at each classifier-free guidance scale, on the **train** prompts of each
+    template (:func:`evaluate_templates`, the same prompts and noise at every scale). Why: the guidance that suits a
+    model depends on the model (SD 1.x samples at 7.5, SD3 at 4.5 to 7, and a small model trained on few steps can be
+    pushed off its data by a large one), so each world's is read from its own train split, never from the test split
+    it is reported on. Returns one row per template and scale."""
+    import pandas as pd
+
+    rows = []
+    for g in scales:
+        summary, _, _ = evaluate_templates(
+            pipe, reward, templates, "train", n_per_prompt, max_prompts, seed, num_steps, float(g), eta
+        )
+        rows.append(summary.reset_index().assign(guidance_scale=float(g)))
+    return pd.concat(rows, ignore_index=True)
 
 
 def template_samples(tables: dict, images: dict, per_template: int = 8) -> tuple[list, list[str]]:

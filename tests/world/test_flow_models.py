@@ -211,3 +211,19 @@ def test_a_further_phase_starts_from_the_earlier_weights_and_keeps_their_report(
     fresh = pretrain_flow_world(tmp_path / "fresh", FlowPretrainConfig.smoke(steps=2), progress=False)
     assert report["text_to_image"]["losses"] != fresh["text_to_image"]["losses"]
     assert (tmp_path / "two" / "checkpoint.pt").is_file()
+
+
+def test_guidance_scan_scores_every_scale_on_the_train_prompts(pipe):
+    from b2lib.world.evaluation import guidance_scan
+    from b2lib.world.prompts import split_prompts
+
+    seen = []
+
+    def reward(images, prompts):
+        seen.extend(prompts)
+        return images.mean(dim=(1, 2, 3))
+
+    table = guidance_scan(pipe, reward, (1.0, 4.0), ("counting",), n_per_prompt=1, max_prompts=2, num_steps=2)
+    assert list(table["guidance_scale"]) == [1.0, 4.0] and list(table["template"]) == ["counting"] * 2
+    assert set(seen) <= set(split_prompts("counting")[0])  # the train split only
+    assert table["reward_mean"].iloc[0] != table["reward_mean"].iloc[1]  # the scale reaches the sampler
