@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from b2lib.experiments.experiment import RunConfig
-from b2lib.studies.tuning import sweep_runs
+from b2lib.experiments.presets import trainer_config
+from b2lib.studies.tuning import search_config, sweep_runs
 from b2lib.training.recipes import recipe_switches
 
 __all__ = ["FLOW_METHODS", "FLOW_SNR_ARMS", "FlowStudy"]
@@ -102,6 +103,33 @@ class FlowStudy:
             m: {**self.tree_fields.get(m, {}), **{k: v for k, v in c.items() if k in self.grid}}
             for m, c in choice.items()
         }
+
+    def lever_runs(self, choice: dict[str, dict], methods=("b2", "flow_grpo")) -> list[RunConfig]:
+        """Flow-GRPO's cheapest lever: ``methods`` at their chosen points trained on a chain of half the steps
+        (B²'s first branch point halved with it) and evaluated on the full chain, at the search's stages, in
+        ``out/lever``. Compared with the search's run of the same point, it says whether a shorter training chain
+        learns as well here (then every run costs about half)."""
+        steps = self._steps()
+        short = {"num_steps": steps // 2, "split_start": self._split_start() // 2}
+        chosen = self.chosen_overrides(choice)
+        runs = []
+        for m in methods:
+            point = {k: v for k, v in chosen[m].items() if k in self.grid}
+            base = RunConfig(
+                methods=(m,),
+                eval_images=self.search_eval_images,
+                eval_steps=steps,
+                **{**self._common(self.search_stages), "overrides": {**self.overrides, **point, **short}},
+            )
+            folder = self.out / "lever" / f"{m}_steps{steps // 2}_seed{self.search_seeds[0]}"
+            runs.append(search_config(base, m, self.search_seeds[0], {}, folder))
+        return runs
+
+    def _steps(self) -> int:
+        return int(self.overrides.get("num_steps", trainer_config("flow", "b2").num_steps))
+
+    def _split_start(self) -> int:
+        return int(self.overrides.get("split_start", trainer_config("flow", "b2").split_start))
 
     def study_configs(self, choice: dict[str, dict]) -> list[RunConfig]:
         """One run per method and seed at the method's chosen point, seeds outermost (a seed's methods land together),

@@ -43,3 +43,18 @@ def test_snr_arms_compare_the_recipes_on_b2_and_flow_grpo():
         coarse = name.endswith("_coarse")
         assert arm.get("overrides", {}) == (recipe_switches("coarse", arm["method"]) if coarse else {})
     assert {a["method"] for a in FLOW_SNR_ARMS.values()} == {"b2", "flow_grpo"}
+
+
+def test_the_lever_trains_on_half_the_chain_and_evaluates_on_the_whole(tmp_path):
+    from b2lib.experiments.resolve import resolve
+
+    study = FlowStudy(out=tmp_path)
+    choice = {m: {"lr": 1e-3, "grad_accum": 1} for m in FLOW_METHODS}
+    runs = study.lever_runs(choice)
+    assert [r.methods for r in runs] == [("b2",), ("flow_grpo",)]
+    for cfg in runs:
+        run = resolve(cfg)
+        tcfg = run.trainers[f"{cfg.methods[0]}_seed0"]
+        assert tcfg.num_steps == 10 and run.chain["num_steps"] == 20 and tcfg.lr == 1e-3
+        assert cfg.stages == study.search_stages and cfg.eval_splits == ("train",)
+    assert resolve(runs[0]).trainers["b2_seed0"].split_start == 5
