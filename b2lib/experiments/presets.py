@@ -312,10 +312,13 @@ EMBEDDED: dict = dict(
     history=8,
 )
 
-#: The flow world's settings over :data:`EMBEDDED`: the flow-SDE's noise level ``a`` (``eta``; Flow-GRPO's 0.7) and a
-#: LoRA on every linear of the MM-DiT's blocks (both streams). No method has searched its own point here yet: the
-#: learning rate is EMBEDDED's until a flow-world search records one.
-FLOW: dict = dict(eta=0.7, lora_targets="mmdit")
+#: The flow world's settings over :data:`EMBEDDED`: the flow-SDE's noise level ``a`` (``eta``; Flow-GRPO's 0.7), a
+#: LoRA on every linear of the MM-DiT's blocks (both streams), and the world's own guidance scale, 3.0: the highest
+#: judge on its train prompts (all three templates, 20 ODE steps) of 1.5, 2, 3, 4 and 5, ties going to the higher
+#: CLIPScore (:func:`b2lib.world.evaluation.guidance_scan`, notebook 01). At the DDIM world's 5.0 the flow world
+#: oversaturates: its train judge falls from 0.156 to 0.109. Each method's learning rate and optimizer steps per
+#: stage come from its own search on this world (notebook 15).
+FLOW: dict = dict(eta=0.7, lora_targets="mmdit", guidance_scale=3.0)
 
 #: The paper scale for flow models: SD3.5 Medium (gated on the hub), Flow-GRPO's noise level and guidance, a LoRA on
 #: the MM-DiT; the rest are ``TrainerConfig``'s reference values.

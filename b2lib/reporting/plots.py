@@ -24,7 +24,7 @@ from b2lib.reporting.plot_style import (
     set_style,
     wrap,
 )
-from b2lib.reporting.plots_bars import FACTOR_LABELS, factor_lines, ratio_bars
+from b2lib.reporting.plots_bars import FACTOR_LABELS, factor_lines, pretraining_loss, ratio_bars
 
 __all__ = [
     "snr_plot",
@@ -34,6 +34,7 @@ __all__ = [
     "training_curves",
     "comparison_grid",
     "ratio_bars",
+    "pretraining_loss",
     "curves_grid",
     "tradeoff",
     "factor_lines",

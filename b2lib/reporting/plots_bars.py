@@ -1,5 +1,6 @@
-"""Two summary figures in the library's one style (:mod:`b2lib.reporting.plot_style`): the speed chart (measured ratios
-against their goals) and B²'s sensitivity panels (each factor's measured values on a labelled axis).
+"""Summary figures in the library's one style (:mod:`b2lib.reporting.plot_style`): the speed chart (measured ratios
+against their goals), B²'s sensitivity panels (each factor's measured values on a labelled axis) and a pretraining's
+loss over its phases.
 
 Why apart from :mod:`b2lib.reporting.plots`: these draw one row or one factor at a time rather than curves or grids of
 methods, and each needs its own key (what a bar's colour means, what a factor's axis measures).
@@ -17,7 +18,7 @@ from matplotlib.patches import Patch
 
 from b2lib.reporting.plot_style import SD_BAND, legend_outside, method_colour, metric_label, value_ticks, wrap
 
-__all__ = ["ratio_bars", "factor_lines", "FACTOR_LABELS", "GOAL_COLOURS"]
+__all__ = ["ratio_bars", "factor_lines", "pretraining_loss", "FACTOR_LABELS", "GOAL_COLOURS"]
 
 #: A speed bar's colour says how its median stands against the row's goal.
 GOAL_COLOURS = {"met": "#0072B2", "below": "#D55E00", "none": "#BBBBBB"}
@@ -121,4 +122,32 @@ def factor_lines(
     fig.tight_layout()
     key = [Line2D([], [], color=colour, marker="o", label=f"mean over seeds; bar: {SD_BAND}")]
     legend_outside(fig, "below", handles=key)
+    return fig
+
+
+def pretraining_loss(report: dict, window: int = 100):
+    """A pretraining's loss per optimizer step over all its phases (``report``: a world's ``report.json`` with its
+    ``earlier_phases``), as a running mean over ``window`` steps, each phase in its own shade, its boundary marked and
+    its settings and wall time in the legend: what a longer pretraining bought, step by step."""
+    phases = [*report.get("earlier_phases", []), report]
+    fig, ax = plt.subplots(figsize=(8, 3.6))
+    start = 0
+    shades = plt.get_cmap("Blues")(np.linspace(0.55, 0.95, len(phases)))
+    for k, (phase, shade) in enumerate(zip(phases, shades)):
+        losses = pd.Series(phase["text_to_image"]["losses"])
+        smooth = losses.rolling(window, min_periods=1).mean()
+        cfg, minutes = phase["config"], phase["text_to_image"]["wall_s"] / 60
+        label = (
+            f"phase {k + 1}: {len(losses):,} steps from {'random weights' if k == 0 else 'phase ' + str(k)}, "
+            f"peak lr {cfg['lr']:g}, {minutes:.0f} min on {phase['threads']} thread(s)"
+        )
+        ax.plot(np.arange(start, start + len(losses)), smooth, color=shade, lw=1.4, label=label)
+        if k:
+            ax.axvline(start, color="grey", ls=":", lw=1)
+        start += len(losses)
+    ax.set_xlabel(f"optimizer step (batch {phases[-1]['config']['batch']})")
+    ax.set_ylabel(f"training loss\n(running mean of {window} steps)")
+    ax.set_ylim(top=min(ax.get_ylim()[1], 1.2))
+    fig.tight_layout()
+    legend_outside(ax, where="below")
     return fig

@@ -85,8 +85,8 @@ FLOW_LORA_TARGET_MODULES = (
 _CLIP_WIDTH = 64
 
 _REGENERATE = (
-    'Regenerate them with `python -c "from b2lib.world.flow_pretrain import pretrain_flow_world; '
-    "pretrain_flow_world('b2lib/world/flow_weights')\"` (~40 min on a CPU), "
+    'Regenerate them with `python -c "from b2lib.world.flow_pretrain import regenerate_flow_world; '
+    "regenerate_flow_world('b2lib/world/flow_weights')\"` (~85 min on one CPU core), "
     "or restore them with `git checkout -- b2lib/world/flow_weights`."
 )
 

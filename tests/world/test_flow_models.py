@@ -126,7 +126,7 @@ def test_smoke_pretraining_writes_a_reloadable_pipeline(tmp_path):
 
 
 def test_missing_weights_say_how_to_regenerate(tmp_path):
-    with pytest.raises(FileNotFoundError, match="pretrain_flow_world"):
+    with pytest.raises(FileNotFoundError, match="regenerate_flow_world"):
         load_flow_world_pipeline(tmp_path / "nowhere")
 
 
@@ -227,3 +227,17 @@ def test_guidance_scan_scores_every_scale_on_the_train_prompts(pipe):
     assert list(table["guidance_scale"]) == [1.0, 4.0] and list(table["template"]) == ["counting"] * 2
     assert set(seen) <= set(split_prompts("counting")[0])  # the train split only
     assert table["reward_mean"].iloc[0] != table["reward_mean"].iloc[1]  # the scale reaches the sampler
+
+
+def test_regenerating_runs_the_phases_in_turn_and_keeps_the_last(tmp_path):
+    from b2lib.world.flow_pretrain import regenerate_flow_world
+
+    smoke = FlowPretrainConfig.smoke()
+    common = dict(n_images=smoke.n_images, batch=smoke.batch, warmup=1)
+    report = regenerate_flow_world(tmp_path, ({"steps": 2}, {"steps": 3, "lr": 1e-4}), progress=False, **common)
+    assert report["total_steps"] == 5 and report["config"]["init_from"] == str(tmp_path / "phase1" / "pipeline")
+    assert (tmp_path / "pipeline" / "transformer").is_dir() and (tmp_path / "report.json").is_file()
+    assert load_flow_world_pipeline(tmp_path / "pipeline") is not None
+    # finished phases are read, not run again
+    again = regenerate_flow_world(tmp_path, ({"steps": 2}, {"steps": 3, "lr": 1e-4}), progress=False, **common)
+    assert again["text_to_image"]["wall_s"] == report["text_to_image"]["wall_s"]
