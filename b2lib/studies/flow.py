@@ -131,6 +131,30 @@ class FlowStudy:
     def _split_start(self) -> int:
         return int(self.overrides.get("split_start", trainer_config("flow", "b2").split_start))
 
+    def speed(self, repeats: int = 5, batch: int = 16) -> dict:
+        """The flow policy's samplers against stock ``StableDiffusion3Pipeline`` on the shipped flow world, ``batch``
+        test prompts of the template, the world's chain (:func:`b2lib.bench.flow.bench_flow_sampler_vs_pipeline`),
+        with the machine it ran on; kept in ``out/speed.json`` and read from there once measured."""
+        import json
+
+        path = self.out / "speed.json"
+        if path.is_file():
+            return json.loads(path.read_text())
+        from b2lib.bench.flow import bench_flow_sampler_vs_pipeline
+        from b2lib.bench.timing import machine_info
+        from b2lib.experiments.presets import load_models, load_prompts
+
+        chain = trainer_config("flow", "b2")
+        pipe, _ = load_models("flow")
+        prompts = load_prompts("flow", self.template, "test")[:batch]
+        result = bench_flow_sampler_vs_pipeline(
+            pipe, prompts, chain.num_steps, chain.guidance_scale, chain.eta, repeats=repeats
+        )
+        result["machine"] = machine_info()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(result, indent=2))
+        return result
+
     def study_configs(self, choice: dict[str, dict]) -> list[RunConfig]:
         """One run per method and seed at the method's chosen point, seeds outermost (a seed's methods land together),
         each in ``out/<method>_seed<k>``: 512 paired test images and the base model's beside them."""

@@ -58,3 +58,22 @@ def test_the_lever_trains_on_half_the_chain_and_evaluates_on_the_whole(tmp_path)
         assert tcfg.num_steps == 10 and run.chain["num_steps"] == 20 and tcfg.lr == 1e-3
         assert cfg.stages == study.search_stages and cfg.eval_splits == ("train",)
     assert resolve(runs[0]).trainers["b2_seed0"].split_start == 5
+
+
+def test_speed_is_measured_once_and_then_read(tmp_path, monkeypatch):
+    import json
+
+    import b2lib.bench.flow as bench
+
+    calls = []
+
+    def fake(pipe, prompts, num_steps, guidance_scale, eta, repeats):
+        calls.append((len(prompts), num_steps, guidance_scale, eta, repeats))
+        return {"ratio_ode": {"median": 2.0}}
+
+    monkeypatch.setattr(bench, "bench_flow_sampler_vs_pipeline", fake)
+    study = FlowStudy(out=tmp_path)
+    first = study.speed(repeats=1, batch=2)
+    assert calls == [(2, 20, 3.0, 0.7, 1)] and first["ratio_ode"]["median"] == 2.0 and "machine" in first
+    assert json.loads((tmp_path / "speed.json").read_text()) == first
+    assert study.speed() == first and len(calls) == 1
