@@ -22,7 +22,12 @@ from b2lib.experiments.presets import trainer_config
 from b2lib.studies.tuning import search_config, sweep_runs
 from b2lib.training.recipes import recipe_switches
 
-__all__ = ["FLOW_METHODS", "FLOW_SNR_ARMS", "FlowStudy"]
+__all__ = ["FLOW_METHODS", "FLOW_SNR_ARMS", "MOVED_KL", "FlowStudy", "moved"]
+
+#: The approx KL per stage (mean over stages) above which a run's policy counts as moving: the front page's rule for
+#: "the runs did not learn" (below it), four decades above the first flow study's ~1e-14 and two below the DDIM
+#: world's B² at ~1e-6.
+MOVED_KL = 1e-8
 
 #: The study's methods: the flow-GRPO family's three, B², and B²'s depth-2 tree.
 FLOW_METHODS = ("flow_grpo", "mixgrpo", "tempflow", "b2", "tree")
@@ -155,6 +160,22 @@ class FlowStudy:
         path.write_text(json.dumps(result, indent=2))
         return result
 
+    def search_results(self):
+        """The search's table (:func:`b2lib.studies.tuning.sweep_table`) over its finished runs, with each run's
+        train-reward rise over its stages against its stage-to-stage noise
+        (:func:`b2lib.evaluation.health.reward_trend`): what the choice and the check that the policies move read."""
+        import pandas as pd
+
+        from b2lib.evaluation.health import reward_trend
+        from b2lib.studies.tuning import sweep_table
+
+        done = [(p, c) for p, c in self.search_runs() if (Path(c.output_dir) / "summary.json").is_file()]
+        table = sweep_table(done)
+        trends = [reward_trend(pd.read_csv(Path(c.output_dir) / "metrics.csv")).iloc[0] for _, c in done]
+        for col in ("rise", "noise", "rise_over_noise"):
+            table[col] = [float(t.get(col, float("nan"))) for t in trends]
+        return table
+
     def study_configs(self, choice: dict[str, dict]) -> list[RunConfig]:
         """One run per method and seed at the method's chosen point, seeds outermost (a seed's methods land together),
         each in ``out/<method>_seed<k>``: 512 paired test images and the base model's beside them."""
@@ -171,3 +192,31 @@ class FlowStudy:
             for s in self.seeds
             for m in self.methods
         ]
+
+
+def moved(table, choice: dict[str, dict]):
+    """One row per method at its chosen point of a :meth:`FlowStudy.search_results` table: its mean approx KL, its
+    train-reward rise over noise, and ``moved``: approx KL above :data:`MOVED_KL` and the reward rising by more than its
+    stage-to-stage noise. The check that comes before the 5-seed study: a method that did not move at the search's
+    budget needs a larger budget or another recipe first."""
+    rows = []
+    for method, point in choice.items():
+        hit = table[table["method"] == method]
+        for key, value in point.items():
+            if key in hit:
+                hit = hit[hit[key] == value]
+        r = hit.iloc[0]
+        rows.append(
+            {
+                "method": method,
+                **{k: v for k, v in point.items() if k != "mean_gain"},
+                "gain": float(r["gain"]),
+                "mean_approx_kl": float(r["mean_approx_kl"]),
+                "rise_over_noise": float(r["rise_over_noise"]),
+                "optimizer_steps": int(r["optimizer_steps"]),
+                "moved": bool(r["mean_approx_kl"] > MOVED_KL and r["rise_over_noise"] > 1),
+            }
+        )
+    import pandas as pd
+
+    return pd.DataFrame(rows).set_index("method")

@@ -77,3 +77,58 @@ def test_speed_is_measured_once_and_then_read(tmp_path, monkeypatch):
     assert calls == [(2, 20, 3.0, 0.7, 1)] and first["ratio_ode"]["median"] == 2.0 and "machine" in first
     assert json.loads((tmp_path / "speed.json").read_text()) == first
     assert study.speed() == first and len(calls) == 1
+
+
+def test_a_method_moved_only_with_kl_above_the_bar_and_a_reward_rising_beyond_its_noise():
+    import pandas as pd
+
+    from b2lib.studies.flow import MOVED_KL, moved
+
+    table = pd.DataFrame(
+        [
+            dict(
+                method="b2",
+                lr=1e-3,
+                grad_accum=1,
+                gain=0.02,
+                mean_approx_kl=1e-5,
+                rise_over_noise=2.0,
+                optimizer_steps=80,
+            ),
+            dict(
+                method="b2",
+                lr=3e-4,
+                grad_accum=1,
+                gain=0.0,
+                mean_approx_kl=1e-14,
+                rise_over_noise=3.0,
+                optimizer_steps=80,
+            ),
+            dict(
+                method="tree",
+                lr=1e-3,
+                grad_accum=4,
+                gain=0.01,
+                mean_approx_kl=1e-6,
+                rise_over_noise=0.5,
+                optimizer_steps=40,
+            ),
+            dict(
+                method="ddpo",
+                lr=3e-4,
+                grad_accum=1,
+                gain=0.0,
+                mean_approx_kl=MOVED_KL / 10,
+                rise_over_noise=5.0,
+                optimizer_steps=9,
+            ),
+        ]
+    )
+    choice = {
+        "b2": {"lr": 1e-3, "grad_accum": 1, "mean_gain": 0.02},
+        "tree": {"lr": 1e-3, "grad_accum": 4},
+        "ddpo": {"lr": 3e-4, "grad_accum": 1},
+    }
+    out = moved(table, choice)
+    assert out["moved"].to_dict() == {"b2": True, "tree": False, "ddpo": False}
+    assert out.loc["b2", "mean_approx_kl"] == 1e-5 and "mean_gain" not in out
