@@ -98,6 +98,13 @@ def main(argv: list[str] | None = None) -> int:
         configs = study.study_configs(json.loads(choice.read_text()))
     keep = (lambda folder: commit(folder, args.part)) if args.commit else None
     run_many(configs, workers=args.workers, on_done=keep)
+    if args.part == "search":  # every point in: each method's choice, on the train-split reward
+        from b2lib.studies.tuning import write_choice
+
+        choice = write_choice(study.search_results(), study.out / "search", study.grid)
+        print(json.dumps(choice, indent=1))
+        if args.commit:
+            commit(study.out / "search", "the choice of")
     return 0
 
 
