@@ -4,6 +4,8 @@
     python scripts/flow_queue.py search    # every method x grid point of the search
     python scripts/flow_queue.py study     # every method x seed at the chosen points (needs search/choice.json)
     python scripts/flow_queue.py study --commit   # ... and commit each finished run folder as it lands
+    python scripts/flow_queue.py study --seeds 0  # one seed of every method first: do the policies move?
+    python scripts/flow_queue.py lever            # B² and Flow-GRPO trained on a 10-step chain (needs the choice)
 
 Why a script beside notebook 15: the study takes hours of CPU, more than one sitting, and a notebook cell loses
 everything in flight when it is stopped. The runs are the notebook's own (built by
@@ -78,7 +80,8 @@ def run_snr(study, workers: int, keep: bool) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("part", choices=("snr", "search", "study"))
+    ap.add_argument("part", choices=("snr", "search", "study", "lever"))
+    ap.add_argument("--seeds", type=int, nargs="+", help="the study's seeds to run (default: all of them)")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--commit", action="store_true", help="git-commit each finished folder as it lands")
     args = ap.parse_args(argv)
@@ -95,7 +98,11 @@ def main(argv: list[str] | None = None) -> int:
         if not choice.is_file():
             print(f"{choice} is missing: run the search first (`python {sys.argv[0]} search`) and write its choice.")
             return 2
-        configs = study.study_configs(json.loads(choice.read_text()))
+        chosen = json.loads(choice.read_text())
+        if args.part == "lever":
+            configs = study.lever_runs(chosen)
+        else:
+            configs = [c for c in study.study_configs(chosen) if not args.seeds or c.seeds[0] in args.seeds]
     keep = (lambda folder: commit(folder, args.part)) if args.commit else None
     run_many(configs, workers=args.workers, on_done=keep)
     if args.part == "search":  # every point in: each method's choice, on the train-split reward
