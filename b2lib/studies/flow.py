@@ -44,6 +44,10 @@ FLOW_SNR_ARMS: dict[str, dict] = {
     "flow_grpo_coarse": dict(
         method="flow_grpo", stage="first", reward="clip", overrides=recipe_switches("coarse", "flow_grpo")
     ),
+    # more signal per stage: 4x the images (32 prompts x 4 branches), the same recipe
+    "b2_first_coarse_n128": dict(
+        method="b2", stage="first", reward="clip", overrides=recipe_switches("coarse", "b2"), images_per_stage=128
+    ),
 }
 
 
