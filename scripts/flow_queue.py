@@ -82,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("part", choices=("snr", "search", "study", "lever"))
     ap.add_argument("--seeds", type=int, nargs="+", help="the study's seeds to run (default: all of them)")
+    ap.add_argument("--methods", nargs="+", help="the study's methods to run (default: all of them)")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--commit", action="store_true", help="git-commit each finished folder as it lands")
     args = ap.parse_args(argv)
@@ -102,7 +103,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.part == "lever":
             configs = study.lever_runs(chosen)
         else:
-            configs = [c for c in study.study_configs(chosen) if not args.seeds or c.seeds[0] in args.seeds]
+            configs = [
+                c
+                for c in study.study_configs(chosen)
+                if (not args.seeds or c.seeds[0] in args.seeds) and (not args.methods or c.methods[0] in args.methods)
+            ]
     keep = (lambda folder: commit(folder, args.part)) if args.commit else None
     run_many(configs, workers=args.workers, on_done=keep)
     if args.part == "search":  # every point in: each method's choice, on the train-split reward
