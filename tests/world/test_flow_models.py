@@ -241,3 +241,20 @@ def test_regenerating_runs_the_phases_in_turn_and_keeps_the_last(tmp_path):
     # finished phases are read, not run again
     again = regenerate_flow_world(tmp_path, ({"steps": 2}, {"steps": 3, "lr": 1e-4}), progress=False, **common)
     assert again["text_to_image"]["wall_s"] == report["text_to_image"]["wall_s"]
+
+
+def test_best_guidance_takes_the_highest_judge_and_breaks_ties_on_clipscore():
+    import pandas as pd
+
+    from b2lib.world.evaluation import best_guidance
+
+    scan = pd.DataFrame(
+        {
+            "guidance_scale": [2.0, 2.0, 3.0, 3.0, 5.0, 5.0],
+            "template": ["counting", "binding"] * 3,
+            "judge_all_ok": [0.3, 0.1, 0.2, 0.2, 0.1, 0.1],
+            "reward_mean": [0.6, 0.6, 0.7, 0.7, 0.9, 0.9],
+        }
+    )
+    assert best_guidance(scan) == 3.0
+    assert best_guidance(scan.assign(judge_all_ok=[0.3, 0.2, 0.2, 0.2, 0.1, 0.1])) == 2.0
