@@ -76,10 +76,14 @@ class FlowStudy:
     eval_images: int = 0
     images_per_stage: int = 0
     overrides: dict = field(default_factory=dict)
+    #: the sign control: ``sign_method`` at its chosen point trained on the negated reward, at these seeds
+    sign_method: str = "b2"
+    sign_seeds: tuple[int, ...] = (0, 1)
 
     def __post_init__(self) -> None:
         self.out = Path(self.out)
         self.methods, self.seeds, self.search_seeds = tuple(self.methods), tuple(self.seeds), tuple(self.search_seeds)
+        self.sign_seeds = tuple(self.sign_seeds)
 
     @property
     def tree_fields(self) -> dict:
@@ -198,6 +202,36 @@ class FlowStudy:
             for s in self.seeds
             for m in self.methods
         ]
+
+    def sign_configs(self, choice: dict[str, dict]) -> list[RunConfig]:
+        """The sign control: :attr:`sign_method` at its chosen point trained on the negated reward
+        (``reward_sign=-1``), one folder per seed of :attr:`sign_seeds` in ``out/negated/<method>_seed<k>``, evaluated
+        on the real reward and on the same images as the study's folders. Read beside the study's run of the same
+        seed (:func:`b2lib.evaluation.comparisons.sign_control`): a gain that flips with the reward's sign was learned,
+        one that does not is drift."""
+        m = self.sign_method
+        return [
+            RunConfig(
+                methods=(m,),
+                seeds=(s,),
+                eval_images=self.eval_images,
+                method_overrides={m: self.chosen_overrides(choice)[m]},
+                reward_sign=-1,
+                output_dir=str(self.out / "negated" / f"{m}_seed{s}"),
+                **self._common(self.stages),
+            )
+            for s in self.sign_seeds
+        ]
+
+    def sign_pairs(self) -> list[Path]:
+        """The folders :func:`~b2lib.evaluation.comparisons.sign_control` reads: each finished negated run and the
+        study's run of the same method and seed."""
+        folders = []
+        for s in self.sign_seeds:
+            pos, neg = self.out / f"{self.sign_method}_seed{s}", self.out / "negated" / f"{self.sign_method}_seed{s}"
+            if (pos / "summary.json").is_file() and (neg / "summary.json").is_file():
+                folders += [pos, neg]
+        return folders
 
 
 def moved(table, choice: dict[str, dict]):

@@ -132,3 +132,23 @@ def test_a_method_moved_only_with_kl_above_the_bar_and_a_reward_rising_beyond_it
     out = moved(table, choice)
     assert out["moved"].to_dict() == {"b2": True, "tree": False, "ddpo": False}
     assert out.loc["b2", "mean_approx_kl"] == 1e-5 and "mean_gain" not in out
+
+
+def test_the_sign_control_trains_b2_on_the_negated_reward_beside_the_study(tmp_path):
+    study = FlowStudy(out=tmp_path, sign_seeds=(0, 2))
+    choice = {m: {"lr": 1e-4, "grad_accum": 1, "mean_gain": 0.01} for m in FLOW_METHODS}
+    configs = study.sign_configs(choice)
+    assert [c.output_dir for c in configs] == [str(tmp_path / "negated" / f"b2_seed{s}") for s in (0, 2)]
+    same = {c.output_dir: c for c in study.study_configs(choice)}
+    for cfg in configs:
+        twin = same[str(tmp_path / f"b2_seed{cfg.seeds[0]}")]
+        assert cfg.reward_sign == -1 and twin.reward_sign == 1
+        # everything but the sign and the folder equals the study's run of the same seed
+        assert cfg.trainer_config("b2", cfg.seeds[0]) == twin.trainer_config("b2", cfg.seeds[0])
+        assert (cfg.stages, cfg.eval_images, cfg.save_lora) == (twin.stages, twin.eval_images, twin.save_lora)
+    # only seeds whose two runs are both finished are paired
+    assert study.sign_pairs() == []
+    for folder in (tmp_path / "b2_seed0", tmp_path / "negated" / "b2_seed0", tmp_path / "negated" / "b2_seed2"):
+        folder.mkdir(parents=True)
+        (folder / "summary.json").write_text("{}")
+    assert study.sign_pairs() == [tmp_path / "b2_seed0", tmp_path / "negated" / "b2_seed0"]
