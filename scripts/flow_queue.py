@@ -65,10 +65,9 @@ def _snr_arm(out: str, template: str, name: str, draws: int) -> str:
 
 def run_snr(study, workers: int, keep: bool) -> None:
     from b2lib.experiments.pool import default_threads, run_in_processes
-    from b2lib.studies.flow import FLOW_SNR_ARMS
 
     out = study.out / "snr"
-    todo = [a for a in FLOW_SNR_ARMS if not (out / f"draws_{a}.npz").exists()]
+    todo = [a for a in study.snr_arms if not (out / f"draws_{a}.npz").exists()]
     tasks = [(str(out), study.template, a, study.snr_draws) for a in todo]
 
     def done(i: int, name: str) -> None:

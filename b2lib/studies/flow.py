@@ -73,6 +73,8 @@ class FlowStudy:
     search_seeds: tuple[int, ...] = (0,)
     search_eval_images: int = 64
     snr_draws: int = 32
+    #: the arms of :data:`FLOW_SNR_ARMS` measured
+    snr_arms: tuple[str, ...] = tuple(FLOW_SNR_ARMS)
     eval_images: int = 0
     images_per_stage: int = 0
     overrides: dict = field(default_factory=dict)
@@ -83,7 +85,11 @@ class FlowStudy:
     def __post_init__(self) -> None:
         self.out = Path(self.out)
         self.methods, self.seeds, self.search_seeds = tuple(self.methods), tuple(self.seeds), tuple(self.search_seeds)
-        self.sign_seeds = tuple(self.sign_seeds)
+        self.sign_seeds, self.snr_arms = tuple(self.sign_seeds), tuple(self.snr_arms)
+        unknown = set(self.snr_arms) - set(FLOW_SNR_ARMS)
+        if unknown:
+            known = list(FLOW_SNR_ARMS)
+            raise ValueError(f"snr_arms {sorted(unknown)} are not arms of FLOW_SNR_ARMS: use some of {known}.")
 
     @property
     def tree_fields(self) -> dict:

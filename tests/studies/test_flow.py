@@ -152,3 +152,10 @@ def test_the_sign_control_trains_b2_on_the_negated_reward_beside_the_study(tmp_p
         folder.mkdir(parents=True)
         (folder / "summary.json").write_text("{}")
     assert study.sign_pairs() == [tmp_path / "b2_seed0", tmp_path / "negated" / "b2_seed0"]
+
+
+def test_unknown_snr_arms_are_refused_with_the_known_ones():
+    import pytest
+
+    with pytest.raises(ValueError, match="b2_first"):
+        FlowStudy(out="unused", snr_arms=("nope",))
