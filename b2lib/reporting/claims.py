@@ -209,7 +209,7 @@ PAPER_CLAIMS: tuple[Claim, ...] = (
 
 _LEVERS = "sparse_levers/comparisons.csv"
 _AXIS = "sparse_axis/comparisons.csv"
-_FLOW = "flow/comparisons.csv"
+_FLOW = "flow_study/comparisons.csv"
 
 #: this project's own extensions beyond the paper
 EXTENSIONS: tuple[Claim, ...] = (
@@ -243,7 +243,7 @@ EXTENSIONS: tuple[Claim, ...] = (
             Check(_FLOW, "counting", "b2", "base", "judge_all_ok", "B² − base, judge"),
         ),
         "15_flow",
-        health=(Health("flow/health.csv", "b2"),),
+        health=(Health("flow_study/health.csv", "b2"),),
     ),
     Claim(
         "trees",
