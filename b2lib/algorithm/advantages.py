@@ -14,6 +14,7 @@ import torch
 __all__ = [
     "GROUP_EPS",
     "HistoryNormalizer",
+    "flat_groups",
     "PerPromptStatTracker",
     "group_ids_of",
     "group_relative_advantages",
@@ -200,3 +201,12 @@ def group_ids_of(prompts: Sequence[str]) -> torch.Tensor:
     """One id per distinct prompt, in order of first appearance: groups for plain (unbranched) sampling."""
     index: dict[str, int] = {}
     return torch.tensor([index.setdefault(p, len(index)) for p in prompts], dtype=torch.long)
+
+
+def flat_groups(rewards: torch.Tensor, group_ids: torch.Tensor, below: float | None = None) -> int:
+    """How many branch groups have the same reward in every branch: they carry no within-group signal (under a binary
+    reward, the groups whose branches all fail, or all succeed). ``below``: count only those whose common reward is
+    below it (with the stage's mean reward: the "flat_low" groups of :func:`b2lib.studies.grids.group_census`)."""
+    flat = [rewards[group_ids == g] for g in group_ids.unique()]
+    flat = [r for r in flat if bool((r == r[0]).all())]
+    return sum(1 for r in flat if below is None or float(r[0]) < below)

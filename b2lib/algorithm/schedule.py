@@ -13,8 +13,9 @@ index where the shared prefix ends; a bare *split* is only ever the data split (
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Mapping, Sequence
 
-__all__ = ["ProgressiveSchedule"]
+__all__ = ["ProgressiveSchedule", "SignalChosenBranchPoint", "informative_history"]
 
 
 @dataclass(frozen=True)
@@ -83,3 +84,62 @@ class ProgressiveSchedule:
     def trained_steps(self) -> list[int]:
         """The trained steps of every stage, first to last."""
         return [self(i) for i in range(self.num_stages)]
+
+
+def informative_history(log: Sequence[Mapping]) -> list[tuple[int, float]]:
+    """``(trained steps, informative share)`` of each logged stage (a trainer's stage metrics: ``split_step``,
+    ``groups``, ``flat_groups``): the share of its branch groups whose branches did not all get the same reward. Stages
+    without groups are left out."""
+    return [(int(m["split_step"]), 1.0 - m["flat_groups"] / m["groups"]) for m in log if m.get("groups", 0) > 0]
+
+
+@dataclass(frozen=True)
+class SignalChosenBranchPoint:
+    """B²'s trained steps with the branch point set by the signal: the backward schedule ``planned``, moved earlier
+    (towards x_T) one step at a time while the branch groups at the current depth stop disagreeing.
+
+    Why: under a binary reward, siblings branched late share most of their chain and pass or fail together, so most
+    groups are flat and carry no comparison; branching earlier makes them disagree. The backward order is kept
+    wherever the share allows: the depth never shrinks, and it grows faster than ``planned`` only when the mean
+    informative share of the last ``window`` stages at the current depth is below ``target``. A share that never falls
+    below ``target`` leaves ``planned`` as it is; a flat share reaches x_T after ``window`` stages per step.
+
+    ``history``: ``(trained steps, informative share)`` of the stages before ``stage``, in order
+    (:func:`informative_history` of a trainer's log).
+    """
+
+    planned: ProgressiveSchedule
+    target: float
+    window: int = 2
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.target <= 1.0:
+            raise ValueError(f"target must be an informative share in (0, 1], got {self.target}.")
+        if self.window < 1:
+            raise ValueError(f"window must be >= 1 stage, got {self.window}.")
+        if self.planned.start > self.planned.end:
+            raise ValueError(
+                "A signal-chosen branch point deepens B²'s backward schedule; the planned schedule moves forward "
+                f"(start={self.planned.start} > end={self.planned.end}). Use start <= end."
+            )
+
+    def __call__(self, stage: int, history: Sequence[tuple[int, float]] = ()) -> int:
+        planned = self.planned(stage)
+        if not history:
+            return planned
+        depth = history[-1][0]
+        shares = []
+        for steps, share in reversed(history):  # the trailing stages at the current depth
+            if steps != depth or len(shares) == self.window:
+                break
+            shares.append(share)
+        deeper = len(shares) == self.window and sum(shares) / len(shares) < self.target
+        return min(self.planned.num_steps, max(planned, depth + int(deeper)))
+
+    def deepest(self) -> list[int]:
+        """The trained steps of every stage under a share that is always flat (0): the deepest path the setting can
+        take, so an upper bound of every stage's sampling cost before the run."""
+        history: list[tuple[int, float]] = []
+        for stage in range(self.planned.num_stages):
+            history.append((self(stage, history), 0.0))
+        return [steps for steps, _ in history]

@@ -15,7 +15,8 @@ The rule (:func:`claim_status`), for a claim of ``k`` paired checks at 95 %:
   count;
 - **inconclusive** when the checks fall short of *partly* and the runs' health shows they did not learn: the method's
   mean approx KL per stage below :data:`KL_FLOOR`, or its train-reward rise over training not resolved above 0
-  (:mod:`b2lib.evaluation.health`). A budget that moved nothing neither supports nor refutes a claim;
+  (:mod:`b2lib.evaluation.health`), unless a sign control of the same runs resolves the trained reward's signal above
+  0 (:class:`Health`). A budget that moved nothing neither supports nor refutes a claim;
 - **not reproduced** otherwise.
 """
 
@@ -113,11 +114,16 @@ class Check:
 class Health:
     """The training health of the runs behind a claim: one row of a health table
     (:func:`b2lib.evaluation.health.health_table`) under ``results/``, found by ``method`` and, in tables with one row
-    per training reward, ``reward``."""
+    per training reward, ``reward``. ``sign_control``: the sign-control table of the same runs
+    (:func:`b2lib.evaluation.comparisons.sign_control`, one row per method and metric), whose signal on the trained
+    reward, resolved above 0, shows learning on its own: it tests directly that the update follows the reward's sign,
+    where a train-reward trend can be confounded (B²'s branch point moving towards x_T changes its samples' reward for
+    reasons other than learning)."""
 
     file: str
     method: str
     reward: str = ""
+    sign_control: str = ""
 
 
 @dataclass(frozen=True)

@@ -123,8 +123,18 @@ class _Files:
             m = df[(df["method"] == h.method) & ((df["reward"] == h.reward) if h.reward else True)]
             if len(m) != 1:
                 raise KeyError(f"results/{h.file}: expected one health row for {h.method} {h.reward}; found {len(m)}.")
-            found.append(learned(m.iloc[0]))
+            found.append(learned(m.iloc[0]) or self.sign_learned(h))
         return any(found)
+
+    def sign_learned(self, h: Health) -> bool:
+        """The sign control named by ``h`` resolves the trained reward's signal above 0 (False without one)."""
+        if not h.sign_control:
+            return False
+        df = self.table(h.sign_control)
+        row = df[(df["method"] == h.method) & (df["metric"] == "reward")]
+        if len(row) != 1:
+            raise KeyError(f"results/{h.sign_control}: expected one sign-control row for {h.method}, reward.")
+        return bool(row.iloc[0]["signal_low"] > 0)
 
 
 #: how the scorecard names each recipe (``RunConfig.recipe``; a run folder without the field ran the published one)

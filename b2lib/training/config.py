@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from b2lib.algorithm.losses import ALGORITHMS, needs_reference
-from b2lib.algorithm.schedule import ProgressiveSchedule
+from b2lib.algorithm.schedule import ProgressiveSchedule, SignalChosenBranchPoint
 from b2lib.algorithm.tree import _check_levels, depth_schedule, trained_levels
 from b2lib.training.models import LORA_TARGETS
 from b2lib.training.recipes import recipe_switches
@@ -63,6 +63,12 @@ class TrainerConfig:
     prefix_eta: float | None = None
     split_start: int = 14
     split_end: int | None = None  # None: the whole chain (num_steps)
+    # the branch point chosen by the signal (b2lib.algorithm.schedule.SignalChosenBranchPoint): None keeps the backward
+    # schedule; a share in (0, 1] moves the branch point one step earlier whenever the informative share of the branch
+    # groups (those whose branches do not all get one reward) over the last `branch_window` stages at the current depth
+    # falls below it. Why: under a binary reward late siblings pass or fail together and their groups carry nothing.
+    branch_target: float | None = None
+    branch_window: int = 2
     num_branches: int = 5
     selection: bool = True
     pos_threshold: float = 0.5
@@ -201,6 +207,25 @@ class TrainerConfig:
                 f"timestep_chunk must be >= 0 (0 = all interval steps per forward), got {self.timestep_chunk}."
             )
         self.schedule  # validates the interval against the chain
+        self._check_branch_target()
+
+    @property
+    def signal_branching(self) -> SignalChosenBranchPoint | None:
+        """The signal-chosen branch point over :attr:`schedule` (None: the schedule alone)."""
+        if self.branch_target is None:
+            return None
+        return SignalChosenBranchPoint(self.schedule, self.branch_target, self.branch_window)
+
+    def _check_branch_target(self) -> None:
+        if self.branch_target is None:
+            return
+        if self.num_branches < 2 or self.tree is not None or not self.progressive:
+            raise ValueError(
+                f"branch_target={self.branch_target} moves B²'s branch point: it needs num_branches >= 2, "
+                f"progressive=True and no tree (got num_branches={self.num_branches}, progressive={self.progressive}, "
+                f"tree={self.tree}); set branch_target=None otherwise."
+            )
+        self.signal_branching  # validates the target and the window
 
     @property
     def schedule(self) -> ProgressiveSchedule:
@@ -293,6 +318,8 @@ ADDED_FIELDS = (
     "fuse_lora",
     "dtype",
     "prefix_eta",
+    "branch_target",
+    "branch_window",
 )
 
 

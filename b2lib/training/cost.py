@@ -69,8 +69,10 @@ def nominal_work(cfg: TrainerConfig) -> int:
     n_trained = min(images, 2 * (images // cfg.num_branches)) if branched and cfg.selection else images
     per_train_row = TRAIN_ROW_WORK + (1 if cfg.algorithm in ("dpok", "grpo") else 0)
     total = 0
+    # a signal-chosen branch point is counted at its deepest path (every group flat): the other methods' favour again
+    steps = cfg.signal_branching.deepest() if cfg.branch_target is not None else cfg.schedule.trained_steps
     for stage in range(cfg.num_stages):
-        interval = cfg.schedule(stage)
+        interval = steps[stage]
         trained = min(cfg.window, interval) if cfg.window else interval
         rows = unet_rows(cfg, images, n_trained, trained, interval=interval)
         total += rows["unet_rows_sample"] + per_train_row * rows["unet_rows_train"]

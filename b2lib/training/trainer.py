@@ -22,12 +22,14 @@ from tqdm.auto import tqdm
 from b2lib.algorithm.advantages import (
     HistoryNormalizer,
     PerPromptStatTracker,
+    flat_groups,
     group_ids_of,
     group_relative_advantages,
     select_in_groups,
     weighted_advantages,
 )
 from b2lib.algorithm.sampling import Trajectories, sample_branches, sample_trajectories
+from b2lib.algorithm.schedule import informative_history
 from b2lib.algorithm.tree import sample_tree, tree_training_batch
 from b2lib.policies.base import Policy, as_policy
 from b2lib.rewards.base import RewardFn, RewardNotFiniteError, check_finite, check_reward_output
@@ -56,15 +58,6 @@ def policy_of(pipe: DiffusionPipeline | Policy) -> Policy:
     if not isinstance(pipe, Policy) and getattr(pipe, "transformer", None) is None:
         ensure_ddim(pipe)
     return as_policy(pipe)
-
-
-def flat_groups(rewards: torch.Tensor, group_ids: torch.Tensor, below: float | None = None) -> int:
-    """How many branch groups have the same reward in every branch: they carry no within-group signal (under a binary
-    reward, the groups whose branches all fail, or all succeed). ``below``: count only those whose common reward is
-    below it (with the stage's mean reward: the "flat_low" groups of :func:`b2lib.studies.grids.group_census`)."""
-    flat = [rewards[group_ids == g] for g in group_ids.unique()]
-    flat = [r for r in flat if bool((r == r[0]).all())]
-    return sum(1 for r in flat if below is None or float(r[0]) < below)
 
 
 class RLTrainer(PolicyUpdate):
@@ -97,7 +90,8 @@ class RLTrainer(PolicyUpdate):
         self.prompts = list(prompts)
         self.accelerator = accelerator or Accelerator(mixed_precision=self.config.mixed_precision)
         check_dtype(self.config.dtype, self.accelerator.device)  # the device it got, not the config's guess
-        self.schedule = self.config.schedule
+        # the trained steps of each stage: the backward schedule, or the branch point chosen from the log's census
+        self.schedule = self.config.schedule if self.config.branch_target is None else self._signal_schedule
         cfg = self.config
 
         denoiser = self.policy.denoiser
@@ -147,6 +141,9 @@ class RLTrainer(PolicyUpdate):
     def _generator(self, stage: int, stream: int) -> torch.Generator:
         seed = (self.config.seed * 1_000_003 + stage * 97 + stream) * max(1, self.accelerator.num_processes)
         return torch.Generator().manual_seed(seed + self.accelerator.process_index)
+
+    def _signal_schedule(self, stage: int) -> int:
+        return self.config.signal_branching(stage, informative_history(self.log[:stage]))
 
     # ------------------------------------------------------------------------------------------------------ sample
     def sample_stage(

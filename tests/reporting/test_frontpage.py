@@ -155,6 +155,19 @@ def test_health_makes_a_claim_without_hits_inconclusive(tmp_path):
     moved = Claim("moved", "moved, no gain", check, "nb", health=(Health("s/health.csv", "ddpo"),))
     card = scorecard(tmp_path, (still, moved), diversity=False)
     assert "| did not move | **inconclusive** |" in card and "| moved, no gain | **not reproduced** |" in card
+    # a sign control whose signal on the trained reward is resolved shows learning, whatever the trend says
+    signs = pd.DataFrame({"method": ["b2", "b2"], "metric": ["reward", "judge_all_ok"], "signal_low": [0.01, -0.1]})
+    signs.to_csv(tmp_path / "s" / "signs.csv", index=False)
+    flat = pd.DataFrame({"method": ["b2"], "approx_kl": [1e-5], "rise_low": [-0.03]})
+    flat.to_csv(tmp_path / "s" / "health_flat.csv", index=False)
+    signed = Claim(
+        "signed", "learned by the sign", check, "nb", health=(Health("s/health_flat.csv", "b2", "", "s/signs.csv"),)
+    )
+    unsigned = Claim("unsigned", "no sign control", check, "nb", health=(Health("s/health_flat.csv", "b2"),))
+    card = scorecard(tmp_path, (signed, unsigned), diversity=False)
+    assert "| learned by the sign | **not reproduced** |" in card and "| no sign control | **inconclusive** |" in card
+    signs.assign(signal_low=[-0.01, 0.1]).to_csv(tmp_path / "s" / "signs.csv", index=False)
+    assert "| learned by the sign | **inconclusive** |" in scorecard(tmp_path, (signed,), diversity=False)
 
 
 def test_verdict_markers_are_filled_and_checked():

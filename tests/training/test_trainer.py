@@ -377,3 +377,39 @@ def test_tree_depth_pruning_trains_only_the_kept_levels(make_pipe):
         TrainerConfig.b2(**_small(window=1, tree=((2, 2), (4, 2)), tree_train_levels=(2,)))
     with pytest.raises(ValueError, match="set tree="):
         TrainerConfig.b2(**_small(tree_train_levels=(0,)))
+
+
+def test_the_branch_point_moves_earlier_only_while_the_groups_are_flat(make_pipe):
+    """A reward that never differs within a group (every group flat) moves the branch point one step per stage
+    (window 1); a continuous reward (groups never flat) keeps the planned schedule. The choice reads the trainer's own
+    stage log, so a resumed trainer chooses the same."""
+
+    def flat(images, prompts):
+        return torch.zeros(len(images))
+
+    cfg = dict(num_stages=4, split_start=2, split_end=2, branch_target=0.5, branch_window=1)
+    trainer = B2Trainer(make_pipe(), flat, PROMPTS, TrainerConfig.b2(**_small(**cfg)))
+    assert [m["split_step"] for m in trainer.train()] == [2, 3, 4, 5]
+    assert all(m["flat_groups"] == m["groups"] for m in trainer.log)
+    trainer = B2Trainer(make_pipe(), redness, PROMPTS, TrainerConfig.b2(**_small(**cfg)))
+    assert [m["split_step"] for m in trainer.train()] == [2, 2, 2, 2]
+    resumed = B2Trainer(make_pipe(), flat, PROMPTS, TrainerConfig.b2(**_small(**cfg)))
+    resumed.train(num_stages=2)
+    state = resumed.state_dict()
+    again = B2Trainer(make_pipe(), flat, PROMPTS, TrainerConfig.b2(**_small(**cfg)))
+    again.load_state_dict(state)
+    assert [m["split_step"] for m in again.train()] == [2, 3, 4, 5]  # the whole log: two stages restored, two run
+
+
+def test_a_branch_target_needs_branches_and_is_counted_at_its_deepest_path():
+    from b2lib.training.cost import nominal_work
+
+    with pytest.raises(ValueError, match="branch_target=None"):
+        TrainerConfig.ddpo(**_small(num_branches=1, branch_target=0.5))
+    plain = TrainerConfig.b2(**_small(num_stages=4, split_start=2, split_end=2))
+    chosen = TrainerConfig.b2(**_small(num_stages=4, split_start=2, split_end=2, branch_target=0.5, branch_window=1))
+    deepest = TrainerConfig.b2(**_small(num_stages=4, split_start=2, split_end=5))  # 2, 3, 4, 5: the flat share's path
+    assert chosen.signal_branching.deepest() == deepest.schedule.trained_steps
+    assert nominal_work(chosen) == nominal_work(deepest) > nominal_work(plain)
+    # the new fields stay out of a run's fingerprint while they hold their defaults
+    assert "branch_target" not in plain.to_dict() and chosen.to_dict()["branch_target"] == 0.5
