@@ -249,7 +249,7 @@ EXTENSIONS: tuple[Claim, ...] = (
             Check(_FLOW, "counting", "b2", "base", "judge_all_ok", "B² − base, judge"),
         ),
         "15_flow",
-        health=(Health("flow_study/health.csv", "b2"),),
+        health=(Health("flow_study/health.csv", "b2", sign_control="flow_study/sign_control.csv"),),
     ),
     Claim(
         "trees",
