@@ -215,7 +215,7 @@ PAPER_CLAIMS: tuple[Claim, ...] = (
 
 _LEVERS = "sparse_levers/comparisons.csv"
 _AXIS = "sparse_axis/comparisons.csv"
-_FLOW = "flow/comparisons.csv"
+_FLOW = "flow_study/comparisons.csv"
 
 #: this project's own extensions beyond the paper
 EXTENSIONS: tuple[Claim, ...] = (
@@ -249,7 +249,7 @@ EXTENSIONS: tuple[Claim, ...] = (
             Check(_FLOW, "counting", "b2", "base", "judge_all_ok", "B² − base, judge"),
         ),
         "15_flow",
-        health=(Health("flow/health.csv", "b2"),),
+        health=(Health("flow_study/health.csv", "b2", sign_control="flow_study/sign_control.csv"),),
     ),
     Claim(
         "trees",

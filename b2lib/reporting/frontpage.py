@@ -359,7 +359,7 @@ def study_tables(results: str | Path) -> dict[str, str]:
         "sparse": diff_table(r, "sparse/comparisons.csv", sparse),
         "sparse_levers": diff_table(r, "sparse_levers/comparisons.csv", levers),
         "sparse_axis": axis_table(r),
-        "flow": diff_table(r, "flow/comparisons.csv", flow),
+        "flow": diff_table(r, "flow_study/comparisons.csv", flow),
     }
 
 

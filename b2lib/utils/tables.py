@@ -119,7 +119,7 @@ TABLES: dict[str, TableFormat] = {
     # notebook 13: B² and DDPO in bf16 against the committed fp32 runs, and the base model in both dtypes
     "bf16_comparisons": TableFormat("bf16", "comparisons.csv", _COMPARISONS, writer="13_bf16"),
     # notebook 15: the flow world, B² against the flow-GRPO family
-    "flow_comparisons": TableFormat("flow", "comparisons.csv", _COMPARISONS, writer="15_flow"),
+    "flow_comparisons": TableFormat("flow_study", "comparisons.csv", _COMPARISONS, writer="15_flow"),
     # notebook 17: each method at its chosen binary-reward levers (search: results/sparse_levers/search.csv)
     "sparse_levers_comparisons": TableFormat(
         "sparse_levers", "comparisons.csv", _COMPARISONS, writer="17_sparse_levers"

@@ -154,6 +154,22 @@ def test_the_sign_control_trains_b2_on_the_negated_reward_beside_the_study(tmp_p
     assert study.sign_pairs() == [tmp_path / "b2_seed0", tmp_path / "negated" / "b2_seed0"]
 
 
+def test_notebook_15_parameters_are_the_study_defaults_the_queue_runs():
+    """The queue (scripts/flow_queue.py) builds FlowStudy with its defaults; the notebook with its parameters cell.
+    Where the two differ, the notebook would run its own runs instead of reading the queue's."""
+    import dataclasses
+
+    from tests.notebook_params import notebook_parameters
+
+    params = notebook_parameters("15_flow")
+    defaults = FlowStudy(out="unused")
+    shared = [f.name for f in dataclasses.fields(FlowStudy) if f.name in params]
+    assert set(shared) >= {"methods", "seeds", "stages", "grid", "tree", "recipe", "sign_seeds", "snr_arms", "run_name"}
+    for name in shared:
+        value, default = params[name], getattr(defaults, name)
+        assert (tuple(value) if isinstance(default, tuple) else value) == default, name
+
+
 def test_unknown_snr_arms_are_refused_with_the_known_ones():
     import pytest
 
