@@ -7,6 +7,7 @@
     python scripts/flow_queue.py study --seeds 0  # one seed of every method first: do the policies move?
     python scripts/flow_queue.py lever            # B² and Flow-GRPO trained on a 10-step chain (needs the choice)
     python scripts/flow_queue.py sign             # the sign control: B² trained on the negated reward
+    python scripts/flow_queue.py pilot            # one seed of B² at 128 images per stage (4x the study's)
 
 Why a script beside notebook 15: the study takes hours of CPU, more than one sitting, and a notebook cell loses
 everything in flight when it is stopped. The runs are the notebook's own (built by
@@ -80,7 +81,7 @@ def run_snr(study, workers: int, keep: bool) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("part", choices=("snr", "search", "study", "lever", "sign"))
+    ap.add_argument("part", choices=("snr", "search", "study", "lever", "sign", "pilot"))
     ap.add_argument("--seeds", type=int, nargs="+", help="the study's seeds to run (default: all of them)")
     ap.add_argument("--methods", nargs="+", help="the study's methods to run (default: all of them)")
     ap.add_argument("--workers", type=int, default=2)
@@ -102,6 +103,8 @@ def main(argv: list[str] | None = None) -> int:
         chosen = json.loads(choice.read_text())
         if args.part == "lever":
             configs = study.lever_runs(chosen)
+        elif args.part == "pilot":
+            configs = [study.images_pilot(chosen, seed=s) for s in (args.seeds or [0])]
         elif args.part == "sign":
             configs = [c for c in study.sign_configs(chosen) if not args.seeds or c.seeds[0] in args.seeds]
         else:

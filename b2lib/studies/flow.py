@@ -229,6 +229,20 @@ class FlowStudy:
             for s in self.sign_seeds
         ]
 
+    def images_pilot(self, choice: dict[str, dict], images_per_stage: int = 128, method: str = "b2", seed: int = 0):
+        """One run of ``method`` at its chosen point and the study's stages with ``images_per_stage`` images per stage
+        (the study's: the preset's 32), in ``out/n<images>/<method>_seed<k>``, evaluated like the study's folders. Why:
+        the lever the stage gradient SNR points to when the study's gain does not reach the judge (B²'s coarse SNR rises
+        from 0.026 at 32 images to 0.065 at 128); one seed says whether it moves more before a grid is spent on it."""
+        return RunConfig(
+            methods=(method,),
+            seeds=(seed,),
+            eval_images=self.eval_images,
+            method_overrides={method: self.chosen_overrides(choice)[method]},
+            output_dir=str(self.out / f"n{images_per_stage}" / f"{method}_seed{seed}"),
+            **{**self._common(self.stages), "images_per_stage": images_per_stage},
+        )
+
     def sign_pairs(self) -> list[Path]:
         """The folders :func:`~b2lib.evaluation.comparisons.sign_control` reads: each finished negated run and the
         study's run of the same method and seed."""

@@ -175,3 +175,13 @@ def test_unknown_snr_arms_are_refused_with_the_known_ones():
 
     with pytest.raises(ValueError, match="b2_first"):
         FlowStudy(out="unused", snr_arms=("nope",))
+
+
+def test_the_images_pilot_is_the_study_run_with_more_images_per_stage(tmp_path):
+    study = FlowStudy(out=tmp_path)
+    choice = {m: {"lr": 1e-4, "grad_accum": 1} for m in FLOW_METHODS}
+    pilot = study.images_pilot(choice, images_per_stage=128)
+    twin = next(c for c in study.study_configs(choice) if c.output_dir == str(tmp_path / "b2_seed0"))
+    assert pilot.output_dir == str(tmp_path / "n128" / "b2_seed0") and pilot.images_per_stage == 128
+    assert (pilot.stages, pilot.method_overrides, pilot.recipe) == (twin.stages, twin.method_overrides, twin.recipe)
+    assert pilot.trainer_config("b2", 0).prompts_per_stage == 4 * twin.trainer_config("b2", 0).prompts_per_stage
