@@ -146,6 +146,23 @@ class FlowStudy:
             runs.append(search_config(base, m, self.search_seeds[0], {}, folder))
         return runs
 
+    def lever_table(self, choice: dict[str, dict], search):
+        """The lever's runs beside the search's runs of the same chosen points (``search``: :meth:`search_results`),
+        one row per method and training chain (``train_steps``): gain, optimizer steps, approx KL, seconds."""
+        import pandas as pd
+
+        from b2lib.studies.tuning import sweep_table
+
+        runs = self.lever_runs(choice)
+        short = sweep_table([({"train_steps": self._steps() // 2}, cfg) for cfg in runs])
+        points = pd.DataFrame(
+            [{"method": m, **{k: v for k, v in c.items() if k in self.grid}} for m, c in choice.items()]
+        )
+        full = search.merge(points, on=["method", *self.grid])
+        full = full[full["method"].isin(short["method"])].assign(train_steps=self._steps())
+        cols = ["method", "train_steps", "gain", "optimizer_steps", "mean_approx_kl", "train_s"]
+        return pd.concat([full, short])[cols].reset_index(drop=True)
+
     def _steps(self) -> int:
         return int(self.overrides.get("num_steps", trainer_config("flow", "b2").num_steps))
 
