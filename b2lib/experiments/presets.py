@@ -50,6 +50,7 @@ __all__ = [
     "EMBEDDED_TUNED",
     "TUNED_AS",
     "RECIPES",
+    "SIGNAL_TARGET",
     "Preset",
     "get_preset",
     "canonical_template",
@@ -68,9 +69,15 @@ TEMPLATE_ALIASES = {
     "relation": "relation",
     "template3": "relation",
 }
-#: trainable methods: B²-DiffuRL, the DDPO baseline, each strategy alone (ablations), trees, and the flow-GRPO
-#: family's samplers as configurations of the same trainer (:func:`method_config`)
-METHOD_NAMES = ("ddpo", "b2", "progressive", "branch", "tree", "flow_grpo", "mixgrpo", "tempflow")
+#: trainable methods: B²-DiffuRL, the DDPO baseline, each strategy alone (ablations), trees, the flow-GRPO family's
+#: samplers, a GRPO-style group on any policy, and B² with its branch point chosen by the signal, as configurations of
+#: the same trainer (:func:`method_config`)
+METHOD_NAMES = (
+    "ddpo", "b2", "progressive", "branch", "tree", "flow_grpo", "mixgrpo", "tempflow", "grpo", "b2_signal"
+)  # fmt: skip
+#: "b2_signal"'s informative share (``TrainerConfig.branch_target``) when not set: deepen the branch point while
+#: fewer than half of the branch groups carry a comparison (a group is then more often flat than informative)
+SIGNAL_TARGET = 0.5
 #: MixGRPO's sliding SDE window, in steps (of a 20-step chain), when ``window`` is not set
 MIXGRPO_WINDOW = 4
 _PAPER_FILES = {"counting": "template1", "binding": "template2", "relation": "template3"}
@@ -228,9 +235,12 @@ def method_config(method: str, fields: dict, images_per_stage: int, branches: in
     prompts, one tree each; :mod:`b2lib.algorithm.tree`). The flow-GRPO family, as configurations: "flow_grpo" (groups
     of ``branches`` independent samples per prompt, the SDE on every step, group-relative advantages), "mixgrpo" (the
     same, with the SDE only inside a ``window`` of steps sliding forward over the stages and the ODE elsewhere) and
-    "tempflow" (one branch point at ``split_start`` with the ODE before it and after its SDE step). ``fields`` (other
-    ``TrainerConfig`` fields) is shared, so methods
-    differ only where the paper says they do. Pure: no defaults are read here."""
+    "tempflow" (one branch point at ``split_start`` with the ODE before it and after its SDE step). "grpo" is
+    "flow_grpo"'s grouping under its family's name, for any policy (on DDIM: groups of independent samples per
+    prompt). "b2_signal": "b2" with its branch point chosen by the signal (``branch_target``, default
+    :data:`SIGNAL_TARGET`: :class:`~b2lib.algorithm.schedule.SignalChosenBranchPoint`). ``fields`` (other
+    ``TrainerConfig`` fields) is shared, so methods differ only where the paper says they do. Pure: no defaults are
+    read here."""
     if method == "tree":
         if not fields.get("tree"):
             raise ValueError(
@@ -244,6 +254,9 @@ def method_config(method: str, fields: dict, images_per_stage: int, branches: in
                 "for an equal budget."
             )
         return TrainerConfig.b2(**{**fields, "prompts_per_stage": images_per_stage // leaves})
+    if method == "b2_signal":
+        target = fields.get("branch_target") or SIGNAL_TARGET
+        return method_config("b2", {**fields, "branch_target": target}, images_per_stage, branches)
     if method in ("b2", "branch"):
         if images_per_stage % branches:
             raise ValueError(
@@ -253,7 +266,7 @@ def method_config(method: str, fields: dict, images_per_stage: int, branches: in
         if method == "branch":  # branch-based sampling alone: the interval is the whole chain, branched at x_T
             switches["progressive"] = False
         return TrainerConfig.b2(**{**fields, **switches})
-    if method in ("flow_grpo", "mixgrpo"):
+    if method in ("flow_grpo", "grpo", "mixgrpo"):
         # groups of `branches` independent samples per prompt, z within the group (GRPO), every sampled SDE step
         # trained; MixGRPO: the SDE only in a window of steps that slides forward over the stages, the ODE elsewhere
         if images_per_stage % branches:
@@ -348,6 +361,7 @@ EMBEDDED_TUNED: dict[str, dict] = {
     "b2": dict(lr=3e-4, grad_accum=1),
 }
 
-#: Methods without a search of their own that take another method's tuned point: a tree is B² with more levels, so it
-#: gets B²'s step size and steps per stage (the same tuning budget, spent once).
-TUNED_AS: dict[str, str] = {"tree": "b2"}
+#: Methods without a search of their own that take another method's tuned point: a tree is B² with more levels and
+#: "b2_signal" is B² with a moving branch point, so both get B²'s step size and steps per stage (the same tuning
+#: budget, spent once).
+TUNED_AS: dict[str, str] = {"tree": "b2", "b2_signal": "b2"}

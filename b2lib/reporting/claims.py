@@ -86,6 +86,8 @@ NAMES: dict[str, str] = {
     "mixgrpo": "MixGRPO-style",
     "tempflow": "TempFlow-style",
     "tree": "tree, depth 2",
+    "grpo": "GRPO-style",
+    "b2_signal": "B², signal-chosen branch",
 }
 
 

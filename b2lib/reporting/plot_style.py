@@ -43,7 +43,8 @@ __all__ = [
 
 #: Every method's colour, distinct across all figures (Okabe-Ito's colour-blind-safe colours, then Paul Tol's muted
 #: ones): the base model grey, DDPO orange, B² blue, its ablation arms pink (progressive) and green (branch), the
-#: trees purples, wine, sand, brown and teal, the flow-GRPO family vermillion, olive and indigo.
+#: trees purples, wine, sand, brown and teal, the flow-GRPO family vermillion, olive and indigo, a GRPO-style group
+#: rose and B² with a signal-chosen branch point sky blue (B²'s family).
 METHOD_COLOURS: dict[str, str] = {
     "base": "#7f7f7f",
     "ddpo": "#e69f00",
@@ -58,6 +59,8 @@ METHOD_COLOURS: dict[str, str] = {
     "flow_grpo": "#d55e00",
     "mixgrpo": "#999933",
     "tempflow": "#332288",
+    "grpo": "#cc6677",
+    "b2_signal": "#56b4e9",
 }
 
 #: Colours for names outside :data:`METHOD_COLOURS`, picked by a hash of the name (stable across runs and figures).
@@ -161,6 +164,8 @@ DISPLAY_NAMES: dict[str, str] = {
     "flow_grpo": "Flow-GRPO",
     "mixgrpo": "MixGRPO-style",
     "tempflow": "TempFlow-style",
+    "grpo": "GRPO-style",
+    "b2_signal": "B², signal-chosen branch",
     "progressive": "progressive only",
     "branch": "branch only",
     "tree": "tree, depth 2",

@@ -197,15 +197,17 @@ def final_runs(base: RunConfig, overrides: dict[str, dict], out: str | Path, see
 
 
 def _grouped(metrics: pd.DataFrame) -> pd.Series:
-    """Stages whose groups have at least two members: B²'s branch groups and a tree's sibling sets. The stage log
-    counts every sample of a plain sampler as a group of its own, which carries no within-group comparison."""
+    """Stages whose groups have at least two members: B²'s branch groups, a tree's sibling sets and a prompt's samples
+    under plain sampling with several samples per prompt (GRPO-style groups). The stage log counts every sample of a
+    plain sampler with one sample per prompt as a group of its own, which carries no within-group comparison."""
     return (metrics["groups"] > 0) & (metrics["images"] >= 2 * metrics["groups"])
 
 
 def stage_census(metrics: pd.DataFrame) -> pd.DataFrame:
     """Per method, the stage log's census averaged over stages and seeds: groups per stage, informative ones (branches
     disagree), flat-low and flat-high ones, the informative share, and the samples kept for the update. The stage log
-    counts groups of the grouped methods only (B², trees; DDPO's samples are independent, each its own group)."""
+    counts groups of the grouped methods only (B², trees, several samples per prompt; samples drawn once per prompt
+    are independent, each its own group)."""
     m = metrics.assign(
         informative=metrics["groups"] - metrics["flat_groups"],
         flat_high=metrics["flat_groups"] - metrics["flat_low_groups"],

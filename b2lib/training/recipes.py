@@ -17,18 +17,20 @@ _COARSE_BRANCHED = dict(window=1, explore_grid=2, algorithm="grpo")
 #: compare each branch with its own group (``algorithm="grpo"``: z within the branch group, PPO-clip, KL to the base
 #: model), so every reward difference the update sees comes from the trained step's exploration. Why: at the base
 #: model this raised B²'s stage gradient SNR from 0.004 to 0.09 (notebook 10); DDPO has no group to compare within,
-#: so it gets the coarse exploration alone. The flow-GRPO family (flow_grpo, mixgrpo, tempflow) already compares
-#: within groups, and tempflow already trains one step: each gets the coarse exploration, so under either recipe
-#: every method differs from B² only where its paper says it does.
+#: so it gets the coarse exploration alone. The flow-GRPO family (flow_grpo, or grpo on any policy, mixgrpo, tempflow)
+#: already compares within groups, and tempflow already trains one step: each gets the coarse exploration, so under
+#: either recipe every method differs from B² only where its paper says it does.
 RECIPES: dict[str, dict[str, dict]] = {
     "paper": {},
     "coarse": {
         "b2": _COARSE_BRANCHED,
+        "b2_signal": _COARSE_BRANCHED,
         "branch": _COARSE_BRANCHED,
         "tree": _COARSE_BRANCHED,
         "ddpo": dict(explore_grid=2),
         "progressive": dict(explore_grid=2),
         "flow_grpo": dict(explore_grid=2),
+        "grpo": dict(explore_grid=2),
         "mixgrpo": dict(explore_grid=2),
         "tempflow": dict(explore_grid=2),
     },

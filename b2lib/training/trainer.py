@@ -392,7 +392,10 @@ class RLTrainer(PolicyUpdate):
         if cfg.tree is not None:  # the tree counts its own sampling rows (b2lib.algorithm.tree.tree_unet_rows)
             cost["unet_rows_sample"] = tree["unet_rows_sample"]
         self.unet_rows_seen += cost["unet_rows_sample"] + cost["unet_rows_train"]
-        grouped = cfg.num_branches >= 2 or bool(cfg.tree)
+        grouped = cfg.num_branches >= 2 or bool(cfg.tree) or cfg.samples_per_prompt > 1
+        # the census's groups: branch groups (B², trees), a prompt's samples of this stage (GRPO-style, DDPO's
+        # per-prompt draws), else every sample its own
+        ids = group_ids_of(traj.prompts) if cfg.num_branches < 2 and not cfg.tree and grouped else traj.group_ids
         metrics = {
             "stage": stage,
             "split_step": split_step,
@@ -404,9 +407,9 @@ class RLTrainer(PolicyUpdate):
             "kept": int(keep.sum()),
             "kept_pos": int((keep & (adv > 0)).sum()),
             "kept_neg": int((keep & (adv <= 0)).sum()),
-            "flat_groups": flat_groups(rewards, traj.group_ids) if grouped else 0,
-            "flat_low_groups": flat_groups(rewards, traj.group_ids, rewards.mean().item()) if grouped else 0,
-            "groups": int(traj.group_ids.unique().numel()),
+            "flat_groups": flat_groups(rewards, ids) if grouped else 0,
+            "flat_low_groups": flat_groups(rewards, ids, rewards.mean().item()) if grouped else 0,
+            "groups": int(ids.unique().numel()),
             **cost,
             "unet_rows_seen": self.unet_rows_seen,
             **stats,

@@ -201,3 +201,26 @@ def test_flow_grpo_family_are_configurations_of_the_one_trainer():
     assert temp.num_branches == 4 and temp.images_per_stage == 32 and temp.algorithm == "grpo"
     b2 = trainer_config("flow", "b2", recipe="paper")
     assert b2.lora_targets == "mmdit" and b2.progressive and b2.prefix_eta is None
+
+
+def test_grpo_is_flow_grpos_grouping_on_any_policy():
+    """"grpo" on the DDIM world: groups of independent samples per prompt, group-relative, every step trained; the
+    same switches as "flow_grpo" at the same images per stage."""
+    grpo = trainer_config("embedded", "grpo", recipe="coarse", branches=8)
+    assert (grpo.samples_per_prompt, grpo.num_branches, grpo.algorithm) == (8, 1, "grpo")
+    assert grpo.images_per_stage == 32 and grpo.explore_grid == 2 and grpo.window is None
+    same = trainer_config("embedded", "flow_grpo", recipe="coarse", branches=8).to_dict()
+    assert {k: v for k, v in grpo.to_dict().items() if k != "lr"} == {k: v for k, v in same.items() if k != "lr"}
+
+
+def test_b2_signal_is_b2_with_a_signal_chosen_branch_point():
+    """"b2_signal" is B² (its tuned point and recipe) with ``branch_target`` set: the default share, or one given."""
+    from b2lib.experiments.presets import SIGNAL_TARGET
+
+    b2 = trainer_config("embedded", "b2", recipe="coarse").to_dict()
+    sig = trainer_config("embedded", "b2_signal", recipe="coarse")
+    assert sig.branch_target == SIGNAL_TARGET and sig.signal_branching is not None
+    assert {k: v for k, v in sig.to_dict().items() if k != "branch_target"} == {
+        k: v for k, v in b2.items() if k != "branch_target"
+    }
+    assert trainer_config("embedded", "b2_signal", branch_target=0.25).branch_target == 0.25

@@ -413,3 +413,20 @@ def test_a_branch_target_needs_branches_and_is_counted_at_its_deepest_path():
     assert nominal_work(chosen) == nominal_work(deepest) > nominal_work(plain)
     # the new fields stay out of a run's fingerprint while they hold their defaults
     assert "branch_target" not in plain.to_dict() and chosen.to_dict()["branch_target"] == 0.5
+
+
+def test_the_census_of_plain_sampling_counts_a_prompts_samples_as_its_group(make_pipe):
+    """With several samples per prompt (a GRPO-style group, DDPO's per-prompt draws) the stage log's census groups a
+    prompt's samples of the stage: a constant reward makes every such group flat; with one sample per prompt every
+    sample stays a group of its own and none is counted flat."""
+
+    def flat(images, prompts):
+        return torch.zeros(len(images))
+
+    one = dict(num_stages=1, prompts_per_stage=8, num_branches=1)
+    grouped = TrainerConfig.ddpo(**_small(**one, samples_per_prompt=4, algorithm="grpo"))
+    (m,) = DDPOTrainer(make_pipe(), flat, PROMPTS, grouped).train()
+    assert m["images"] == 8 and 1 <= m["groups"] <= 2 and m["flat_groups"] == m["groups"]
+    plain = TrainerConfig.ddpo(**_small(**one))
+    (m,) = DDPOTrainer(make_pipe(), flat, PROMPTS, plain).train()
+    assert m["groups"] == 8 and m["flat_groups"] == 0
