@@ -21,30 +21,20 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
 
 
 def commit(folder: Path, what: str) -> None:
-    """``git commit`` of ``folder`` alone (its checkpoints are ignored by .gitignore), retried while another git
-    command holds the index."""
-    rel = folder.resolve().relative_to(ROOT)
-    for attempt in range(20):
-        add = subprocess.run(["git", "add", "--", str(rel)], cwd=ROOT, capture_output=True, text=True)
-        if add.returncode == 0:
-            msg = f"Flow study: {what} {rel.name} finished"
-            done = subprocess.run(["git", "commit", "-q", "-m", msg, "--", str(rel)], cwd=ROOT, capture_output=True)
-            if done.returncode == 0:
-                print(f"committed {rel}", flush=True)
-                return
-        time.sleep(3 + attempt)
-    print(f"could not commit {rel}; commit it by hand", flush=True)
+    """``git commit`` of ``folder`` alone, as the flow study's ``what``."""
+    from queue_git import commit as git_commit
+
+    git_commit(folder, f"Flow study: {what} {Path(folder).name} finished")
 
 
 def default_study():
