@@ -42,6 +42,8 @@ __all__ = [
     "expected_path",
     "expected_informative",
     "study_budget",
+    "informative_seen",
+    "goal_table",
 ]
 
 #: The study's methods: DDPO and a GRPO-style group of independent samples per prompt (each searched), B² as the main
@@ -124,6 +126,67 @@ def study_budget(
                 "path_start": expected_path(cfg, share)[:24],
             }
     raise ValueError(f"{method} does not reach {reference_groups} informative groups within {most} stages.")
+
+
+def informative_seen(metrics: pd.DataFrame) -> pd.DataFrame:
+    """Per method, the informative groups a run saw over its stages (groups whose members did not all get one
+    reward), its stages and its mean informative share, as mean and range over seeds: what the budget expected, read
+    from the runs' own stage logs (methods without groups of two or more are left out)."""
+    m = metrics[(metrics["groups"] > 0) & (metrics["images"] >= 2 * metrics["groups"])]
+    m = m.assign(informative=m["groups"] - m["flat_groups"])
+    per_run = m.groupby(["method", "seed"]).agg(
+        stages=("stage", "size"), informative=("informative", "sum"), groups=("groups", "sum")
+    )
+    per_run["share"] = per_run["informative"] / per_run["groups"]
+    out = per_run.groupby("method").agg(
+        seeds=("stages", "size"),
+        stages=("stages", "mean"),
+        informative=("informative", "mean"),
+        informative_min=("informative", "min"),
+        informative_max=("informative", "max"),
+        share=("share", "mean"),
+    )
+    return out.reset_index()
+
+
+def _row(comparisons: pd.DataFrame, a: str, b: str, metric: str) -> pd.Series | None:
+    hit = comparisons[(comparisons["metric"] == metric) & (comparisons["a"] == a) & (comparisons["b"] == b)]
+    if "split" in hit:
+        hit = hit[hit["split"] == "test"]
+    return None if hit.empty else hit.iloc[0]
+
+
+def goal_table(
+    comparisons: pd.DataFrame,
+    signs: pd.DataFrame | None,
+    arms=("b2", "b2_signal", "tree"),
+    baselines=("ddpo", "grpo"),
+    metric: str = "judge_all_ok",
+) -> pd.DataFrame:
+    """The study's goals, read off the paired test comparisons and the sign control, one row per B² arm and goal:
+    ``above base`` (the arm − base, interval above 0), ``sign control`` (the negated run's ``signal`` on ``metric``,
+    interval above 0: the gain flips with the reward's sign; only for the arm that has one), and ``vs <baseline>``
+    against the better baseline (the higher test ``metric``: the harder comparison), ``met`` when the interval does not
+    fall below 0 (at least as good) and ``ahead`` when it lies above it."""
+    means = {b: float(r["mean_a"]) for b in baselines if (r := _row(comparisons, b, "base", metric)) is not None}
+    best = max(means, key=means.get) if means else None
+    rows = []
+    for arm in arms:
+        r = _row(comparisons, arm, "base", metric)
+        if r is not None:
+            rows.append(dict(arm=arm, goal="above base", diff=r["diff"], low=r["low"], high=r["high"],
+                             met=bool(r["low"] > 0), ahead=bool(r["low"] > 0)))  # fmt: skip
+        sign = None if signs is None else signs[(signs["method"] == arm) & (signs["metric"] == metric)]
+        if sign is not None and len(sign):
+            g = sign.iloc[0]
+            resolved = bool(g["signal_low"] > 0)
+            rows.append(dict(arm=arm, goal="sign control: signal", diff=g["signal"], low=g["signal_low"],
+                             high=g["signal_high"], met=resolved, ahead=resolved))  # fmt: skip
+        r = _row(comparisons, arm, best, metric) if best else None
+        if r is not None:
+            rows.append(dict(arm=arm, goal=f"vs {best} (the better baseline)", diff=r["diff"], low=r["low"],
+                             high=r["high"], met=bool(r["high"] >= 0), ahead=bool(r["low"] > 0)))  # fmt: skip
+    return pd.DataFrame(rows, columns=["arm", "goal", "diff", "low", "high", "met", "ahead"])
 
 
 @dataclass
@@ -211,9 +274,17 @@ class BinaryStudy:
 
     def search_results(self) -> pd.DataFrame:
         """:func:`~b2lib.studies.levers.lever_table` of the search's finished runs (gain on the trained binary
-        reward, census, health)."""
+        reward, census, health), with each run's train-reward rise over its stages against its stage-to-stage noise
+        (:func:`~b2lib.evaluation.health.reward_trend`): what the check that the chosen points move reads
+        (:func:`b2lib.studies.flow.moved`)."""
+        from b2lib.evaluation.health import reward_trend
+
         done = [(p, c) for p, c in self.search_runs() if (Path(c.output_dir) / "summary.json").is_file()]
-        return lever_table(done)
+        table = lever_table(done)
+        trends = [reward_trend(pd.read_csv(Path(c.output_dir) / "metrics.csv")).iloc[0] for _, c in done]
+        for col in ("rise", "noise", "rise_over_noise"):
+            table[col] = [float(t.get(col, float("nan"))) for t in trends]
+        return table
 
     def choose(self, table: pd.DataFrame | None = None) -> dict[str, dict]:
         """Each searched method's point with the highest train-split gain (:func:`~b2lib.studies.levers.choose_levers`),

@@ -120,6 +120,8 @@ TABLES: dict[str, TableFormat] = {
     "bf16_comparisons": TableFormat("bf16", "comparisons.csv", _COMPARISONS, writer="13_bf16"),
     # notebook 15: the flow world, B² against the flow-GRPO family
     "flow_comparisons": TableFormat("flow_study", "comparisons.csv", _COMPARISONS, writer="15_flow"),
+    # notebook 20: the binary-reward study, B²'s arms against the searched group-relative baselines
+    "binary_comparisons": TableFormat("binary_study", "comparisons.csv", _COMPARISONS, writer="20_binary_study"),
     # notebook 17: each method at its chosen binary-reward levers (search: results/sparse_levers/search.csv)
     "sparse_levers_comparisons": TableFormat(
         "sparse_levers", "comparisons.csv", _COMPARISONS, writer="17_sparse_levers"

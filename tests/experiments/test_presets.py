@@ -204,7 +204,7 @@ def test_flow_grpo_family_are_configurations_of_the_one_trainer():
 
 
 def test_grpo_is_flow_grpos_grouping_on_any_policy():
-    """"grpo" on the DDIM world: groups of independent samples per prompt, group-relative, every step trained; the
+    """ "grpo" on the DDIM world: groups of independent samples per prompt, group-relative, every step trained; the
     same switches as "flow_grpo" at the same images per stage."""
     grpo = trainer_config("embedded", "grpo", recipe="coarse", branches=8)
     assert (grpo.samples_per_prompt, grpo.num_branches, grpo.algorithm) == (8, 1, "grpo")
@@ -214,7 +214,7 @@ def test_grpo_is_flow_grpos_grouping_on_any_policy():
 
 
 def test_b2_signal_is_b2_with_a_signal_chosen_branch_point():
-    """"b2_signal" is B² (its tuned point and recipe) with ``branch_target`` set: the default share, or one given."""
+    """ "b2_signal" is B² (its tuned point and recipe) with ``branch_target`` set: the default share, or one given."""
     from b2lib.experiments.presets import SIGNAL_TARGET
 
     b2 = trainer_config("embedded", "b2", recipe="coarse").to_dict()
