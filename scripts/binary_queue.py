@@ -1,6 +1,7 @@
 """Drain the binary-reward study's queue outside the notebook, keeping each finished piece at once.
 
-    python scripts/binary_queue.py budget          # the study's stages, from the census (kept in budget.json)
+    python scripts/binary_queue.py census          # the base model's branch groups under the study's recipe
+    python scripts/binary_queue.py budget          # the study's stages, from that census (kept in budget.json)
     python scripts/binary_queue.py search          # each baseline's group size x lr on the train-split binary reward
     python scripts/binary_queue.py study           # every method x seed at its point (needs search/choice.json)
     python scripts/binary_queue.py study --commit  # ... and commit each finished run folder as it lands
@@ -39,7 +40,7 @@ def default_study():
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("part", choices=("budget", "search", "study", "sign"))
+    ap.add_argument("part", choices=("census", "budget", "search", "study", "sign"))
     ap.add_argument("--seeds", type=int, nargs="+", help="the seeds to run (default: all of them)")
     ap.add_argument("--methods", nargs="+", help="the study's methods to run (default: all of them)")
     ap.add_argument("--workers", type=int, default=2)
@@ -53,6 +54,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.commit:
             commit(folder, f"Binary-reward study: {what} {Path(folder).name} finished")
 
+    if args.part == "census":
+        print(study.measure_census().round(3).to_string(), flush=True)
+        keep(study.out / "census", "the census of")
+        return 0
     budget = study.budget()
     print(json.dumps({k: v for k, v in budget.items() if k != "path_start"}), flush=True)
     if args.part == "budget":

@@ -29,10 +29,10 @@ The arms, each a configuration of one trainer (`b2lib.experiments.presets.method
 
 **The budget, computed before any run** (`b2lib.studies.binary.study_budget`): the fewest stages at which the
 signal-chosen B², at B²'s UNet work, expects as many informative groups as the dense-reward main job saw (8 per stage
-× 120 stages), its expected share at each depth read from the base model's census (notebook 16). Every other method
-runs the stages of the same UNet work (`budget="compute"`). Then 5 seeds, 512 paired test images (judge, CLIPScore,
-BERTScore), health and the per-stage census of every run, and the **sign control**: the signal-chosen B² trained on
-the negated binary reward, 5 seeds.
+× 120 stages), its expected share at each depth read from the base model's census taken with the study's own sampler
+(notebook 16's census sampled the published recipe). Every other method runs the stages of the same UNet work
+(`budget="compute"`). Then 5 seeds, 512 paired test images (judge, CLIPScore, BERTScore), health and the per-stage
+census of every run, and the **sign control**: the signal-chosen B² trained on the negated binary reward, 5 seeds.
 
 Every run is one folder (`results/binary_study/<method>_seed<k>`, its own base-model evaluation beside it on the same
 prompts and noise as every other folder's). `b2lib.studies.binary.BinaryStudy` builds the runs from the parameters
@@ -60,7 +60,9 @@ baseline_fields = {"grad_accum": 1, "timestep_fraction": 0.25}   # the main job'
 b2_fields = {"grad_accum": 1, "lr": 1e-4}                        # the main job's B² point
 signal_target = 0.5            # b2_signal: deepen while fewer than this share of groups carry a comparison
 eval_images = 0                # test images per model (0: the preset's, 512)
-census = "results/sparsity/census_prediction.csv"   # notebook 16's base-model census
+census = "results/binary_study/census/census_prediction.csv"   # the base model's census under the recipe
+census_depths = [10, 12, 14, 16, 18, 20]   # its branch points (trained steps)
+census_draws = 12              # its stages of train prompts per branch point
 reference = "results/main"     # the dense-reward run whose informative groups the budget matches
 sign_method = "b2_signal"
 sign_seeds = [0, 1, 2, 3, 4]
@@ -91,13 +93,18 @@ study = BinaryStudy(out=results_dir(run_name), **{k: v for k, v in globals().ite
 print(study)""")
 )
 cells.append(
-    md("""## 1 · The budget, from the census
+    md("""## 1 · The census under the study's recipe, then the budget
 
-The signal-chosen B²'s expected path (trained steps per stage) and informative groups, against the main job's; what
-B² as the main job runs it would expect at the same stages.""")
+The base model's branch groups at each branch point, sampled as the study's B² samples them (the coarse recipe: only
+the branch step explores, the rest of the chain is deterministic), scored by the binary reward: the success rate `p`,
+the siblings' correlation `rho`, the informative share they predict and the one measured. From it, the signal-chosen
+B²'s expected path (trained steps per stage) and informative groups against the main job's, and what B² as the main
+job runs it would expect at the same stages.""")
 )
 cells.append(
-    code("""budget = study.budget(root=REPO_ROOT) if not study.stages else {"stages": study.stages}
+    code("""if not study.stages:  # the smoke run sets its stages: its 4-step chain has no such branch points
+    display(study.measure_census().round(3))
+budget = study.budget(root=REPO_ROOT) if not study.stages else {"stages": study.stages}
 print(json.dumps(budget, indent=1))""")
 )
 cells.append(

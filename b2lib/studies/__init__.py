@@ -5,6 +5,7 @@
 - ``gradient_snr``: the stage gradient's signal-to-noise ratio of an estimator, measured;
 - ``sparsity``: branch groups under sparse rewards (closed forms and the census), the sparsity axis;
 - ``levers``: the binary-reward levers searched per method;
+- ``binary``: the binary-reward study (the baselines' search, the budget from the census, the study's folders);
 - ``colour_mixing``: the mixed-colour objects of every model, regenerated from the runs.
 """
 

@@ -214,9 +214,12 @@ class BinaryStudy:
     b2_fields: dict = field(default_factory=lambda: dict(B2_FIELDS))
     signal_target: float = SIGNAL_TARGET
     eval_images: int = 0
-    #: the census (notebook 16) and the dense-reward run (the main job) the budget is computed from
-    census: str = "results/sparsity/census_prediction.csv"
+    #: the base model's census under the study's recipe (:meth:`measure_census`, its prediction file) and the
+    #: dense-reward run (the main job) the budget is computed from; the census's depths (trained steps) and draws
+    census: str = "results/binary_study/census/census_prediction.csv"
     reference: str = "results/main"
+    census_depths: tuple[int, ...] = (10, 12, 14, 16, 18, 20)
+    census_draws: int = 12
     #: the sign control: ``sign_method`` (the winning B² arm) trained on the negated reward, at these seeds
     sign_method: str = "b2_signal"
     sign_seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
@@ -225,7 +228,7 @@ class BinaryStudy:
     def __post_init__(self) -> None:
         self.out = Path(self.out)
         self.methods, self.seeds, self.search_seeds = tuple(self.methods), tuple(self.seeds), tuple(self.search_seeds)
-        self.sign_seeds = tuple(self.sign_seeds)
+        self.sign_seeds, self.census_depths = tuple(self.sign_seeds), tuple(self.census_depths)
         unknown = set(self.search) - set(self.methods)
         if unknown:
             raise ValueError(f"search names methods {sorted(unknown)} outside the study's {self.methods}.")
@@ -310,6 +313,35 @@ class BinaryStudy:
         return json.loads(path.read_text())
 
     # ------------------------------------------------------------------------------------------------ the budget
+    def measure_census(self) -> pd.DataFrame:
+        """The base model's branch groups under the study's recipe, at each of :attr:`census_depths` (B²'s branches,
+        the preset's images per stage, :attr:`census_draws` stages of train prompts each):
+        :func:`b2lib.studies.sparsity.census_study`, kept in ``out/census`` (``census.csv``, ``census_prediction.csv``)
+        and read from there once measured. Why not notebook 16's census: that one sampled every step after the branch
+        point stochastically (the published recipe); the coarse recipe explores only the branch step, so its siblings
+        may agree more, and the budget must be computed for the sampler the study runs."""
+        folder = self.out / "census"
+        path = folder / "census_prediction.csv"
+        if path.is_file():
+            return pd.read_csv(path)
+        from b2lib.experiments.presets import load_prompts
+        from b2lib.studies.sparsity import census_study
+
+        cfg = self._base(1, "b2").trainer_config("b2", 0)
+        census, prediction = census_study(
+            load_prompts(self.preset, self.template, "train"),
+            [cfg.num_branches],
+            cfg.images_per_stage,
+            self.census_draws,
+            preset=self.preset,
+            recipe=self.recipe,
+            depths=self.census_depths,
+        )
+        folder.mkdir(parents=True, exist_ok=True)
+        census.to_csv(folder / "census.csv", index=False)
+        prediction.to_csv(path, index=False)
+        return prediction
+
     def budget(self, root: str | Path = ".") -> dict:
         """The study's stages from the census (:func:`study_budget` for the signal-chosen B² against the main job's
         groups), computed once and kept in ``out/budget.json`` (then read: the runs' settings never move)."""

@@ -264,19 +264,22 @@ def census_study(
     draws: int,
     rewards: Mapping[str, object] | None = None,
     preset: str = "embedded",
+    recipe: str = "paper",
+    depths: Sequence[int] | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Notebook 16's census on the base model: for each branch count, :func:`branch_census` branched at B²'s first
-    stage's point (``split_start`` steps before the end) and at x_T, every image scored by each binary reward
-    (default: the judge's binary and strict verdicts). Returns the group table and, per reward and branch count,
-    :func:`census_prediction` (predicted against measured). Each branch count gets its own freshly loaded pipeline,
-    because a trainer adds a LoRA to the pipeline it is given."""
+    stage's point (``split_start`` steps before the end) and at x_T (or at each of ``depths``, trained steps), every
+    image scored by each binary reward (default: the judge's binary and strict verdicts), B²'s sampler under
+    ``recipe`` (the coarse one explores only the branch step, so its siblings may agree more). Returns the group table
+    and, per reward, branch count and depth, :func:`census_prediction` (predicted against measured). Each branch count
+    gets its own freshly loaded pipeline, because a trainer adds a LoRA to the pipeline it is given."""
 
     rewards = rewards or {"judge": judge_reward, "judge_strict": judge_strict_reward}
     parts = []
     for b in branches:
-        cfg = trainer_config(preset, "b2", images_per_stage=images_per_stage, branches=b, progress=False)
+        cfg = trainer_config(preset, "b2", images_per_stage=images_per_stage, branches=b, recipe=recipe, progress=False)
         trainer = RLTrainer(load_models(preset)[0], judge_reward, list(prompts), cfg)
-        for steps in (cfg.split_start, cfg.num_steps):
+        for steps in depths or (cfg.split_start, cfg.num_steps):
             part = branch_census(trainer, rewards, draws=draws, trained_steps=steps)
             parts.append(part.assign(trained_steps=steps))
     census = pd.concat(parts, ignore_index=True)

@@ -166,3 +166,23 @@ def test_the_goals_read_the_arm_against_base_its_sign_control_and_the_better_bas
     vs = by[("b2_signal", "vs grpo (the better baseline)")]
     assert vs.met and not vs.ahead
     assert not by[("b2", "vs grpo (the better baseline)")].met
+
+
+def test_the_census_is_measured_under_the_studys_recipe_once_and_then_read(tmp_path, monkeypatch):
+    import b2lib.studies.sparsity as sparsity
+
+    calls = []
+
+    def fake(prompts, branches, images_per_stage, draws, preset, recipe, depths):
+        calls.append((branches, images_per_stage, draws, preset, recipe, depths))
+        prediction = pd.DataFrame(
+            {"reward": ["judge"], "B": branches, "trained_steps": [depths[0]], "predicted": [0.3]}
+        )
+        return pd.DataFrame({"reward": ["judge"]}), prediction
+
+    monkeypatch.setattr(sparsity, "census_study", fake)
+    study = BinaryStudy(out=tmp_path, census_depths=(10, 20), census_draws=3)
+    first = study.measure_census()
+    assert calls == [([4], 32, 3, "embedded", "coarse", (10, 20))]
+    assert (tmp_path / "census" / "census.csv").is_file() and first["predicted"].tolist() == [0.3]
+    assert study.measure_census().equals(first) and len(calls) == 1
