@@ -53,8 +53,8 @@ recipe = "coarse"
 budget_rule = "compute"        # every other method runs the stages of B²'s UNet work
 tree = [[0, 2], [10, 2]]       # the tree arm's levels: [branch_at, branches] (0 = x_T)
 search = {                     # each baseline's points, chosen on the train-split binary reward
-    "ddpo": [{"samples_per_prompt": k, "lr": lr} for k in (4, 8) for lr in (1e-4, 3e-4, 1e-3)],
-    "grpo": [{"num_branches": k, "lr": lr} for k in (4, 8) for lr in (1e-4, 3e-4, 1e-3)],
+    "ddpo": [{"samples_per_prompt": k, "lr": lr} for k in (4, 8) for lr in (3e-5, 1e-4, 3e-4, 1e-3)],
+    "grpo": [{"num_branches": k, "lr": lr} for k in (4, 8) for lr in (3e-5, 1e-4, 3e-4, 1e-3)],
 }
 baseline_fields = {"grad_accum": 1, "timestep_fraction": 0.25}   # the main job's DDPO point
 b2_fields = {"grad_accum": 1, "lr": 1e-4}                        # the main job's B² point

@@ -186,3 +186,23 @@ def test_the_census_is_measured_under_the_studys_recipe_once_and_then_read(tmp_p
     assert calls == [([4], 32, 3, "embedded", "coarse", (10, 20))]
     assert (tmp_path / "census" / "census.csv").is_file() and first["predicted"].tolist() == [0.3]
     assert study.measure_census().equals(first) and len(calls) == 1
+
+
+def test_notebook_20s_parameters_are_the_study_defaults_the_queue_runs():
+    """The queue (scripts/binary_queue.py) builds BinaryStudy with its defaults; notebook 20 (written by
+    scripts/make_notebook_20.py) with its parameters cell. Where the two differ, the notebook would run its own runs."""
+    import dataclasses
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("make_notebook_20", REPO_ROOT / "scripts" / "make_notebook_20.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    (cell,) = [c for c in module.nb.cells if "parameters" in c.metadata.get("tags", [])]
+    params: dict = {}
+    exec(cell.source, params)
+    defaults = BinaryStudy(out="unused")
+    shared = [f.name for f in dataclasses.fields(BinaryStudy) if f.name in params]
+    assert set(shared) >= {"methods", "seeds", "stages", "search", "tree", "recipe", "sign_seeds", "census", "run_name"}
+    for name in shared:
+        value, default = params[name], getattr(defaults, name)
+        assert (tuple(value) if isinstance(default, tuple) else value) == default, name
