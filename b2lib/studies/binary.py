@@ -29,7 +29,7 @@ import pandas as pd
 from b2lib.experiments.experiment import RunConfig
 from b2lib.experiments.presets import SIGNAL_TARGET
 from b2lib.studies.levers import choose_levers, chosen_overrides, lever_table, point_tag
-from b2lib.studies.tuning import search_config
+from b2lib.studies.tuning import finished_sign_pairs, search_config, with_reward_trend
 from b2lib.training.config import TrainerConfig
 
 __all__ = [
@@ -281,14 +281,8 @@ class BinaryStudy:
         reward, census, health), with each run's train-reward rise over its stages against its stage-to-stage noise
         (:func:`~b2lib.evaluation.health.reward_trend`): what the check that the chosen points move reads
         (:func:`b2lib.studies.flow.moved`)."""
-        from b2lib.evaluation.health import reward_trend
-
         done = [(p, c) for p, c in self.search_runs() if (Path(c.output_dir) / "summary.json").is_file()]
-        table = lever_table(done)
-        trends = [reward_trend(pd.read_csv(Path(c.output_dir) / "metrics.csv")).iloc[0] for _, c in done]
-        for col in ("rise", "noise", "rise_over_noise"):
-            table[col] = [float(t.get(col, float("nan"))) for t in trends]
-        return table
+        return with_reward_trend(lever_table(done), done)
 
     def choose(self, table: pd.DataFrame | None = None) -> dict[str, dict]:
         """Each searched method's point with the highest train-split gain (:func:`~b2lib.studies.levers.choose_levers`),
@@ -395,12 +389,7 @@ class BinaryStudy:
     def sign_pairs(self) -> list[Path]:
         """Each finished negated run and the study's run of the same seed (what
         :func:`~b2lib.evaluation.comparisons.sign_control` reads)."""
-        folders = []
-        for s in self.sign_seeds:
-            pos, neg = self.out / f"{self.sign_method}_seed{s}", self.out / "negated" / f"{self.sign_method}_seed{s}"
-            if (pos / "summary.json").is_file() and (neg / "summary.json").is_file():
-                folders += [pos, neg]
-        return folders
+        return finished_sign_pairs(self.out, self.sign_method, self.sign_seeds)
 
     def finished(self) -> list[Path]:
         """The study's finished folders (those with a ``summary.json``)."""

@@ -197,17 +197,10 @@ class FlowStudy:
         """The search's table (:func:`b2lib.studies.tuning.sweep_table`) over its finished runs, with each run's
         train-reward rise over its stages against its stage-to-stage noise
         (:func:`b2lib.evaluation.health.reward_trend`): what the choice and the check that the policies move read."""
-        import pandas as pd
-
-        from b2lib.evaluation.health import reward_trend
-        from b2lib.studies.tuning import sweep_table
+        from b2lib.studies.tuning import sweep_table, with_reward_trend
 
         done = [(p, c) for p, c in self.search_runs() if (Path(c.output_dir) / "summary.json").is_file()]
-        table = sweep_table(done)
-        trends = [reward_trend(pd.read_csv(Path(c.output_dir) / "metrics.csv")).iloc[0] for _, c in done]
-        for col in ("rise", "noise", "rise_over_noise"):
-            table[col] = [float(t.get(col, float("nan"))) for t in trends]
-        return table
+        return with_reward_trend(sweep_table(done), done)
 
     def study_configs(self, choice: dict[str, dict]) -> list[RunConfig]:
         """One run per method and seed at the method's chosen point, seeds outermost (a seed's methods land together),
@@ -263,12 +256,9 @@ class FlowStudy:
     def sign_pairs(self) -> list[Path]:
         """The folders :func:`~b2lib.evaluation.comparisons.sign_control` reads: each finished negated run and the
         study's run of the same method and seed."""
-        folders = []
-        for s in self.sign_seeds:
-            pos, neg = self.out / f"{self.sign_method}_seed{s}", self.out / "negated" / f"{self.sign_method}_seed{s}"
-            if (pos / "summary.json").is_file() and (neg / "summary.json").is_file():
-                folders += [pos, neg]
-        return folders
+        from b2lib.studies.tuning import finished_sign_pairs
+
+        return finished_sign_pairs(self.out, self.sign_method, self.sign_seeds)
 
 
 def moved(table, choice: dict[str, dict]):

@@ -21,6 +21,8 @@ from b2lib.experiments.experiment import RunConfig, run_many
 from b2lib.utils.tables import write_table
 
 __all__ = [
+    "with_reward_trend",
+    "finished_sign_pairs",
     "GRID",
     "search_config",
     "PRUNE_MARGIN",
@@ -187,3 +189,26 @@ def write_choice(table: pd.DataFrame, out: str | Path, grid: dict | None = None)
     best = choose(table, grid)
     (out / "choice.json").write_text(json.dumps(best, indent=2))
     return best
+
+
+def with_reward_trend(table: pd.DataFrame, runs) -> pd.DataFrame:
+    """``table`` (one row per run of ``runs``, in order) with each run's train-reward rise over its stages against its
+    stage-to-stage noise (:func:`b2lib.evaluation.health.reward_trend`): what the check that a chosen point moves the
+    policy reads (:func:`b2lib.studies.flow.moved`)."""
+    from b2lib.evaluation.health import reward_trend
+
+    trends = [reward_trend(pd.read_csv(Path(c.output_dir) / "metrics.csv")).iloc[0] for _, c in runs]
+    for col in ("rise", "noise", "rise_over_noise"):
+        table[col] = [float(t.get(col, float("nan"))) for t in trends]
+    return table
+
+
+def finished_sign_pairs(out: str | Path, method: str, seeds) -> list[Path]:
+    """The folders :func:`~b2lib.evaluation.comparisons.sign_control` reads: for each seed whose two runs are both
+    finished, ``out/<method>_seed<k>`` and ``out/negated/<method>_seed<k>``."""
+    folders = []
+    for s in seeds:
+        pos, neg = Path(out) / f"{method}_seed{s}", Path(out) / "negated" / f"{method}_seed{s}"
+        if (pos / "summary.json").is_file() and (neg / "summary.json").is_file():
+            folders += [pos, neg]
+    return folders
