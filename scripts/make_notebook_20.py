@@ -225,6 +225,26 @@ goals.to_csv(study.out / "goals.csv", index=False)
 goals.round(4)""")
 )
 cells.append(
+    md("""## 6 · Gain against reward sparsity, with this study's column
+
+Notebook 18's axis (each method trained on rewards of one judge at the main job's budget, 5 seeds) and, beside its
+binary column, this study's arms trained on the same binary reward at the census's budget.""")
+)
+cells.append(
+    code("""from b2lib.studies.binary import sparsity_with_study
+from b2lib.studies.sparsity import sparsity_plot
+
+axis_file = REPO_ROOT / "results" / "sparse_axis" / "gain.csv"
+if axis_file.is_file():
+    gain = sparsity_with_study(pd.read_csv(axis_file), comparisons, reward=reward)
+    gain.to_csv(study.out / "gain_vs_sparsity.csv", index=False)
+    fig = sparsity_plot(gain)
+    save_figure(fig, study.out / "gain_vs_sparsity.png")
+    display(gain.round(4))
+else:
+    print(f"{axis_file} is missing: run notebook 18 for the sparsity axis")""")
+)
+cells.append(
     code("""# checks: every method has every seed, intervals hold their means, LoRAs written for the evaluation to load
 assert metrics.groupby("method").seed.nunique().eq(len(seeds)).all()
 assert ((comparisons["low"] <= comparisons["diff"]) & (comparisons["diff"] <= comparisons["high"])).all()

@@ -29,6 +29,7 @@ import pandas as pd
 from b2lib.experiments.experiment import RunConfig
 from b2lib.experiments.presets import SIGNAL_TARGET
 from b2lib.studies.levers import choose_levers, chosen_overrides, lever_table, point_tag
+from b2lib.studies.sparsity import gain_vs_sparsity
 from b2lib.studies.tuning import finished_sign_pairs, search_config, with_reward_trend
 from b2lib.training.config import TrainerConfig
 
@@ -44,6 +45,7 @@ __all__ = [
     "study_budget",
     "informative_seen",
     "goal_table",
+    "sparsity_with_study",
 ]
 
 #: The study's methods: DDPO and a GRPO-style group of independent samples per prompt (each searched), B² as the main
@@ -188,6 +190,27 @@ def goal_table(
             rows.append(dict(arm=arm, goal=f"vs {best} (the better baseline)", diff=r["diff"], low=r["low"],
                              high=r["high"], met=bool(r["high"] >= 0), ahead=bool(r["low"] > 0)))  # fmt: skip
     return pd.DataFrame(rows, columns=["arm", "goal", "diff", "low", "high", "met", "ahead"])
+
+
+def sparsity_with_study(
+    axis_gain: pd.DataFrame,
+    comparisons: pd.DataFrame,
+    reward: str = "judge",
+    label: str = "judge, census budget",
+    metric: str = "judge_all_ok",
+) -> pd.DataFrame:
+    """The sparsity axis's gains over base (notebook 18's ``gain.csv``, at the main job's budget) with one more column:
+    this study's arms − base on ``metric``, trained on ``reward`` at the census's budget, named ``label`` and placed at
+    ``reward``'s positive rate. Why one figure: the axis showed B²'s gain vanish as the reward gets sparser at the main
+    budget; this column shows what the longer, census-sized budget and the group-relative baselines do at the same
+    sparsity."""
+    axis = axis_gain[axis_gain["metric"] == metric]
+    rate = axis.loc[axis["reward"] == reward, "positive_rate"]
+    if rate.empty:
+        raise ValueError(f"the axis table has no {metric!r} row for reward {reward!r}; run notebook 18 first")
+    rates = pd.DataFrame({"reward": [label], "positive_rate": [float(rate.iloc[0])]})
+    study = gain_vs_sparsity({label: comparisons}, rates, metric=metric).assign(metric=metric)
+    return pd.concat([axis, study], ignore_index=True)
 
 
 @dataclass

@@ -168,6 +168,31 @@ def test_the_goals_read_the_arm_against_base_its_sign_control_and_the_better_bas
     assert not by[("b2", "vs grpo (the better baseline)")].met
 
 
+def test_the_sparsity_figure_gets_the_studys_arms_as_one_more_column_at_the_rewards_rate():
+    from b2lib.studies.binary import sparsity_with_study
+
+    axis = pd.DataFrame(
+        [
+            dict(reward=r, positive_rate=p, method="b2", metric=m, diff=0.1, low=0.0, high=0.2)
+            for r, p in (("clip", 1.0), ("judge", 0.26))
+            for m in ("judge_all_ok", "reward")
+        ]
+    )
+    comparisons = pd.DataFrame(
+        [
+            dict(metric=m, split="test", a=a, b=b, diff=0.05, low=0.01, high=0.09)
+            for m in ("judge_all_ok", "reward")
+            for a, b in (("b2_signal", "base"), ("grpo", "base"), ("b2_signal", "grpo"))
+        ]
+    )
+    table = sparsity_with_study(axis, comparisons)
+    assert set(table["metric"]) == {"judge_all_ok"} and len(table) == 4  # two axis rows + the two arms − base
+    new = table[table["reward"] == "judge, census budget"]
+    assert set(new["method"]) == {"b2_signal", "grpo"} and (new["positive_rate"] == 0.26).all()
+    with pytest.raises(ValueError, match="notebook 18"):
+        sparsity_with_study(axis, comparisons, reward="judge_strict")
+
+
 def test_the_census_is_measured_under_the_studys_recipe_once_and_then_read(tmp_path, monkeypatch):
     import b2lib.studies.sparsity as sparsity
 
