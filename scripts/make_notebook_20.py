@@ -155,7 +155,8 @@ save_figure(fig, study.out / "intervals.png")""")
 cells.append(
     md("""### Cost: images and UNet rows per run (means over seeds), and the curves
 
-`unet_rows` counts sampling and training forwards of the UNet (a guided step counts 2).""")
+`unet_rows` counts sampling and training forwards of the UNet (a guided step counts 2). A binary reward's stage mean
+scatters by ±0.1 from stage to stage, so each run's curve is its mean over the last 25 stages.""")
 )
 cells.append(
     code("""cost = run_cost(metrics)
@@ -163,7 +164,7 @@ cost.to_csv(study.out / "cost.csv")
 display(cost.round(1))
 x_labels = {"images_seen": "images generated", "unet_rows_seen": "UNet rows (sampling + update forwards)"}
 for x, x_label in x_labels.items():
-    fig = training_curves(metrics, ["reward_mean"], x=x, x_label=x_label)
+    fig = training_curves(metrics, ["reward_mean"], x=x, x_label=x_label, smooth=25)
     save_figure(fig, study.out / f"curves_{x}.png")""")
 )
 cells.append(md("### Training health (means over stages and seeds; largest values per method)"))

@@ -261,18 +261,34 @@ def _compact_ticks(ax) -> None:
         ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v / 1000:g}k" if v else "0"))
 
 
+def smooth_stages(metrics: pd.DataFrame, columns: Sequence[str], window: int, hue: str = "method") -> pd.DataFrame:
+    """``columns`` replaced by their trailing mean over ``window`` stages within each run (``hue`` and seed), in stage
+    order; the first stages average what there is. Pure: returns a new frame."""
+    keys = [k for k in (hue, "seed") if k in metrics] or (lambda _: 0)
+    out = metrics.sort_values("stage").copy() if "stage" in metrics else metrics.copy()
+    for col in columns:
+        out[col] = out.groupby(keys)[col].transform(lambda v: v.rolling(window, min_periods=1).mean())
+    return out
+
+
 def training_curves(
     metrics,
     columns: Sequence[str] = ("reward_mean",),
     x: str = "images_seen",
     hue: str = "method",
     x_label: str | None = None,
+    smooth: int = 1,
 ):
     """Per-stage curves against the number of images generated (the budget both methods share) or another cost
     (``x_label`` names it, e.g. transformer rows on the flow world); mean and band over seeds when there are
-    several, each method in its colour, the legend to the right of the panels (at most three panels a row)."""
+    several, each method in its colour, the legend to the right of the panels (at most three panels a row).
+    ``smooth`` > 1: each run's values are first a trailing mean over that many stages (:func:`smooth_stages`), so
+    that a binary reward's stage-to-stage scatter over hundreds of stages does not hide the trend; the y label says
+    so."""
     metrics = pd.DataFrame(metrics)
     columns = [c for c in columns if c in metrics]
+    if smooth > 1:
+        metrics = smooth_stages(metrics, columns, smooth, hue)
     ncols = min(3, max(len(columns), 1))
     nrows = max(1, -(-len(columns) // ncols))
     fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.2 * nrows), squeeze=False)
@@ -280,7 +296,8 @@ def training_curves(
     for ax, col in zip(axes.flat, columns):
         levels = _mean_band(ax, metrics, x, col, hue) or levels
         ax.set_xlabel(x_label or X_LABELS.get(x, x))
-        ax.set_ylabel(metric_label(col, per_stage=True))
+        label = metric_label(col, per_stage=True)
+        ax.set_ylabel(label if smooth <= 1 else f"{label},\nmean of the last {smooth} stages")
         _compact_ticks(ax)
     for ax in list(axes.flat)[len(columns) :]:
         ax.remove()

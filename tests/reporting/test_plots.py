@@ -47,7 +47,14 @@ from b2lib.reporting.plot_style import (  # noqa: E402
     method_order,
     value_ticks,
 )
-from b2lib.reporting.plots import comparison_grid, interval_plot, ratio_bars, tradeoff, training_curves  # noqa: E402
+from b2lib.reporting.plots import (  # noqa: E402
+    comparison_grid,
+    interval_plot,
+    ratio_bars,
+    smooth_stages,
+    tradeoff,
+    training_curves,
+)
 from b2lib.studies.levers import census_plot  # noqa: E402
 from b2lib.studies.sparsity import sparsity_plot  # noqa: E402
 
@@ -179,3 +186,13 @@ def test_comparison_grid_wraps_prompts_so_titles_do_not_touch():
     assert all("\n" in ax.get_title() for ax in fig.axes[:3])
     assert not any(_overlaps(a, b) for a, b in zip(titles, titles[1:]))
     assert to_hex(fig.axes[3].yaxis.label.get_color()) == method_colour("b2")
+
+
+def test_smooth_stages_is_a_trailing_mean_within_each_run():
+    m = pd.DataFrame({"method": ["b2"] * 4 + ["ddpo"] * 4, "seed": 0, "stage": [3, 0, 1, 2] * 2,
+                      "reward_mean": [4.0, 1.0, 2.0, 3.0, 40.0, 10.0, 20.0, 30.0]})  # fmt: skip
+    out = smooth_stages(m, ["reward_mean"], 2).sort_values(["method", "stage"])
+    assert out["reward_mean"].tolist() == [1.0, 1.5, 2.5, 3.5, 10.0, 15.0, 25.0, 35.0]  # never across runs
+    assert m["reward_mean"].tolist()[0] == 4.0  # the input is left as it was
+    label = training_curves(m, ["reward_mean"], x="stage", smooth=2).axes[0].get_ylabel()
+    assert "last 2 stages" in label
