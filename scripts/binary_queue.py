@@ -44,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", type=int, nargs="+", help="the seeds to run (default: all of them)")
     ap.add_argument("--methods", nargs="+", help="the study's methods to run (default: all of them)")
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--threads", type=int, help="torch threads per run (default: cores // workers)")
     ap.add_argument("--commit", action="store_true", help="git-commit each finished folder as it lands")
     args = ap.parse_args(argv)
     os.chdir(ROOT)  # the census and the reference run are read relative to the repository
@@ -79,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
             for c in configs
             if (not args.seeds or c.seeds[0] in args.seeds) and (not args.methods or c.methods[0] in args.methods)
         ]
-    run_many(configs, workers=args.workers, on_done=lambda folder: keep(folder, args.part))
+    run_many(configs, workers=args.workers, threads=args.threads, on_done=lambda folder: keep(folder, args.part))
     if args.part == "search":  # every point in: each baseline's choice, on the train-split binary reward
         print(json.dumps(study.write_choice(), indent=1))
         keep(study.out / "search", "the choice of")
