@@ -186,6 +186,16 @@ _COMPARISON_STUDIES: tuple[_ComparisonStudy, ...] = (
     ),
     _ComparisonStudy("trees_comparisons", "Branch trees (main setup, equal UNet work)", "12_trees", ("test",)),
     _ComparisonStudy("trees_images_comparisons", "Branch trees (main setup, equal images)", "12_trees", ("test",)),
+    _ComparisonStudy(
+        "sparse_levers_comparisons", "Binary reward, each method at its searched levers", "17_sparse_levers", ("test",)
+    ),
+    _ComparisonStudy(
+        "binary_comparisons",
+        "Binary reward at the census's budget (coarse recipe, equal UNet work)",
+        "20_binary_study",
+        ("test",),
+    ),
+    _ComparisonStudy("flow_comparisons", "Flow world (coarse recipe, equal transformer work)", "15_flow", ("test",)),
 )
 
 _TABLE1_METRICS = (("reward_mean", "CLIPScore"), ("bertscore_mean", "BERTScore"), ("judge_all_ok", "judge aligned"))
