@@ -131,9 +131,9 @@ class _Files:
         if not h.sign_control:
             return False
         df = self.table(h.sign_control)
-        row = df[(df["method"] == h.method) & (df["metric"] == "reward")]
+        row = df[(df["method"] == h.method) & (df["metric"] == h.sign_metric)]
         if len(row) != 1:
-            raise KeyError(f"results/{h.sign_control}: expected one sign-control row for {h.method}, reward.")
+            raise KeyError(f"results/{h.sign_control}: expected one sign-control row for {h.method}, {h.sign_metric}.")
         return bool(row.iloc[0]["signal_low"] > 0)
 
 
@@ -347,6 +347,9 @@ def study_tables(results: str | Path) -> dict[str, str]:
     sparse = [(_pair(a, b), "counting", a, b) for a, b in (("ddpo", "base"), ("b2", "base"), ("b2", "ddpo"))]
     levers = [(_pair(a, "base"), "counting", a, "base") for a in ("ddpo", "b2", "tree")]
     levers += [(_pair(a, b), "counting", a, b) for a, b in (("b2", "ddpo"), ("tree", "ddpo"), ("tree", "b2"))]
+    binary = [(_pair(a, "base"), "counting", a, "base") for a in ("ddpo", "grpo", "b2", "b2_signal", "tree")]
+    binary += [(_pair(a, b), "counting", a, b) for a in ("b2_signal", "b2", "tree") for b in ("grpo", "ddpo")]
+    binary += [(_pair("b2_signal", "b2"), "counting", "b2_signal", "b2")]
     flow_methods = ("flow_grpo", "mixgrpo", "tempflow")
     flow = [(_pair(a, "base"), "counting", a, "base") for a in (*flow_methods, "b2", "tree")]
     flow += [(_pair("b2", b), "counting", "b2", b) for b in flow_methods] + [
@@ -359,6 +362,7 @@ def study_tables(results: str | Path) -> dict[str, str]:
         "sparse": diff_table(r, "sparse/comparisons.csv", sparse),
         "sparse_levers": diff_table(r, "sparse_levers/comparisons.csv", levers),
         "sparse_axis": axis_table(r),
+        "binary_study": diff_table(r, "binary_study/comparisons.csv", binary),
         "flow": diff_table(r, "flow_study/comparisons.csv", flow),
     }
 

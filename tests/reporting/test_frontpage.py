@@ -50,6 +50,7 @@ def test_every_claim_check_is_found_in_the_committed_results():
         "sparse",
         "sparse_levers",
         "sparse_axis",
+        "binary_study",
         "flow",
     }
     assert blocks["scorecard"].count("\n") == len(PAPER_CLAIMS) + 2  # header, rule, one line per claim, diversity
@@ -185,3 +186,15 @@ def test_every_claim_has_a_unique_key_and_a_verdict():
     keys = [c.key for c in PAPER_CLAIMS + EXTENSIONS]
     assert len(keys) == len(set(keys)) == len(found)
     assert set(found.values()) <= {"reproduced", "partly", "not reproduced", "inconclusive", "shown", "not shown"}
+
+
+def test_the_sign_control_is_read_on_the_metric_the_runs_were_trained_on(tmp_path):
+    from b2lib.reporting.frontpage import _Files  # the front page's reader of result files
+
+    (tmp_path / "s").mkdir()
+    pd.DataFrame({"method": ["b2", "b2"], "metric": ["reward", "judge_all_ok"], "signal_low": [-0.01, 0.02]}).to_csv(
+        tmp_path / "s" / "sign.csv", index=False
+    )
+    files = _Files(tmp_path)
+    assert not files.sign_learned(Health("s/h.csv", "b2", sign_control="s/sign.csv"))
+    assert files.sign_learned(Health("s/h.csv", "b2", sign_control="s/sign.csv", sign_metric="judge_all_ok"))
