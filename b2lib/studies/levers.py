@@ -19,7 +19,7 @@ import pandas as pd
 
 from b2lib.experiments.experiment import RunConfig, run_many
 from b2lib.experiments.runconfig import job_label
-from b2lib.reporting.plot_style import legend_outside, method_colour, method_order
+from b2lib.reporting.plot_style import DISPLAY_NAMES, legend_outside, method_colour, method_order
 from b2lib.studies.tuning import halving_survivors, search_config, sweep_table
 
 __all__ = [
@@ -256,12 +256,12 @@ def census_plot(table: pd.DataFrame):
     fig, ax = plt.subplots(figsize=(5.5, 3.4))
     for method in method_order(table["method"]):
         part = table[table["method"] == method].sort_values("split_step")
-        colour = method_colour(method)
-        ax.plot(part["split_step"], part["measured"], marker="o", color=colour, label=f"{method}: measured in training")
+        colour, name = method_colour(method), DISPLAY_NAMES.get(method, method)
+        ax.plot(part["split_step"], part["measured"], marker="o", color=colour, label=f"{name}: measured in training")
         pred = part.dropna(subset=["predicted"])
         if len(pred):
             ax.scatter(pred["split_step"], pred["predicted"], s=90, facecolors="none", edgecolors=colour, lw=1.5,
-                       label=f"{method}: predicted from the base model")  # fmt: skip
+                       label=f"{name}: predicted from the base model")  # fmt: skip
     ax.set(xlabel="trained steps s (branch point: chain step 20 − s)", ylabel="informative groups (share)", ylim=(0, 1))
     fig.tight_layout()
     legend_outside(fig, "right")
